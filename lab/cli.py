@@ -1,0 +1,209 @@
+"""The `lab` command line. Parses arguments, calls the stage modules, prints results.
+
+User errors (LabError) print as one line and exit non-zero; tracebacks are
+reserved for bugs. Exit codes: 0 success, 1 a failed result (a build that does
+not compile), 2 bad input or infrastructure trouble, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from lab import __version__, build, config, doctor, kconfig, proc, selection
+from lab.errors import LabError
+from lab.progress import Reporter
+
+
+class BuildFailed(LabError):
+    """A kernel did not compile: a result, exit status 1."""
+
+
+def _load(args: argparse.Namespace) -> config.LabConfig:
+    return config.load(Path(args.config))
+
+
+# --- build -------------------------------------------------------------------------
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    arches = selection.arches(cfg, args.arch)
+    variants = selection.variants(cfg, args.variant, everything=args.all)
+    build.check_host_tools()
+    results = []
+    with Reporter() as reporter:
+        plans = [build.plan(cfg, a, v, args.jobs, reporter.line) for a in arches for v in variants]
+        # Group by build tree so each shared tree goes from one variant to the next.
+        plans.sort(key=lambda p: (p.tree_key, [v.name for v in cfg.variants].index(p.variant.name)))
+        for p in plans:
+            started = time.monotonic()
+            task = reporter.task(p.label)
+            try:
+                kernel = build.build(cfg, p, task, force=args.force)
+            except LabError as exc:
+                task.finish("failed")
+                if "build failed" in str(exc):
+                    raise BuildFailed(str(exc)) from None
+                raise
+            wall = time.monotonic() - started
+            if kernel.cached:
+                task.finish(f"cached ({wall:.2f}s, no make): {kernel.image}")
+            else:
+                made = kernel.meta["durations"].get("make", 0.0)
+                task.finish(
+                    f"built in {wall:.1f}s (make {made:.1f}s, "
+                    f"{kernel.meta['objects_compiled']} objects): {kernel.image}"
+                )
+            results.append(
+                {
+                    "arch": kernel.arch,
+                    "variant": kernel.variant,
+                    "key": kernel.key,
+                    "cached": kernel.cached,
+                    "seconds": round(wall, 2),
+                    "image": str(kernel.image),
+                    "dir": str(kernel.dir),
+                }
+            )
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+# --- config show -------------------------------------------------------------------
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    arch = cfg.arch(args.arch)
+    variant = cfg.variant(args.variant) if args.variant else cfg.variants[0]
+    with Reporter() as reporter:
+        p = build.plan(cfg, arch, variant, 0, reporter.line)
+        result = build.show_config(cfg, p, reporter)
+    print(f"# lab config for {p.label} (key {p.key})")
+    for frag in p.fragments:
+        print(f"# --- rendered {frag.template}")
+        print(frag.text.rstrip())
+    print(f"# --- final .config vs base ({p.base}): {p.label}")
+    for line in kconfig.diff(kconfig.parse_config(result.base), kconfig.parse_config(result.final)):
+        print(line)
+    return 0
+
+
+# --- doctor / setup ------------------------------------------------------------------
+
+
+def _try_load(args: argparse.Namespace) -> config.LabConfig | None:
+    try:
+        return _load(args)
+    except LabError as exc:
+        print(f"lab: warning: {exc} (checking generic prerequisites only)", file=sys.stderr)
+        return None
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    results = doctor.checks(_try_load(args))
+    width = max(len(c.name) for c in results)
+    for c in results:
+        print(f"{'ok ' if c.ok else 'MISSING'} {c.name:<{width}}  {c.detail}")
+    missing = doctor.missing_packages(results)
+    if missing:
+        print(f"\nto install what is missing: sudo {doctor.apt_line(missing)}")
+        print("or, as root: lab setup")
+        return 1
+    print("\nall prerequisites present")
+    return 0
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    missing = doctor.missing_packages(doctor.checks(_try_load(args)))
+    if not missing:
+        print("all prerequisites present")
+        return 0
+    print(f"installing: {' '.join(missing)}", file=sys.stderr)
+    doctor.install(missing)
+    still = doctor.missing_packages(doctor.checks(_try_load(args)))
+    if still:
+        raise LabError(f"still missing after apt-get: {' '.join(still)}")
+    print("all prerequisites present")
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lab", description="A QEMU test lab for Linux kernel patch variants."
+    )
+    parser.add_argument("--version", action="version", version=f"lab {__version__}")
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=os.environ.get("LAB_CONFIG", "lab.toml"),
+        help="the lab.toml to use (default: $LAB_CONFIG or ./lab.toml)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = sub.add_parser("build", help="build kernels (cached; only what changed is rebuilt)")
+    b.add_argument(
+        "--arch",
+        "-a",
+        action="append",
+        default=[],
+        help="arch name or glob, repeatable or comma-separated (default: all)",
+    )
+    b.add_argument(
+        "--variant",
+        "-V",
+        action="append",
+        default=[],
+        help="variant name or glob (default: the first variant; --all: every one)",
+    )
+    b.add_argument("--all", action="store_true", help="every variant on every selected arch")
+    b.add_argument("--jobs", "-j", type=int, default=0, help="make -j (default: CPU count)")
+    b.add_argument("--force", action="store_true", help="rebuild even when cached")
+    b.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    b.set_defaults(func=cmd_build)
+
+    c = sub.add_parser("config", help="kernel configuration commands")
+    csub = c.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    cs = csub.add_parser("show", help="rendered fragments and the final .config diff vs base")
+    cs.add_argument("--arch", "-a", required=True)
+    cs.add_argument("--variant", "-V", default="")
+    cs.set_defaults(func=cmd_config_show)
+
+    d = sub.add_parser("doctor", help="check host prerequisites")
+    d.set_defaults(func=cmd_doctor)
+    s = sub.add_parser("setup", help="install missing host prerequisites with apt-get (root)")
+    s.set_defaults(func=cmd_setup)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    proc.install_signal_handlers()
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except BuildFailed as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        return 1
+    except LabError as exc:
+        print(f"lab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        proc.kill_all()
+        print("lab: interrupted", file=sys.stderr)
+        return 130
+    except proc.Terminated as exc:
+        proc.kill_all()
+        print(f"lab: {exc}; stopped", file=sys.stderr)
+        return 128 + exc.signum

@@ -1,0 +1,345 @@
+"""lab.toml: parsed with tomllib into frozen dataclasses.
+
+Knows nothing about QEMU processes, make or the cache: it only turns a file into
+validated data. Every error names the file, the key path and what would be valid.
+See docs/lab-toml.md for the reference.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab import templates, variants
+from lab.errors import LabError
+from lab.tomlread import Scalar, Table
+
+SOURCE_KINDS = ("debian", "tarball", "tree", "git")
+ACCELS = ("auto", "kvm", "tcg")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where the kernel source comes from. The extracted tree is kept pristine."""
+
+    kind: str  # one of SOURCE_KINDS
+    path: str = ""  # debian/tarball: the tarball; tree: the directory
+    package: str = ""  # debian: the package that provides `path`
+    url: str = ""  # git
+    ref: str = ""  # git: branch, tag or commit
+
+
+@dataclass(frozen=True)
+class QemuSpec:
+    binary: str
+    package: str  # the Debian package that provides `binary`, for error messages
+    machine: str
+    cpu: str
+    console: str  # the guest kernel's console device, e.g. ttyS0
+    memory_mib: int
+    smp: int
+    accel: str  # auto | kvm | tcg
+    extra_args: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str  # the lab's name for it: x86_64, arm64
+    make_arch: str  # ARCH=
+    cross_compile: str  # CROSS_COMPILE=, "" for native
+    compiler_package: str  # the Debian package that provides the compiler
+    target: str  # make target: bzImage, Image.gz
+    image: str  # the target's path in the build tree
+    deb_arch: str  # Debian architecture of the guest userspace
+    configs: tuple[str, ...]  # config templates for this arch
+    cmdline: str  # extra kernel command line for this arch
+    qemu: QemuSpec
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    base: str  # a make target producing the base .config (tinyconfig) or a file path
+    configs: tuple[str, ...]  # config templates applied to every kernel
+    make_vars: tuple[tuple[str, str], ...]
+    timestamp: str  # KBUILD_BUILD_TIMESTAMP, fixed for reproducible images
+    jobs: int  # make -j; 0 means the number of CPUs
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One kernel flavour: template parameters, patch series and boot additions."""
+
+    name: str
+    family: str
+    description: str
+    params: Mapping[str, Scalar]
+    series: tuple[str, ...]
+    configs: tuple[str, ...]
+    cmdline: str
+
+    def context(self, arch: str) -> dict[str, Scalar]:
+        """Variables a config template sees."""
+        return {**self.params, "arch": arch, "variant": self.name}
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    file: Path
+    root: Path  # the directory holding lab.toml; relative paths start here
+    cache_dir: Path
+    results_dir: Path
+    kernels_dir: Path
+    images_dir: Path
+    testcases_dir: Path
+    jobs: int
+    source: SourceSpec
+    build: BuildSpec
+    arches: Mapping[str, ArchSpec]
+    variants: tuple[Variant, ...]
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def config_dir(self) -> Path:
+        return self.kernels_dir / "config"
+
+    @property
+    def patches_dir(self) -> Path:
+        return self.kernels_dir / "patches"
+
+    def arch(self, name: str) -> ArchSpec:
+        if name not in self.arches:
+            raise LabError(
+                f"{self.file}: unknown arch {name!r}; valid: {', '.join(self.arches) or '(none)'}"
+            )
+        return self.arches[name]
+
+    def variant(self, name: str) -> Variant:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        valid = ", ".join(v.name for v in self.variants) or "(none)"
+        raise LabError(f"{self.file}: unknown variant {name!r}; valid: {valid}")
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lab"
+
+
+def load(file: Path) -> LabConfig:
+    """Read and validate lab.toml."""
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise LabError(
+            f"{file}: not found (pass --config PATH or run from the lab directory)"
+        ) from None
+    except OSError as exc:
+        raise LabError(f"{file}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise LabError(f"{file}: malformed TOML: {exc}") from None
+    return parse(data, file)
+
+
+def parse(data: dict[str, object], file: Path) -> LabConfig:
+    top = Table(file, "", dict(data))
+    root = file.resolve().parent
+
+    lab = top.table("lab")
+    # LAB_CACHE_DIR wins so CI and tests can point every run at one shared cache.
+    configured_cache = lab.string("cache_dir", "")
+    cache_value = os.environ.get("LAB_CACHE_DIR") or configured_cache
+    cache_dir = _path(root, cache_value) if cache_value else default_cache_dir()
+    results_dir = _path(root, lab.string("results_dir", "results"))
+    kernels_dir = _path(root, lab.string("kernels_dir", "kernels"))
+    images_dir = _path(root, lab.string("images_dir", "images"))
+    testcases_dir = _path(root, lab.string("testcases_dir", "testcases"))
+    jobs = lab.integer("jobs", 0, minimum=0)
+    lab.done()
+
+    source = _source(top.table("source", required=True))
+    build = _build(top.table("build", required=True))
+
+    arch_table = top.table("arch", required=True)
+    arches = {name: _arch(name, t) for name, t in arch_table.subtables()}
+    if not arches:
+        arch_table.fail(f"{arch_table.path}: declare at least one [arch.NAME] table")
+
+    vtable = top.table("variants", required=True)
+    all_variants: list[Variant] = []
+    for family, t in vtable.subtables():
+        all_variants.extend(_family(family, t))
+    seen: dict[str, str] = {}
+    for v in all_variants:
+        if v.name in seen:
+            vtable.fail(
+                f"[variants.{v.family}]: variant name {v.name!r} is produced twice "
+                f"(also by [variants.{seen[v.name]}]); make the name template distinguish them"
+            )
+        seen[v.name] = v.family
+    if not all_variants:
+        vtable.fail("[variants]: declare at least one variant family [variants.NAME]")
+
+    # Sections owned by later stages are validated by their own loaders; keep them raw.
+    extra = {
+        k: top.raw(k)
+        for k in ("image", "testcases", "matrix", "hosts", "failure_mode")
+        if top.has(k)
+    }
+    top.done()
+    return LabConfig(
+        file=file,
+        root=root,
+        cache_dir=cache_dir,
+        results_dir=results_dir,
+        kernels_dir=kernels_dir,
+        images_dir=images_dir,
+        testcases_dir=testcases_dir,
+        jobs=jobs,
+        source=source,
+        build=build,
+        arches=arches,
+        variants=tuple(all_variants),
+        extra=extra,
+    )
+
+
+def _path(root: Path, value: str) -> Path:
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else root / p
+
+
+def _source(t: Table) -> SourceSpec:
+    kind = t.string("kind", "debian", choices=SOURCE_KINDS)
+    if kind == "debian":
+        package = t.string("package", "linux-source-6.1")
+        path = t.string("path", f"/usr/src/{package}.tar.xz")
+        spec = SourceSpec(kind, path=path, package=package)
+    elif kind in ("tarball", "tree"):
+        spec = SourceSpec(kind, path=t.string("path"))
+    else:
+        spec = SourceSpec(kind, url=t.string("url"), ref=t.string("ref"))
+    t.done()
+    return spec
+
+
+def _build(t: Table) -> BuildSpec:
+    base = t.string("base", "tinyconfig")
+    configs = t.strings("configs", ())
+    make_vars = t.scalar_map("make_vars")
+    timestamp = t.string("timestamp", "Thu Jan 21 12:27:23 UTC 2021")
+    jobs = t.integer("jobs", 0, minimum=0)
+    t.done()
+    return BuildSpec(
+        base=base,
+        configs=configs,
+        make_vars=tuple(sorted((k, str(v)) for k, v in make_vars.items())),
+        timestamp=timestamp,
+        jobs=jobs,
+    )
+
+
+def _arch(name: str, t: Table) -> ArchSpec:
+    q = t.table("qemu", required=True)
+    qemu = QemuSpec(
+        binary=q.string("binary"),
+        package=q.string("package", ""),
+        machine=q.string("machine"),
+        cpu=q.string("cpu", ""),
+        console=q.string("console"),
+        memory_mib=q.integer("memory_mib", 512, minimum=64),
+        smp=q.integer("smp", 2, minimum=1),
+        accel=q.string("accel", "auto", choices=ACCELS),
+        extra_args=q.strings("extra_args", ()),
+    )
+    q.done()
+    spec = ArchSpec(
+        name=name,
+        make_arch=t.string("make_arch"),
+        cross_compile=t.string("cross_compile", ""),
+        compiler_package=t.string("compiler_package", ""),
+        target=t.string("target"),
+        image=t.string("image"),
+        deb_arch=t.string("deb_arch"),
+        configs=t.strings("configs", ()),
+        cmdline=t.string("cmdline", ""),
+        qemu=qemu,
+    )
+    t.done()
+    return spec
+
+
+def _scalar_list_map(t: Table, name: str) -> dict[str, list[Scalar]]:
+    axes_t = t.table(name)
+    axes: dict[str, list[Scalar]] = {}
+    for axis in axes_t.names():
+        values = axes_t.raw(axis)
+        if (
+            not isinstance(values, list)
+            or not values
+            or not all(isinstance(v, str | int | bool | float) for v in values)
+        ):
+            axes_t.fail_key(axis, "expected a non-empty array of strings, numbers or booleans")
+        axes[axis] = values
+    axes_t.done()
+    return axes
+
+
+def _entries(t: Table, name: str) -> list[dict[str, Scalar]]:
+    out = []
+    for entry in t.table_list(name):
+        values: dict[str, Scalar] = {}
+        for k in entry.names():
+            v = entry.raw(k)
+            if not isinstance(v, str | int | bool | float):
+                entry.fail_key(k, "expected a string, number or boolean")
+            values[k] = v
+        entry.done()
+        out.append(values)
+    return out
+
+
+def _family(family: str, t: Table) -> list[Variant]:
+    where = f"{t.file}: [{t.path}]"
+    axes = _scalar_list_map(t, "axes")
+    include = _entries(t, "include")
+    exclude = _entries(t, "exclude")
+    constants = t.scalar_map("params")
+    default_name = family + "".join("-{{ " + a + " }}" for a in axes) if axes else family
+    name_tpl = t.string("name", default_name)
+    desc_tpl = t.string("description", "")
+    cmdline_tpl = t.string("cmdline", "")
+    series = t.strings("series", ())
+    configs = t.strings("configs", ())
+    t.done()
+
+    out = []
+    for params in variants.expand(axes, include, exclude, constants):
+        ctx = {**params, "family": family}
+        combo = ", ".join(f"{k}={v!r}" for k, v in params.items())
+        name = templates.render_string(name_tpl, ctx, f"{where} name (for {combo})").strip()
+        if not name or any(c.isspace() or c in "/,*?[]" for c in name):
+            raise LabError(
+                f"{where} name: {name!r} (for {combo}) is not a valid variant name; "
+                "use letters, digits, '-', '_', '.', '+'"
+            )
+        ctx["variant"] = name
+        out.append(
+            Variant(
+                name=name,
+                family=family,
+                description=templates.render_string(desc_tpl, ctx, f"{where} description").strip(),
+                params=params,
+                series=series,
+                configs=configs,
+                cmdline=" ".join(
+                    templates.render_string(cmdline_tpl, ctx, f"{where} cmdline").split()
+                ),
+            )
+        )
+    return out
