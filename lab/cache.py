@@ -112,3 +112,23 @@ def staging_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def memo_get(memo: Path, key: str) -> str | None:
+    """A remembered value (e.g. a file's digest) from a small JSON map, if known."""
+    try:
+        known: dict[str, str] = read_json(memo)
+    except (FileNotFoundError, ValueError):
+        return None
+    return known.get(key)
+
+
+def memo_put(memo: Path, lock_file: Path, key: str, value: str) -> None:
+    """Remember key -> value; read-modify-write under a lock so writers do not race."""
+    with locked(lock_file):
+        try:
+            known: dict[str, str] = read_json(memo)
+        except (FileNotFoundError, ValueError):
+            known = {}
+        known[key] = value
+        write_json(memo, known)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from lab import __version__, build, config, doctor, kconfig, proc, selection
+from lab import __version__, build, config, doctor, kconfig, proc, selection, source
 from lab.errors import LabError
 from lab.progress import Reporter
 
@@ -36,6 +36,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     arches = selection.arches(cfg, args.arch)
     variants = selection.variants(cfg, args.variant, everything=args.all)
     build.check_host_tools()
+    if args.refresh_source:
+        source.forget_git_refs(cfg.cache_dir)
     results = []
     with Reporter() as reporter:
         plans = [build.plan(cfg, a, v, args.jobs, reporter.line) for a in arches for v in variants]
@@ -169,6 +171,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--all", action="store_true", help="every variant on every selected arch")
     b.add_argument("--jobs", "-j", type=int, default=0, help="make -j (default: CPU count)")
     b.add_argument("--force", action="store_true", help="rebuild even when cached")
+    b.add_argument("--refresh-source", action="store_true",
+                   help="re-resolve a git source's branch or tag to its current commit")
     b.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     b.set_defaults(func=cmd_build)
 

@@ -120,20 +120,11 @@ def _memo_file_digest(path: Path, cache_root: Path) -> str:
     st = path.stat()
     memo = cache_root / "src" / "digests.json"
     key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    try:
-        known: dict[str, str] = cache.read_json(memo)
-    except (FileNotFoundError, ValueError):
-        known = {}
-    if key in known:
-        return known[key]
+    known = cache.memo_get(memo, key)
+    if known is not None:
+        return known
     value = cache.file_digest(path)
-    with cache.locked(cache_root / "locks" / "src-digests.lock"):
-        try:
-            known = cache.read_json(memo)
-        except (FileNotFoundError, ValueError):
-            known = {}
-        known[key] = value
-        cache.write_json(memo, known)
+    cache.memo_put(memo, cache_root / "locks" / "src-digests.lock", key, value)
     return value
 
 
@@ -218,21 +209,16 @@ def _git_resolve(spec: SourceSpec, cache_root: Path, log: Log) -> str:
         return spec.ref
     memo = cache_root / "src" / "git-refs.json"
     key = f"{spec.url} {spec.ref}"
-    try:
-        known: dict[str, str] = cache.read_json(memo)
-    except (FileNotFoundError, ValueError):
-        known = {}
-    if key in known:
-        return known[key]
+    known = cache.memo_get(memo, key)
+    if known is not None:
+        return known
     log(f"resolving {spec.url} {spec.ref}")
     out = _git(["ls-remote", spec.url, spec.ref, f"{spec.ref}^{{}}"])
     lines = [line.split() for line in out.splitlines() if line.strip()]
     if not lines:
         raise LabError(f"lab.toml [source] ref: {spec.ref!r} not found at {spec.url}")
     commit = lines[-1][0]  # the peeled tag (^{}) sorts last when present
-    with cache.locked(cache_root / "locks" / "src-git-refs.lock"):
-        known[key] = commit
-        cache.write_json(memo, known)
+    cache.memo_put(memo, cache_root / "locks" / "src-git-refs.lock", key, commit)
     return commit
 
 
