@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from lab import __version__, build, config, doctor, kconfig, proc, selection, source
+from lab import __version__, boot, build, config, doctor, kconfig, machine, proc, selection, source
 from lab.errors import LabError
 from lab.progress import Reporter
 
@@ -76,6 +76,117 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
+
+
+# --- boot ------------------------------------------------------------------------
+
+BOOT_FAILED = 125  # like timeout(1)/docker: the lab failed, not the command
+
+
+def _kernel_for(
+    cfg: config.LabConfig, arch: config.ArchSpec, variant: config.Variant, reporter: Reporter
+) -> build.Kernel:
+    build.check_host_tools()
+    p = build.plan(cfg, arch, variant, 0, reporter.line)
+    task = reporter.task(p.label)
+    kernel = build.build(cfg, p, task)
+    task.finish("kernel cached" if kernel.cached else "kernel built")
+    return kernel
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    arch = cfg.arch(args.arch)
+    variant = cfg.variant(args.variant) if args.variant else cfg.variants[0]
+    with Reporter() as reporter:
+        kernel = _kernel_for(cfg, arch, variant, reporter)
+        base = boot.base_image(cfg, arch, reporter.line)
+    job: dict[str, object] = (
+        {"mode": "shell"} if args.exec is None else {"mode": "exec", "command": args.exec}
+    )
+    req = boot.BootRequest(
+        arch, variant, kernel, base, job, extra_cmdline=args.append, memory_mib=args.memory
+    )
+    workdir = boot.new_workdir(cfg, f"{arch.name}-{variant.name}")
+    prepared = boot.prepare(cfg, req, workdir, lambda m: print(f"lab: {m}", file=sys.stderr))
+    m = prepared.machine
+    out: dict[str, list[str]] = {"stdout": [], "stderr": []}
+    status: int | None = None
+
+    def on_record(rec: dict[str, object]) -> None:
+        if rec.get("type") == "output" and isinstance(rec.get("data"), str):
+            stream = "stderr" if rec.get("stream") == "stderr" else "stdout"
+            data = str(rec["data"])
+            out[stream].append(data)
+            if not args.json:
+                target = sys.stderr if stream == "stderr" else sys.stdout
+                target.write(data)
+                target.flush()
+
+    try:
+        with m:
+            try:
+                m.wait_ready()
+            except machine.BootError as exc:
+                print(f"lab: boot failed: {exc}", file=sys.stderr)
+                for line in exc.lines:
+                    print(f"  | {line}", file=sys.stderr)
+                print(f"lab: console log: {workdir / 'console.log'}", file=sys.stderr)
+                return BOOT_FAILED
+            if args.exec is None:
+                print(
+                    f"lab: {arch.name}/{variant.name} ready ({prepared.accel.accel}); Ctrl-] quits",
+                    file=sys.stderr,
+                )
+                m.interact()
+                status = 0
+            else:
+                how = m.follow(lambda r: r.get("type") == "exit", args.timeout, on_record)
+                exit_rec = m.results.first("exit")
+                if exit_rec is not None and isinstance(exit_rec.get("status"), int):
+                    status = int(exit_rec["status"])
+                    m.follow(lambda r: r.get("type") == "done", 5.0, on_record)
+                    m.wait_exit()
+                else:
+                    why = {
+                        "timeout": f"did not finish within {args.timeout:.0f}s",
+                        "exited": "the guest stopped before the command finished",
+                    }[how]
+                    print(
+                        f"lab: command {why}; console log: {workdir / 'console.log'}",
+                        file=sys.stderr,
+                    )
+                    for line in m.console.tail(10) if m.console else []:
+                        print(f"  | {line}", file=sys.stderr)
+                    status = BOOT_FAILED
+    finally:
+        boot.discard_initrd(workdir)
+    t = m.timings()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "arch": arch.name,
+                    "variant": variant.name,
+                    "kernel": str(kernel.image),
+                    "accel": prepared.accel.accel,
+                    "accel_reason": prepared.accel.reason,
+                    "qemu_argv": prepared.launch.argv(),
+                    "workdir": str(workdir),
+                    "timings": {
+                        "ready": t.ready,
+                        "agent": t.first_result,
+                        "command_done": m.arrivals.get("exit"),
+                        "total": t.total,
+                    },
+                    "exit_status": status,
+                    "stdout": "".join(out["stdout"]),
+                    "stderr": "".join(out["stderr"]),
+                },
+                indent=2,
+            )
+        )
+    return status if status is not None else BOOT_FAILED
 
 
 # --- config show -------------------------------------------------------------------
@@ -171,10 +282,33 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--all", action="store_true", help="every variant on every selected arch")
     b.add_argument("--jobs", "-j", type=int, default=0, help="make -j (default: CPU count)")
     b.add_argument("--force", action="store_true", help="rebuild even when cached")
-    b.add_argument("--refresh-source", action="store_true",
-                   help="re-resolve a git source's branch or tag to its current commit")
+    b.add_argument(
+        "--refresh-source",
+        action="store_true",
+        help="re-resolve a git source's branch or tag to its current commit",
+    )
     b.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     b.set_defaults(func=cmd_build)
+
+    bt = sub.add_parser("boot", help="boot a kernel: interactive console, or --exec CMD")
+    bt.add_argument("--arch", "-a", required=True)
+    bt.add_argument("--variant", "-V", default="", help="default: the first variant")
+    bt.add_argument(
+        "--exec",
+        "-e",
+        metavar="CMD",
+        default=None,
+        help="run CMD in the guest, print its output, exit with its status",
+    )
+    bt.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds CMD may run (default 600)"
+    )
+    bt.add_argument("--append", default="", help="extra kernel command line")
+    bt.add_argument("--memory", type=int, default=None, help="guest memory in MiB")
+    bt.add_argument(
+        "--json", action="store_true", help="print timings, accelerator and QEMU argv as JSON"
+    )
+    bt.set_defaults(func=cmd_boot)
 
     c = sub.add_parser("config", help="kernel configuration commands")
     csub = c.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")

@@ -69,6 +69,23 @@ class BuildSpec:
 
 
 @dataclass(frozen=True)
+class BootSpec:
+    ready_timeout: float  # seconds from QEMU start to the guest's ready marker
+    shutdown_timeout: float  # seconds for an orderly power-off before QEMU is killed
+    kvm_probe_timeout: float  # seconds the KVM probe may take before TCG is chosen
+    cmdline: str  # kernel command line additions for every boot
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """The guest image recipe's knobs (the rest is in lab/image.py and images/)."""
+
+    extra_packages: tuple[str, ...]  # Debian packages added to busybox + Python
+    sources: tuple[tuple[str, tuple[str, ...]], ...]  # (URI, suites); empty: Debian bookworm
+    keyring: str  # "" for Debian's archive keyring
+
+
+@dataclass(frozen=True)
 class Variant:
     """One kernel flavour: template parameters, patch series and boot additions."""
 
@@ -97,6 +114,8 @@ class LabConfig:
     jobs: int
     source: SourceSpec
     build: BuildSpec
+    boot: BootSpec
+    image: ImageSpec
     arches: Mapping[str, ArchSpec]
     variants: tuple[Variant, ...]
     extra: Mapping[str, object] = field(default_factory=dict)
@@ -164,6 +183,8 @@ def parse(data: dict[str, object], file: Path) -> LabConfig:
 
     source = _source(top.table("source", required=True))
     build = _build(top.table("build", required=True))
+    boot = _boot(top.table("boot"))
+    image = _image(top.table("image"))
 
     arch_table = top.table("arch", required=True)
     arches = {name: _arch(name, t) for name, t in arch_table.subtables()}
@@ -203,6 +224,8 @@ def parse(data: dict[str, object], file: Path) -> LabConfig:
         jobs=jobs,
         source=source,
         build=build,
+        boot=boot,
+        image=image,
         arches=arches,
         variants=tuple(all_variants),
         extra=extra,
@@ -242,6 +265,38 @@ def _build(t: Table) -> BuildSpec:
         timestamp=timestamp,
         jobs=jobs,
     )
+
+
+def _seconds(t: Table, name: str, default: float) -> float:
+    value = t.raw(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        t.fail_key(name, f"expected a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _boot(t: Table) -> BootSpec:
+    spec = BootSpec(
+        ready_timeout=_seconds(t, "ready_timeout", 60.0),
+        shutdown_timeout=_seconds(t, "shutdown_timeout", 15.0),
+        kvm_probe_timeout=_seconds(t, "kvm_probe_timeout", 8.0),
+        cmdline=t.string("cmdline", ""),
+    )
+    t.done()
+    return spec
+
+
+def _image(t: Table) -> ImageSpec:
+    sources = []
+    for entry in t.table_list("sources"):
+        sources.append((entry.string("uri"), entry.strings("suites")))
+        entry.done()
+    spec = ImageSpec(
+        extra_packages=t.strings("extra_packages", ()),
+        sources=tuple(sources),
+        keyring=t.string("keyring", ""),
+    )
+    t.done()
+    return spec
 
 
 def _arch(name: str, t: Table) -> ArchSpec:

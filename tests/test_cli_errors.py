@@ -10,10 +10,17 @@ from pathlib import Path
 import pytest
 
 
-def run_lab(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lab", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
+def run_lab(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lab", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
@@ -48,16 +55,21 @@ def test_unknown_arch_and_variant(mini_lab: Path) -> None:
 
 def test_undefined_template_variable(mini_lab: Path) -> None:
     (mini_lab / "kernels" / "config" / "knob.config.j2").write_text(
-        "CONFIG_A=y\n{% if knobb %}CONFIG_FOO=y{% endif %}\n")
+        "CONFIG_A=y\n{% if knobb %}CONFIG_FOO=y{% endif %}\n"
+    )
     msg = one_line_error(run_lab("--config", str(mini_lab / "lab.toml"), "build"))
     assert "knob.config.j2:2: 'knobb' is undefined" in msg and "knob=False" in msg
 
 
 def test_missing_cross_compiler(mini_lab: Path) -> None:
     f = mini_lab / "lab.toml"
-    f.write_text(f.read_text().replace('make_arch = "x86_64"',
-                                       'make_arch = "x86_64"\ncross_compile = "nosuch-linux-"\n'
-                                       'compiler_package = "gcc-nosuch-linux"'))
+    f.write_text(
+        f.read_text().replace(
+            'make_arch = "x86_64"',
+            'make_arch = "x86_64"\ncross_compile = "nosuch-linux-"\n'
+            'compiler_package = "gcc-nosuch-linux"',
+        )
+    )
     msg = one_line_error(run_lab("--config", str(f), "build"))
     assert "nosuch-linux-gcc not found" in msg and "apt-get install gcc-nosuch-linux" in msg
 
@@ -71,7 +83,8 @@ def test_patch_that_does_not_apply(mini_lab: Path) -> None:
     series = mini_lab / "kernels" / "patches" / "s"
     series.mkdir()
     (series / "series").write_text("0001-x.patch\n")
-    (series / "0001-x.patch").write_text(textwrap.dedent("""\
+    (series / "0001-x.patch").write_text(
+        textwrap.dedent("""\
         --- a/mm/secretmem.c
         +++ b/mm/secretmem.c
         @@ -1,3 +1,3 @@ static int secretmem_fault(void)
@@ -79,12 +92,15 @@ def test_patch_that_does_not_apply(mini_lab: Path) -> None:
         -B
         +b2
          c
-        """))
+        """)
+    )
     f = mini_lab / "lab.toml"
-    text = f.read_text().replace('kind = "tarball"\npath = "linux.tar.xz"',
-                                 f'kind = "tree"\npath = "{tree}"')
-    f.write_text(text.replace('configs = ["knob.config.j2"]',
-                              'configs = ["knob.config.j2"]\nseries = ["s"]'))
+    text = f.read_text().replace(
+        'kind = "tarball"\npath = "linux.tar.xz"', f'kind = "tree"\npath = "{tree}"'
+    )
+    f.write_text(
+        text.replace('configs = ["knob.config.j2"]', 'configs = ["knob.config.j2"]\nseries = ["s"]')
+    )
     msg = one_line_error(run_lab("--config", str(f), "build"))
     assert "patch s/0001-x.patch does not apply" in msg
     assert "mm/secretmem.c: hunk #1 @@ -1,3 +1,3 @@ static int secretmem_fault(void) FAILED" in msg

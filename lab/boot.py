@@ -1,0 +1,124 @@
+"""Booting a built kernel with the guest image: image + overlay -> QEMU -> ready.
+
+Glue between the build cache, the image cache and `Machine`. The per-run overlay
+carries the agent, the job and (later) test cases, so editing them never rebuilds
+the base image.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import secrets
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from lab import accel, image
+from lab.build import Kernel
+from lab.config import ArchSpec, LabConfig, Variant
+from lab.machine import Machine
+from lab.qemu import Launch, kernel_cmdline
+
+Files = Mapping[str, tuple[bytes, int]]
+
+
+def image_recipe(cfg: LabConfig) -> image.ImageRecipe:
+    recipe = image.ImageRecipe(init_script=cfg.images_dir / "init")
+    spec = cfg.image
+    changes: dict[str, Any] = {}
+    if spec.extra_packages:
+        changes["packages"] = (*recipe.packages, *spec.extra_packages)
+    if spec.sources:
+        changes["sources"] = tuple(image.AptSource(uri, suites) for uri, suites in spec.sources)
+    if spec.keyring:
+        changes["keyring"] = Path(spec.keyring)
+    return replace(recipe, **changes) if changes else recipe
+
+
+def base_image(cfg: LabConfig, arch: ArchSpec, log: Callable[[str], None]) -> image.BaseImage:
+    return image.build_base(image_recipe(cfg), arch.deb_arch, cfg.cache_dir, log=log)
+
+
+def agent_source() -> bytes:
+    return resources.files("lab.guest").joinpath("agent.py").read_bytes()
+
+
+def overlay_files(
+    job: Mapping[str, Any], boot_id: str, extra: Files | None = None
+) -> dict[str, tuple[bytes, int]]:
+    files: dict[str, tuple[bytes, int]] = {
+        "lab/agent.py": (agent_source(), 0o644),
+        "lab/job.json": (json.dumps({**job, "boot_id": boot_id}, indent=1).encode(), 0o644),
+        "lab/boot-id": (boot_id.encode() + b"\n", 0o644),
+    }
+    files.update(extra or {})
+    return files
+
+
+@dataclass(frozen=True)
+class BootRequest:
+    arch: ArchSpec
+    variant: Variant
+    kernel: Kernel
+    base: image.BaseImage
+    job: Mapping[str, Any]
+    extra_cmdline: str = ""
+    extra_files: Files = field(default_factory=dict)
+    memory_mib: int | None = None
+    smp: int | None = None
+
+
+def cmdline_for(cfg: LabConfig, req: BootRequest) -> str:
+    return kernel_cmdline(req.arch, cfg.boot.cmdline, req.variant.cmdline, req.extra_cmdline)
+
+
+def new_workdir(cfg: LabConfig, label: str) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    d = cfg.cache_dir / "boots" / f"{stamp}-{label.replace('/', '-')}-{secrets.token_hex(3)}"
+    d.mkdir(parents=True)
+    return d
+
+
+@dataclass(frozen=True)
+class Prepared:
+    machine: Machine
+    accel: accel.Choice
+    launch: Launch
+
+
+def prepare(
+    cfg: LabConfig, req: BootRequest, workdir: Path, log: Callable[[str], None] = lambda _m: None
+) -> Prepared:
+    """Write the initrd, pick the accelerator and return a Machine ready to start."""
+    boot_id = secrets.token_hex(8)
+    overlay = image.build_overlay(overlay_files(req.job, boot_id, req.extra_files))
+    initrd = image.write_initrd(req.base, overlay, workdir / "initrd.cpio.gz")
+    launch = Launch(
+        arch=req.arch,
+        accel="tcg",
+        kernel=req.kernel.image,
+        initrd=initrd,
+        cmdline=cmdline_for(cfg, req),
+        result_file=workdir / "result.jsonl",
+        memory_mib=req.memory_mib or req.arch.qemu.memory_mib,
+        smp=req.smp or req.arch.qemu.smp,
+    )
+    choice = accel.static_choice(req.arch)
+    if choice is None:
+        choice = accel.choose(
+            req.arch, cfg.cache_dir, launch, workdir, cfg.boot.kvm_probe_timeout, log
+        )
+    launch = replace(launch, accel=choice.accel)
+    machine = Machine(launch, workdir, boot_id, cfg.boot.ready_timeout, cfg.boot.shutdown_timeout)
+    return Prepared(machine, choice, launch)
+
+
+def discard_initrd(workdir: Path) -> None:
+    """The initrd is a copy of cached data: drop it, keep the logs."""
+    for name in ("initrd.cpio.gz",):
+        (workdir / name).unlink(missing_ok=True)
+    shutil.rmtree(workdir / "kvm-probe", ignore_errors=True)

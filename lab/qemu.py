@@ -1,0 +1,73 @@
+"""QEMU command lines, built as pure functions of immutable data.
+
+The console is the first serial port on stdio (pexpect reads it). Structured
+results travel apart from it on a virtio-serial port named `lab.result`, backed by
+a host file, so kernel messages can never corrupt them. `-no-reboot` plus the
+kernel's `panic=-1` turn both a finished guest (`reboot -f`) and a panic into a
+QEMU exit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.config import ArchSpec
+
+RESULT_PORT = "lab.result"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything one QEMU run needs; `argv()` renders it."""
+
+    arch: ArchSpec
+    accel: str  # kvm | tcg
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    result_file: Path
+    memory_mib: int
+    smp: int
+
+    def argv(self) -> list[str]:
+        q = self.arch.qemu
+        args = [q.binary, "-M", q.machine, "-accel", self.accel]
+        if q.cpu:
+            args += ["-cpu", "host" if self.accel == "kvm" and q.cpu == "max" else q.cpu]
+        args += [
+            "-m",
+            str(self.memory_mib),
+            "-smp",
+            str(self.smp),
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            # signal=off: a Ctrl-C typed at `lab boot` reaches the guest, not QEMU.
+            "-chardev",
+            "stdio,id=con,signal=off",
+            "-serial",
+            "chardev:con",
+            "-device",
+            "virtio-serial-device",
+            "-chardev",
+            f"file,id=result,path={self.result_file}",
+            "-device",
+            f"virtserialport,chardev=result,name={RESULT_PORT}",
+            "-kernel",
+            str(self.kernel),
+            "-initrd",
+            str(self.initrd),
+            "-append",
+            self.cmdline,
+            *q.extra_args,
+        ]
+        return args
+
+
+def kernel_cmdline(arch: ArchSpec, *extra: str) -> str:
+    """console= first, then panic=-1 (a panic ends QEMU at once), then additions."""
+    parts = [f"console={arch.qemu.console}", "panic=-1", arch.cmdline, *extra]
+    return " ".join(" ".join(parts).split())
