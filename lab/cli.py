@@ -8,14 +8,32 @@ not compile), 2 bad input or infrastructure trouble, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
-from lab import __version__, boot, build, config, doctor, kconfig, machine, proc, selection, source
+from lab import (
+    __version__,
+    boot,
+    build,
+    cache,
+    cell,
+    classify,
+    config,
+    doctor,
+    kconfig,
+    machine,
+    proc,
+    selection,
+    source,
+    testcase,
+)
 from lab.errors import LabError
 from lab.progress import Reporter
 
@@ -189,6 +207,92 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return status if status is not None else BOOT_FAILED
 
 
+# --- run / classify --------------------------------------------------------------
+
+
+def new_run_dir(cfg: config.LabConfig, label: str = "") -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run = cfg.results_dir / f"{stamp}{'-' + label if label else ''}-{secrets.token_hex(2)}"
+    run.mkdir(parents=True)
+    return run
+
+
+def print_cell(res: cell.CellResult, stream: TextIO = sys.stdout) -> None:
+    c = res.classification
+    expected = "|".join(res.expected) or "(no expectation declared)"
+    word = {"expected": "as expected", "unexpected": "UNEXPECTED", "infra": "INFRASTRUCTURE ERROR"}[
+        res.verdict
+    ]
+    print(f"{res.cell.id}: observed {res.observed}, expected {expected} -> {word}", file=stream)
+    print(f"  {c.detail}", file=stream)
+    print(f"  rule: {c.rule}: {c.rule_text}", file=stream)
+    if c.evidence:
+        print("  evidence:", file=stream)
+        for ev in c.evidence[:25]:
+            where = f"L{ev.line_no}" if ev.line_no else "agent"
+            print(f"    {where:>6} {ev.text}", file=stream)
+        if len(c.evidence) > 25:
+            print(f"    ... {len(c.evidence) - 25} more in evidence.json", file=stream)
+    print(f"  artefacts: {res.dir}", file=stream)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    arch = cfg.arch(args.arch)
+    variant = cfg.variant(args.variant) if args.variant else cfg.variants[0]
+    tc = testcase.find(cfg.testcases_dir, args.testcase, classify.CLASSES)
+    if not tc.runs_on(arch.name):
+        raise LabError(
+            f"test case {tc.name} does not run on {arch.name} (arches: {', '.join(tc.arches)})"
+        )
+    the_cell = cell.Cell(arch, variant, tc)
+    with Reporter() as reporter:
+        kernel = _kernel_for(cfg, arch, variant, reporter)
+        base = boot.base_image(cfg, arch, reporter.line)
+    run_dir = Path(args.results) if args.results else new_run_dir(cfg, "run")
+    res = cell.run_cell(
+        cfg,
+        the_cell,
+        kernel,
+        base,
+        run_dir / the_cell.dirname,
+        lambda m: print(f"lab: {m}", file=sys.stderr),
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    **cache.read_json(res.dir / "cell.json"),
+                    "evidence": res.classification.to_json(),
+                },
+                indent=2,
+            )
+        )
+    else:
+        print_cell(res)
+        print(f"  reproducer: {cell.reproducer(cfg, the_cell)}")
+    return res.exit_code
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    path = Path(args.log)
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        raise LabError(f"{path}: no such console log") from None
+    except IsADirectoryError:
+        raise LabError(f"{path}: is a directory; pass a console log file") from None
+    result = classify.classify(text, None)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    print(f"{path}: {result.outcome}: {result.detail}")
+    print(f"  rule: {result.rule}: {result.rule_text}")
+    for ev in result.evidence:
+        print(f"  L{ev.line_no:<6} {ev.text}")
+    return 0
+
+
 # --- config show -------------------------------------------------------------------
 
 
@@ -309,6 +413,23 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print timings, accelerator and QEMU argv as JSON"
     )
     bt.set_defaults(func=cmd_boot)
+
+    r = sub.add_parser("run", help="run one test case on one (arch, variant): one cell")
+    r.add_argument("testcase")
+    r.add_argument("--arch", "-a", required=True)
+    r.add_argument("--variant", "-V", default="", help="default: the first variant")
+    r.add_argument(
+        "--results",
+        default="",
+        help="the run directory to put the cell in (default: a new one under results_dir)",
+    )
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    cl = sub.add_parser("classify", help="classify a saved serial console log offline")
+    cl.add_argument("log")
+    cl.add_argument("--json", action="store_true")
+    cl.set_defaults(func=cmd_classify)
 
     c = sub.add_parser("config", help="kernel configuration commands")
     csub = c.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")

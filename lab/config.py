@@ -96,6 +96,7 @@ class Variant:
     series: tuple[str, ...]
     configs: tuple[str, ...]
     cmdline: str
+    banner: str = ""  # k=v words the kernel's variant banner must show ("" = no check)
 
     def context(self, arch: str) -> dict[str, Scalar]:
         """Variables a config template sees."""
@@ -369,6 +370,7 @@ def _family(family: str, t: Table) -> list[Variant]:
     name_tpl = t.string("name", default_name)
     desc_tpl = t.string("description", "")
     cmdline_tpl = t.string("cmdline", "")
+    banner_tpl = t.string("banner", "")
     series = t.strings("series", ())
     configs = t.strings("configs", ())
     t.done()
@@ -394,6 +396,9 @@ def _family(family: str, t: Table) -> list[Variant]:
                 configs=configs,
                 cmdline=" ".join(
                     templates.render_string(cmdline_tpl, ctx, f"{where} cmdline").split()
+                ),
+                banner=" ".join(
+                    templates.render_string(banner_tpl, ctx, f"{where} banner").split()
                 ),
             )
         )

@@ -16,6 +16,7 @@ the base.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import fnmatch
 import hashlib
@@ -1064,6 +1065,35 @@ def _write_synced(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     path.chmod(0o644)
+
+
+# ---------------------------------------------------------------------------------------------
+# Other packages for the guest arch (e.g. a static library to link a test binary against)
+
+
+def fetch_package_files(
+    recipe: ImageRecipe,
+    deb_arch: str,
+    cache_root: Path,
+    packages: tuple[str, ...],
+    log: Log = _no_log,
+) -> tuple[dict[str, bytes], list[DebFile]]:
+    """Regular files (path -> bytes) of `packages` (only those, not their dependencies) for
+    `deb_arch`, fetched through the same private apt directory as the image."""
+    wanted = dataclasses.replace(recipe, packages=packages)
+    with _locked(cache_root / "locks" / f"image-{deb_arch}.lock", log):
+        apt = AptDir(_image_dir(cache_root, deb_arch) / "apt", deb_arch)
+        _prepare_apt(apt, wanted)
+        if not _have_lists(apt):
+            apt_update(apt, wanted, log)
+        debs = [d for d in apt_resolve(apt, wanted) if d.package in packages]
+        payloads = fetch_debs(apt, debs, _image_dir(cache_root, deb_arch) / "debs", log)
+    files: dict[str, bytes] = {}
+    for d in debs:
+        for entry in deb_entries(payloads[d.package], d.filename):
+            if entry.kind == "-":
+                files[entry.name] = entry.data
+    return files, debs
 
 
 # ---------------------------------------------------------------------------------------------

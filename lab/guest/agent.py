@@ -16,8 +16,10 @@ The host treats all of it as untrusted, bounded data.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -96,6 +98,135 @@ def run_exec(job: dict[str, Any], channel: Channel) -> int:
     return status if status >= 0 else 128 - status
 
 
+def _set_oom_score_adj(value: int) -> None:
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(f"{value}\n")
+    except OSError:
+        pass
+
+
+def _kmsg(text: str) -> None:
+    try:
+        with open("/dev/kmsg", "w") as f:
+            f.write(f"<5>lab: {text}\n")
+    except OSError:
+        pass
+
+
+def _testcase_child(spec: dict[str, Any], job: dict[str, Any], fd: int) -> int:
+    """Runs in a forked child: import the test case module and call run(ctx)."""
+    import importlib.util
+    import traceback
+
+    sys.path.insert(0, "/lab/lib")
+    import labguest
+
+    name = str(spec["name"])
+    ctx = labguest.Context(name, dict(job.get("params", {})), str(job.get("arch", "")), fd)
+    verdict, message = "pass", ""
+    try:
+        mod_spec = importlib.util.spec_from_file_location(
+            f"testcase_{name}", f"/lab/testcases/{name}.py"
+        )
+        if mod_spec is None or mod_spec.loader is None:
+            raise ImportError(f"no test case module /lab/testcases/{name}.py")
+        module = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(module)
+        module.run(ctx)
+    except labguest.Failure as exc:
+        verdict, message = "fail", str(exc)
+    except Exception as exc:
+        verdict = "error"
+        message = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    observed = ctx.observed if ctx.observed else ("pass" if verdict == "pass" else None)
+    ctx.send(
+        {
+            "type": "result",
+            "testcase": name,
+            "verdict": verdict,
+            "observed": observed,
+            "message": message,
+            "data": ctx.data,
+            "seconds": round(time.monotonic() - ctx.started, 3),
+        }
+    )
+    return 0
+
+
+def run_testcases(job: dict[str, Any], channel: Channel, fd: int) -> int:
+    """Each test case in its own process group, with its own deadline."""
+    worst = 0
+    for spec in job.get("testcases", []):
+        name = str(spec.get("name"))
+        timeout = float(spec.get("timeout", 60))
+        channel.send({"type": "testcase", "name": name, "phase": "start", "uptime": _uptime()})
+        _kmsg(f"testcase {name} start")
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setpgid(0, 0)
+                _set_oom_score_adj(0)  # the agent shields itself; test cases must not be
+                code = _testcase_child(spec, job, fd)
+            finally:
+                os._exit(code)
+        status: int | None = None
+        while time.monotonic() - started < timeout:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = raw
+                break
+            time.sleep(0.05)
+        seconds = round(time.monotonic() - started, 3)
+        if status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            channel.send(
+                {
+                    "type": "result",
+                    "testcase": name,
+                    "verdict": "error",
+                    "observed": None,
+                    "timeout": True,
+                    "seconds": seconds,
+                    "message": f"test case overran its timeout of {timeout:.0f}s",
+                }
+            )
+            worst = max(worst, 2)
+        elif os.WIFSIGNALED(status):
+            sig = signal.Signals(os.WTERMSIG(status)).name
+            channel.send(
+                {
+                    "type": "task",
+                    "testcase": name,
+                    "name": f"testcase:{name}",
+                    "pid": pid,
+                    "comm": "python3",
+                    "status": "signaled",
+                    "signal": sig,
+                    "si_code": None,
+                    "exit_code": None,
+                    "seconds": seconds,
+                }
+            )
+            channel.send(
+                {
+                    "type": "result",
+                    "testcase": name,
+                    "verdict": "error",
+                    "observed": None,
+                    "seconds": seconds,
+                    "message": f"test case process killed by {sig}",
+                }
+            )
+            worst = max(worst, 2)
+        _kmsg(f"testcase {name} end")
+    return worst
+
+
 def run_shell() -> int:
     """An interactive shell on the console; the guest powers off when it exits."""
     return subprocess.call(["setsid", "cttyhack", "/bin/sh", "-l"])
@@ -128,6 +259,9 @@ def main() -> int:
         if mode == "exec":
             status = run_exec(job, channel)
             channel.send({"type": "exit", "status": status})
+        elif mode == "testcases":
+            _set_oom_score_adj(-1000)  # the harness must survive the OOM scenarios it stages
+            status = run_testcases(job, channel, fd)
         else:
             channel.send({"type": "error", "message": f"unknown mode {mode!r}"})
             status = 3

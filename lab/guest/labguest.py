@@ -1,0 +1,420 @@
+"""The in-guest library test cases import: memfd_secret, tasks, reporting.
+
+Runs inside the guest (Python 3.11 stdlib only; imports nothing from the host's
+`lab` package). A test case is a module with a TESTCASE literal dict and a
+`run(t: Context)` function; see testcases/README.md.
+
+Records go to the result channel as JSON lines (see agent.py). Risky work (anything
+that may die of SIGBUS, spin in a fault loop or be OOM-killed) runs in a *task*: a
+forked child, optionally as another user, with its own deadline, whose fate
+(exit code, signal, timeout) is recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import mmap
+import os
+import resource
+import select
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+SYS_MEMFD_SECRET = 447  # x86_64 and arm64 (asm-generic) alike
+UNPRIVILEGED = 1000  # user `lab` in the guest image
+OTHER_USER = 1001  # a second unprivileged user (no passwd entry needed)
+PAGE = mmap.PAGESIZE
+MAX_RECORD = 30000  # stay below virtio_console's 32 KiB per write(): one record, one write
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class Failure(Exception):
+    """A test assertion that did not hold (verdict `fail`)."""
+
+
+# --- the syscall and mappings ----------------------------------------------------------
+
+
+def memfd_secret(flags: int = 0) -> int:
+    """memfd_secret(2) via syscall(447); raises OSError with errno on failure."""
+    fd = _libc.syscall(SYS_MEMFD_SECRET, ctypes.c_uint(flags))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"memfd_secret: {os.strerror(err)}")
+    return int(fd)
+
+
+def secret_mapping(size: int, fd: int | None = None) -> tuple[int, mmap.mmap]:
+    """A MAP_SHARED read/write mapping of a new (or given) secretmem fd of `size` bytes."""
+    if fd is None:
+        fd = memfd_secret()
+        os.ftruncate(fd, size)
+    return fd, mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+
+
+def touch(m: mmap.mmap, first_page: int = 0, pages: int | None = None, value: int = 0x5A) -> int:
+    """Write one byte per page (faulting each in); returns the number of pages touched."""
+    count = (len(m) // PAGE - first_page) if pages is None else pages
+    for i in range(first_page, first_page + count):
+        m[i * PAGE] = value
+    return count
+
+
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def raw_mmap(fd: int, length: int, prot: int, flags: int) -> int:
+    """mmap(2) without Python's size checks (which refuse lengths past the end of a file)."""
+    addr = _libc.mmap(None, length, prot, flags, fd, 0)
+    if addr is None or addr == MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap: {os.strerror(err)}")
+    return int(addr)
+
+
+def poke(addr: int, value: int = 0x5A) -> None:
+    """Store one byte at addr (a fault, if the page is not there yet)."""
+    ctypes.memset(addr, value, 1)
+
+
+def peek(addr: int) -> int:
+    return ctypes.c_ubyte.from_address(addr).value
+
+
+def errno_name(err: int | None) -> str:
+    return errno.errorcode.get(err or 0, str(err))
+
+
+def try_call(func: Callable[[], Any]) -> tuple[Any, str | None]:
+    """(result, None) or (None, "EINVAL") — for checking documented error cases."""
+    try:
+        return func(), None
+    except OSError as exc:
+        return None, errno_name(exc.errno)
+
+
+# --- /proc and debugfs --------------------------------------------------------------------
+
+
+def read_kv(path: str, sep: str | None = None) -> dict[str, int]:
+    """key value lines (/proc/meminfo, /proc/vmstat) -> {key: int} (kB stays kB)."""
+    out: dict[str, int] = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.replace(":", " ", 1).split() if sep is None else line.split(sep)
+                if len(parts) >= 2 and parts[1].strip().lstrip("-").isdigit():
+                    out[parts[0].strip()] = int(parts[1])
+    except OSError:
+        pass
+    return out
+
+
+def meminfo() -> dict[str, int]:
+    return read_kv("/proc/meminfo")
+
+
+def vmstat() -> dict[str, int]:
+    return read_kv("/proc/vmstat")
+
+
+def secretmem_stats() -> dict[str, int]:
+    """The lab patch's debugfs counters (empty on kernels without them)."""
+    base = "/sys/kernel/debug/secretmem"
+    out: dict[str, int] = {}
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return out
+    for name in names:
+        try:
+            with open(f"{base}/{name}") as f:
+                out[name] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def banner() -> dict[str, str]:
+    """The running kernel's secretmem variant, from the boot banner in the kernel log."""
+    try:
+        with open("/dev/kmsg", "rb") as f:
+            os.set_blocking(f.fileno(), False)
+            data = b""
+            while True:
+                try:
+                    chunk = f.read(8192)
+                except (BlockingIOError, OSError):
+                    break
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return {}
+    for line in data.decode(errors="replace").splitlines():
+        if "secretmem: lab variant" in line:
+            words = line.split("secretmem: lab variant", 1)[1].split()
+            return dict(w.split("=", 1) for w in words if "=" in w)
+    return {}
+
+
+def kmsg(text: str) -> None:
+    """Write a line into the kernel log (it shows on the console with a timestamp)."""
+    try:
+        with open("/dev/kmsg", "w") as f:
+            f.write(f"<5>lab: {text}\n")
+    except OSError:
+        pass
+
+
+def sysctl(name: str, value: str | int) -> None:
+    with open("/proc/sys/" + name.replace(".", "/"), "w") as f:
+        f.write(f"{value}\n")
+
+
+# --- tasks: risky work in a child -----------------------------------------------------------
+
+
+@dataclass
+class TaskResult:
+    name: str
+    pid: int
+    status: str  # exited | signaled | timeout
+    exit_code: int | None
+    signal: str | None
+    seconds: float
+    value: Any  # what the function returned (JSON), if it returned
+    error: str | None  # the exception line, if it raised
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "exited" and self.exit_code == 0
+
+    @property
+    def sigbus(self) -> bool:
+        return self.signal == "SIGBUS"
+
+
+def _drop_privileges(uid: int) -> None:
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+
+
+def _signame(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"SIG{num}"
+
+
+class Context:
+    """What a test case's run() receives."""
+
+    def __init__(self, name: str, params: dict[str, Any], arch: str, fd: int) -> None:
+        self.name = name
+        self.params = params  # the variant's parameters (pool, fault, ...)
+        self.arch = arch
+        self._fd = fd
+        self.data: dict[str, Any] = {}
+        self.observed: str | None = None
+        self.started = time.monotonic()
+
+    # reporting
+    def send(self, record: dict[str, Any]) -> None:
+        raw = json.dumps(record, separators=(",", ":"), default=str)
+        if len(raw) > MAX_RECORD:
+            raw = json.dumps(
+                {
+                    "type": record.get("type", "event"),
+                    "testcase": self.name,
+                    "truncated": True,
+                    "head": raw[:2000],
+                }
+            )
+        data = memoryview((raw + "\n").encode())
+        while data:
+            data = data[os.write(self._fd, data) :]
+
+    def event(self, message: str, **data: Any) -> None:
+        self.send(
+            {
+                "type": "event",
+                "testcase": self.name,
+                "message": message,
+                "t": round(time.monotonic() - self.started, 3),
+                "data": data,
+            }
+        )
+
+    def check(self, condition: bool, message: str) -> None:
+        if not condition:
+            raise Failure(message)
+
+    def expect_errno(self, func: Callable[[], Any], want: str, what: str) -> None:
+        _, got = try_call(func)
+        self.check(got == want, f"{what}: expected {want}, got {got or 'success'}")
+
+    def observe(self, outcome: str, **data: Any) -> None:
+        """What userspace saw (a class name: pass, sigbus, fault_livelock, refused, ...)."""
+        self.observed = outcome
+        self.data.update(data)
+
+    # tasks
+    def spawn(
+        self,
+        name: str,
+        func: Callable[..., Any],
+        *args: Any,
+        user: int | None = None,
+        memlock: int | None = None,
+        expect_signal: str | None = None,
+        cgroup: str | None = None,
+        oom_score_adj: int | None = None,
+    ) -> Handle:
+        """Start func(*args) in a forked child (own process group); see Handle."""
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 0
+            try:
+                os.close(rfd)
+                os.setpgid(0, 0)
+                if cgroup is not None:
+                    with open(f"{cgroup}/cgroup.procs", "w") as f:
+                        f.write("0\n")
+                if oom_score_adj is not None:
+                    with open("/proc/self/oom_score_adj", "w") as f:
+                        f.write(f"{oom_score_adj}\n")
+                if memlock is not None:
+                    resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock))
+                if user is not None:
+                    _drop_privileges(user)
+                value = func(*args)
+                os.write(wfd, json.dumps({"value": value}, default=str).encode()[:MAX_RECORD])
+            except BaseException as exc:  # reported to the parent
+                line = traceback.format_exception_only(type(exc), exc)[-1].strip()
+                os.write(wfd, json.dumps({"error": line}).encode()[:MAX_RECORD])
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(wfd)
+        return Handle(self, name, pid, rfd, time.monotonic(), expect_signal)
+
+    def task(
+        self, name: str, func: Callable[..., Any], *args: Any, timeout: float = 30.0, **kw: Any
+    ) -> TaskResult:
+        """Run func(*args) in a child and wait; killed (status `timeout`) at the deadline.
+
+        expect_signal: the signal this task is meant to die of (e.g. the SIGBUS a
+        test provokes on purpose); the record says so, so it is not mistaken for
+        the outcome under test. cgroup: a cgroup v2 directory to join first.
+        """
+        return self.spawn(name, func, *args, **kw).wait(timeout)
+
+
+class Handle:
+    """A running task: wait() for it with a deadline, or kill() it."""
+
+    def __init__(
+        self, ctx: Context, name: str, pid: int, rfd: int, started: float, expect_signal: str | None
+    ) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.pid = pid
+        self._rfd = rfd
+        self.started = started
+        self.expect_signal = expect_signal
+        self.result: TaskResult | None = None
+
+    def poll(self) -> bool:
+        """True once the task has ended (its result is then recorded)."""
+        if self.result is not None:
+            return True
+        done, raw = os.waitpid(self.pid, os.WNOHANG)
+        if done:
+            self._finish(raw)
+        return self.result is not None
+
+    def wait(self, timeout: float) -> TaskResult:
+        deadline = time.monotonic() + timeout
+        while not self.poll():
+            if time.monotonic() >= deadline:
+                return self.kill(status="timeout")
+            time.sleep(0.02)
+        assert self.result is not None
+        return self.result
+
+    def kill(self, status: str = "killed") -> TaskResult:
+        """SIGKILL the task's process group; status `timeout` or `killed` (by the test)."""
+        if self.result is not None:
+            return self.result
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        _, raw = os.waitpid(self.pid, 0)
+        self._finish(raw, forced=status)
+        assert self.result is not None
+        return self.result
+
+    def _finish(self, raw: int, forced: str | None = None) -> None:
+        status, exit_code, sig = "exited", None, None
+        if forced is not None:
+            status = forced
+        elif os.WIFSIGNALED(raw):
+            status, sig = "signaled", _signame(os.WTERMSIG(raw))
+        else:
+            exit_code = os.WEXITSTATUS(raw)
+        seconds = round(time.monotonic() - self.started, 3)
+        payload: dict[str, Any] = {}
+        readable, _, _ = select.select([self._rfd], [], [], 0)
+        if readable:
+            try:
+                payload = json.loads(os.read(self._rfd, MAX_RECORD + 100) or b"{}")
+            except ValueError:
+                payload = {}
+        os.close(self._rfd)
+        self.result = TaskResult(
+            self.name,
+            self.pid,
+            status,
+            exit_code,
+            sig,
+            seconds,
+            payload.get("value"),
+            payload.get("error"),
+        )
+        self.ctx.send(
+            {
+                "type": "task",
+                "testcase": self.ctx.name,
+                "name": self.name,
+                "pid": self.pid,
+                "comm": "python3",
+                "status": status,
+                "signal": sig,
+                "si_code": None,
+                "exit_code": exit_code,
+                "seconds": seconds,
+                "error": self.result.error,
+                "expected_signal": self.expect_signal,
+            }
+        )
