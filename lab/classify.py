@@ -36,6 +36,7 @@ CLASSES: tuple[str, ...] = (
     "sigbus",
     "oom_kill",
     "fault_livelock",
+    "refused",
     "oops",
     "bug",
     "warn",
@@ -182,10 +183,17 @@ class Hit:
 
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[()*+][0-~]|[@-~])")
 _CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # C0 (but tab), DEL and C1 controls
 _TOKEN = re.compile(
     r"<(?P<level>\d{1,3})>|\[\s*(?P<stamp>\d{1,12}\.\d{1,9})\]|\[\s*(?P<caller>[TC]\d{1,10})\]"
 )
 _INNER = re.compile(r"\[\s*(\d{1,12}\.\d{6})\]\s?")
+
+
+def shown(text: str) -> str:
+    """A console line as evidence shows it: control characters as `\\xNN` escapes, so
+    that a guest cannot drive the terminal of whoever reads the evidence."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _prefix(message: str) -> tuple[list[tuple[str, str]], int]:
@@ -359,6 +367,13 @@ class _Task:
     si_code: str | None
     exit_code: int | None
     seconds: float | None
+    expected_signal: str | None = None  # the test provoked this signal on purpose
+
+    @property
+    def intended(self) -> bool:
+        """Died of the very signal the test case meant to provoke (not an outcome)."""
+        return self.status == "signaled" and self.signal is not None and (
+            self.signal == self.expected_signal)
 
     def render(self) -> str:
         who = f"task {self.name}" + (f" pid {self.pid}" if self.pid is not None else "")
@@ -443,6 +458,7 @@ def _parse_records(records: Sequence[Any], problems: Sequence[Any]) -> _Agent:
                     si_code=_optional(rec, "si_code", _str, agent, where),
                     exit_code=_optional(rec, "exit_code", _int, agent, where),
                     seconds=_optional(rec, "seconds", _float, agent, where),
+                    expected_signal=_optional(rec, "expected_signal", _str, agent, where),
                 )
             )
         elif kind == "result":
@@ -574,7 +590,9 @@ class _Evidence:
 
     def line(self, index: int, signature: str, ktime: float | None = None) -> None:
         line = self.f.lines[index]
-        text = line.text if len(line.text) <= MAX_TEXT else line.text[: MAX_TEXT - 1] + "…"
+        text = shown(line.text[: MAX_TEXT + 1])
+        if len(text) > MAX_TEXT:
+            text = text[: MAX_TEXT - 1] + "…"
         self._add(Evidence(line.line_no, text, line.ktime if ktime is None else ktime, signature))
 
     def hit(self, hit: Hit, context: int | None = None) -> None:
@@ -698,9 +716,9 @@ def _panic_common(f: _Findings, outcome: str, hit: Hit) -> _Verdict:
         values["testcase"] = running
         extra.append(f"during test case {running}")
     reason = values["reason"] or "(no reason)"
-    when = " before userspace ran" if outcome == "boot_failure" else ""
+    what = "kernel panic before userspace ran: " if outcome == "boot_failure" else ""
     more = f" ({'; '.join(extra)})" if extra else ""
-    return _Verdict(outcome, f"{outcome}: kernel panic{when}: {reason}{more}", ev, values)
+    return _Verdict(outcome, f"{outcome}: {what}{reason}{more}", ev, values)
 
 
 def _panic_before_userspace(f: _Findings) -> _Verdict | None:
@@ -974,7 +992,13 @@ def _protocol_problems(f: _Findings) -> _Verdict | None:
 
 
 def _test_raised(f: _Findings) -> _Verdict | None:
-    errors = [r for r in f.agent.results if r.verdict == "error" and not r.timeout]
+    # A test case process that died of SIGBUS did not raise: the sigbus rule takes it.
+    bus = {t.testcase for t in f.agent.tasks if t.status == "signaled" and t.signal == "SIGBUS"}
+    errors = [
+        r
+        for r in f.agent.results
+        if r.verdict == "error" and not r.timeout and r.testcase not in bus
+    ]
     if not errors:
         return None
     r = errors[0]
@@ -1016,7 +1040,8 @@ def _task_timeout(f: _Findings) -> _Verdict | None:
 
 
 def _sigbus(f: _Findings) -> _Verdict | None:
-    tasks = [t for t in f.agent.tasks if t.status == "signaled" and t.signal == "SIGBUS"]
+    tasks = [t for t in f.agent.tasks
+             if t.status == "signaled" and t.signal == "SIGBUS" and not t.intended]
     observed = [r for r in f.agent.results if r.observed == "sigbus"]
     kernel = f.hits("fatal_sigbus")
     if not (tasks or observed or kernel):
@@ -1091,7 +1116,7 @@ def _test_observed(f: _Findings) -> _Verdict | None:
 
 
 def _test_passed(f: _Findings) -> _Verdict | None:
-    if not f.agent.results:
+    if not f.agent.results or any(r.verdict != "pass" for r in f.agent.results):
         return None
     ev = _Evidence(f)
     for r in f.agent.results[:10]:
@@ -1142,11 +1167,11 @@ def _log_stopped(f: _Findings) -> _Verdict | None:
     phase = "test" if f.userspace_ran() else "boot"
     ev = _Evidence(f)
     ev.tail()
-    what = (
-        "is empty"
-        if not any(line.message.strip() for line in f.lines)
-        else ("stops without the kernel's restart or power-down line and without other evidence")
-    )
+    if ev.items:
+        what = "stops without the kernel's restart or power-down line and without other evidence"
+    else:
+        what = "is empty"
+        ev.note("lab: the console log holds no text", "lab:console")
     return _Verdict("hang", f"hang ({phase} phase): the log {what}", ev, {"phase": phase})
 
 
@@ -1220,7 +1245,8 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "task-timeout",
         "hang",
-        "A test case's own watchdog had to kill a task (no Huh lines).",
+        "A test case overran its timeout (the agent killed it), or its own watchdog had to "
+        "kill a task; and no Huh lines.",
         _task_timeout,
     ),
     Rule(

@@ -27,9 +27,14 @@ from lab import (
     classify,
     config,
     doctor,
+    failures,
     kconfig,
     machine,
+    matrix,
     proc,
+    report,
+    results,
+    runner,
     selection,
     source,
     testcase,
@@ -217,7 +222,7 @@ def new_run_dir(cfg: config.LabConfig, label: str = "") -> Path:
     return run
 
 
-def print_cell(res: cell.CellResult, stream: TextIO = sys.stdout) -> None:
+def print_cell(res: runner.CellResult, stream: TextIO = sys.stdout) -> None:
     c = res.classification
     expected = "|".join(res.expected) or "(no expectation declared)"
     word = {"expected": "as expected", "unexpected": "UNEXPECTED", "infra": "INFRASTRUCTURE ERROR"}[
@@ -250,7 +255,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         kernel = _kernel_for(cfg, arch, variant, reporter)
         base = boot.base_image(cfg, arch, reporter.line)
     run_dir = Path(args.results) if args.results else new_run_dir(cfg, "run")
-    res = cell.run_cell(
+    res = runner.run_cell(
         cfg,
         the_cell,
         kernel,
@@ -277,7 +282,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     path = Path(args.log)
     try:
-        text = path.read_text(errors="replace")
+        text = path.read_bytes().decode(errors="replace")
     except FileNotFoundError:
         raise LabError(f"{path}: no such console log") from None
     except IsADirectoryError:
@@ -291,6 +296,218 @@ def cmd_classify(args: argparse.Namespace) -> int:
     for ev in result.evidence:
         print(f"  L{ev.line_no:<6} {ev.text}")
     return 0
+
+
+# --- matrix ---------------------------------------------------------------------------
+
+def _build_kernels(cfg: config.LabConfig, pairs: list[tuple[str, str]], reporter: Reporter,
+                   jobs: int = 0) -> tuple[dict[str, build.Kernel], dict[str, str]]:
+    """Build each (arch, variant) once; failures are returned, not raised."""
+    build.check_host_tools()
+    kernels: dict[str, build.Kernel] = {}
+    failed: dict[str, str] = {}
+    plans = [build.plan(cfg, cfg.arch(a), cfg.variant(v), jobs, reporter.line) for a, v in pairs]
+    plans.sort(key=lambda p: p.tree_key)  # neighbours share a build tree
+    for p in plans:
+        task = reporter.task(p.label)
+        try:
+            k = build.build(cfg, p, task)
+        except LabError as exc:
+            task.finish("FAILED")
+            failed[p.label] = str(exc).splitlines()[0]
+            continue
+        task.finish(f"cached ({k.key})" if k.cached else
+                    f"built in {k.meta['durations'].get('total', 0):.0f}s ({k.key})")
+        kernels[p.label] = k
+    return kernels, failed
+
+
+def _kernel_provenance(k: build.Kernel) -> dict[str, object]:
+    m = k.meta
+    return {"key": k.key, "dir": str(k.dir), "image_sha256": m.get("image_sha256"),
+            "config_sha256": m.get("config_sha256"), "source": m.get("source"),
+            "series": m.get("series"), "fragments": m.get("fragments"),
+            "toolchain": m.get("toolchain"), "durations": m.get("durations"),
+            "reproducer": m.get("reproducer")}
+
+
+def run_matrix(cfg: config.LabConfig, cells: list[matrix.Planned], run_dir: Path,
+               jobs: int, quiet: bool = False) -> int:
+    """Build, run, report; returns the run's exit code. Shared by matrix/reproduce."""
+    run = results.load_run(run_dir)
+    done_ids = results.finished_ids(run_dir)
+    todo = [c for c in cells if c.id not in done_ids]
+    started = time.monotonic()
+    stop = runner.Stop()
+    status = "interrupted"
+    try:
+        with Reporter() as reporter:
+            kernels, failed = _build_kernels(cfg, matrix.kernels(todo), reporter)
+            run.setdefault("kernels", {}).update(
+                {label: _kernel_provenance(k) for label, k in kernels.items()})
+            run.setdefault("build_failures", {}).update(failed)
+            images = {}
+            for arch_name in sorted({c.cell.arch.name for c in todo}):
+                img = boot.base_image(cfg, cfg.arch(arch_name), reporter.line)
+                images[arch_name] = img
+                run.setdefault("images", {})[arch_name] = {"key": img.key,
+                                                          "path": str(img.path)}
+            run.setdefault("durations", {})["build_and_images"] = round(
+                time.monotonic() - started, 1)
+            results.write_run(run_dir, run)
+            runnable = [c for c in todo if c.kernel in kernels]
+            for c in todo:
+                if c.kernel in failed:
+                    runner._infra_cell(cfg, c, run_dir / "cells" / c.dirname,
+                                       f"kernel did not build: {failed[c.kernel]}")
+            progress = reporter.task(f"matrix {run_dir.name}")
+            total, finished, unexpected = len(runnable), 0, 0
+            running: set[str] = set()
+            t_cells = time.monotonic()
+
+            def show() -> None:
+                eta = ""
+                if finished:
+                    per = (time.monotonic() - t_cells) / finished
+                    eta = f", ETA {per * (total - finished) / 60:.1f} min"
+                progress.phase(f"{finished}/{total} done, {unexpected} unexpected{eta}; "
+                               f"running: {', '.join(sorted(running)) or '-'}")
+
+            def on_start(p: matrix.Planned) -> None:
+                running.add(p.id)
+                show()
+
+            def on_done(p: matrix.Planned, res: runner.CellResult | None, err: str) -> None:
+                nonlocal finished, unexpected
+                running.discard(p.id)
+                finished += 1
+                if res is None:
+                    reporter.line(f"[{p.id}] lab error: {err}")
+                else:
+                    if res.verdict != "expected":
+                        unexpected += 1
+                    word = {"expected": "as expected", "unexpected": "UNEXPECTED",
+                            "infra": "INFRA"}[res.verdict]
+                    reporter.line(f"[{p.id}] {res.observed} (expected "
+                                  f"{'|'.join(res.expected) or '?'}): {word} "
+                                  f"{res.timings.get('cell', 0):.1f}s")
+                show()
+
+            show()
+            runner.run_cells(cfg, runnable, run_dir, kernels, images, jobs, stop,
+                             on_start, on_done)
+            progress.finish(f"{finished}/{total} cells, {unexpected} not as expected")
+            run["durations"]["cells"] = round(time.monotonic() - t_cells, 1)
+        status = "complete"
+    finally:
+        records = results.read_cells(run_dir)
+        planned = {c["id"] for c in run.get("cells", [])}
+        missing = planned - {r.data.get("run_cell_id", r.id) for r in records}
+        run["status"] = status if not missing or status != "complete" else "incomplete"
+        run["not_run"] = sorted(missing)
+        run["finished"] = results.now()
+        run.setdefault("durations", {})["last_invocation"] = round(
+            time.monotonic() - started, 1)
+        results.write_run(run_dir, run)
+        report.render(run_dir)
+    code = results.exit_code(run, records)
+    if not quiet:
+        print(report.text_summary(run_dir))
+    return code
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    tcs = testcase.discover(cfg.testcases_dir, classify.CLASSES)
+    for problem in matrix.unknown_rule_keys(cfg, tcs):
+        print(f"lab: warning: expectation uses a key no variant defines: {problem}",
+              file=sys.stderr)
+    spec = matrix.parse_spec(cfg.extra.get("matrix"), str(cfg.file))
+    if args.resume:
+        run_dir = results.resolve_run(cfg.results_dir, args.resume)
+        sel = results.load_run(run_dir)["selection"]
+        cells = matrix.plan(cfg, tcs, spec, sel["variants"], sel["arches"], sel["testcases"],
+                            sel["repeat"])
+        if sel.get("shard"):
+            cells = matrix.shard(cells, *matrix.parse_shard(sel["shard"]))
+        print(f"lab: resuming {run_dir}", file=sys.stderr)
+    else:
+        cells = matrix.plan(cfg, tcs, spec, args.variant, args.arch, args.testcase, args.repeat)
+        if args.shard:
+            cells = matrix.shard(cells, *matrix.parse_shard(args.shard))
+        if not cells:
+            raise LabError("the selection holds no cells")
+        header = {
+            "config": {"file": str(cfg.file), "sha256": cache.file_digest(cfg.file)},
+            "selection": {"variants": args.variant, "arches": args.arch,
+                          "testcases": args.testcase, "repeat": args.repeat or spec.repeat,
+                          "shard": args.shard or None},
+            "cells": [{"id": c.id, "dir": f"cells/{c.dirname}", "kernel": c.kernel}
+                      for c in cells],
+        }
+        base = Path(args.results) if args.results else cfg.results_dir
+        run_dir = results.new_run(base, "matrix", header)
+        print(f"lab: run {run_dir} ({len(cells)} cells, "
+              f"{len(matrix.kernels(cells))} kernels)", file=sys.stderr)
+    jobs = args.jobs or cfg.jobs or build.default_jobs(cfg)
+    return run_matrix(cfg, cells, run_dir, jobs)
+
+
+# --- reproduce ----------------------------------------------------------------------------
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    modes = failures.parse(cfg.extra.get("failure_mode"), cfg.file, classify.CLASSES)
+    if args.list or not args.id:
+        for m in modes:
+            print(f"{m.id:32} {m.who}: {m.testcase} on {', '.join(m.variants)}")
+            print(f"{'':32} \"{m.claim}\"")
+        return 0
+    chosen = modes if args.id == ["all"] else [failures.find(modes, i, cfg.file)
+                                                for i in args.id]
+    tcs = {t.name: t for t in testcase.discover(cfg.testcases_dir, classify.CLASSES)}
+    cells: dict[str, matrix.Planned] = {}
+    for m in chosen:
+        if m.testcase not in tcs:
+            raise LabError(f"failure mode {m.id}: unknown test case {m.testcase!r}")
+        arches = args.arch or list(m.arches)
+        for c in matrix.plan(cfg, [tcs[m.testcase]], matrix.MatrixSpec(), list(m.variants),
+                             arches, [m.testcase]):
+            cells.setdefault(c.id, c)
+    header = {
+        "config": {"file": str(cfg.file), "sha256": cache.file_digest(cfg.file)},
+        "selection": {"variants": [], "arches": args.arch, "testcases": [], "repeat": 1,
+                      "shard": None, "failure_modes": [m.id for m in chosen]},
+        "cells": [{"id": c.id, "dir": f"cells/{c.dirname}", "kernel": c.kernel}
+                  for c in cells.values()],
+    }
+    run_dir = results.new_run(cfg.results_dir, "reproduce", header)
+    jobs = args.jobs or cfg.jobs or build.default_jobs(cfg)
+    code = run_matrix(cfg, list(cells.values()), run_dir, jobs, quiet=True)
+    records = {r.id: r for r in results.read_cells(run_dir)}
+    answers = []
+    for m in chosen:
+        print(f"{m.id}: {m.who} <{m.lore_url}>")
+        print(f"  claim: \"{m.claim}\"")
+        print(f"  reproduced if: {' or '.join(m.reproduced)}")
+        for c in cells.values():
+            if not m.selects(c.cell.arch.name, c.cell.variant.name, c.cell.testcase.name):
+                continue
+            rec = records.get(c.cell.id)
+            if rec is None:
+                print(f"  {c.cell.id}: not run")
+                continue
+            ans = failures.answer(m, rec.observed)
+            answers.append({"failure_mode": m.id, "cell": c.cell.id, "answer": ans,
+                            "observed": rec.observed, "detail": rec.data.get("detail")})
+            print(f"  {c.cell.id}: {ans.upper()}: observed {rec.observed} "
+                  f"({rec.data.get('detail', '')})")
+            for ev in rec.evidence.get("evidence", [])[:4]:
+                print(f"      {'L' + str(ev['line_no']) if ev['line_no'] else 'agent':>6} "
+                      f"{ev['text']}")
+    cache.write_json(run_dir / "reproduce.json", answers)
+    print(f"run: {run_dir}")
+    return code
 
 
 # --- config show -------------------------------------------------------------------
@@ -413,6 +630,24 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print timings, accelerator and QEMU argv as JSON"
     )
     bt.set_defaults(func=cmd_boot)
+
+    mx = sub.add_parser("matrix", help="run the variant x arch x test case matrix")
+    mx.add_argument("--variant", "-V", action="append", default=[], help="glob, repeatable")
+    mx.add_argument("--arch", "-a", action="append", default=[], help="glob, repeatable")
+    mx.add_argument("--testcase", "-t", action="append", default=[], help="glob, repeatable")
+    mx.add_argument("--jobs", "-j", type=int, default=0, help="parallel cells (default: CPUs)")
+    mx.add_argument("--repeat", type=int, default=None, help="run each cell N times")
+    mx.add_argument("--shard", default="", help="K/N: run the K-th of N deterministic shards")
+    mx.add_argument("--resume", default="", metavar="RUN", help="run what RUN is missing")
+    mx.add_argument("--results", default="", help="results directory (default: lab.toml's)")
+    mx.set_defaults(func=cmd_matrix)
+
+    rp = sub.add_parser("reproduce", help="replay failure modes claimed in review")
+    rp.add_argument("id", nargs="*", help="failure mode ids, or 'all' (none: list them)")
+    rp.add_argument("--arch", "-a", action="append", default=[], help="glob, repeatable")
+    rp.add_argument("--jobs", "-j", type=int, default=0)
+    rp.add_argument("--list", action="store_true", help="list the failure modes")
+    rp.set_defaults(func=cmd_reproduce)
 
     r = sub.add_parser("run", help="run one test case on one (arch, variant): one cell")
     r.add_argument("testcase")

@@ -417,7 +417,7 @@ SIGNATURES: tuple[Signature, ...] = (
         _re(r"(?:(?P<prefix>.*?): )?potentially unexpected fatal signal 7\."),
         "kernel/signal.c:1268 (needs print-fatal-signals=1)",
         "`potentially unexpected fatal signal 7.` (+ the `CPU: PID: Comm:` line of show_regs)",
-        REGS_CONTEXT,
+        TASK_CONTEXT,
     ),
     Signature(
         "arm64_unhandled_exception",

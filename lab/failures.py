@@ -1,0 +1,86 @@
+"""Failure modes reported in review, as data: `[[failure_mode]]` in lab.toml. Pure.
+
+Each entry pins a claim from a mailing-list thread (with its message id) to the
+cells that test it and to the outcome classes that count as "reproduced". A run
+then answers, per cell: reproduced, not reproduced (the system coped: `pass`), or a
+different outcome (some other failure class; often the most interesting answer).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.errors import LabError
+from lab.tomlread import Table
+
+ANSWERS = ("reproduced", "not reproduced", "different outcome")
+
+
+@dataclass(frozen=True)
+class FailureMode:
+    id: str
+    message_id: str  # lore Message-Id of the claim
+    who: str  # author and date
+    claim: str  # the quoted claim
+    testcase: str
+    variants: tuple[str, ...]  # globs
+    arches: tuple[str, ...]  # globs
+    reproduced: tuple[str, ...]  # outcome classes that count as reproducing the claim
+    note: str
+
+    @property
+    def lore_url(self) -> str:
+        return f"https://lore.kernel.org/r/{self.message_id}"
+
+    def selects(self, arch: str, variant: str, testcase: str) -> bool:
+        return (testcase == self.testcase
+                and any(fnmatch.fnmatchcase(variant, v) for v in self.variants)
+                and any(fnmatch.fnmatchcase(arch, a) for a in self.arches))
+
+
+def parse(raw: object, file: Path, classes: Sequence[str] = ()) -> list[FailureMode]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+        raise LabError(f"{file}: failure_mode must be an array of tables ([[failure_mode]])")
+    out: list[FailureMode] = []
+    for i, entry in enumerate(raw):
+        t = Table(file, f"failure_mode[{i}]", dict(entry))
+        fm = FailureMode(
+            id=t.string("id"),
+            message_id=t.string("message_id"),
+            who=t.string("who", ""),
+            claim=t.string("claim"),
+            testcase=t.string("testcase"),
+            variants=t.strings("variants"),
+            arches=t.strings("arches", ("*",)),
+            reproduced=t.strings("reproduced"),
+            note=t.string("note", ""),
+        )
+        t.done()
+        for c in fm.reproduced:
+            if classes and c not in classes:
+                t.fail_key("reproduced", f"unknown outcome {c!r}; valid: {', '.join(classes)}")
+        if any(f.id == fm.id for f in out):
+            t.fail_key("id", f"duplicate failure mode id {fm.id!r}")
+        out.append(fm)
+    return out
+
+
+def find(modes: Sequence[FailureMode], ident: str, file: Path) -> FailureMode:
+    for m in modes:
+        if m.id == ident:
+            return m
+    raise LabError(f"{file}: unknown failure mode {ident!r}; valid: "
+                   f"{', '.join(m.id for m in modes) or '(none declared)'}")
+
+
+def answer(mode: FailureMode, observed: str) -> str:
+    if observed in mode.reproduced:
+        return "reproduced"
+    if observed == "pass":
+        return "not reproduced"
+    return "different outcome"
