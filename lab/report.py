@@ -20,6 +20,7 @@ and drive terminals) and HTML-escaped where it lands in the report.
 from __future__ import annotations
 
 import collections
+import functools
 import html
 import json
 import re
@@ -277,7 +278,9 @@ class Slot:
         return "expected" if self.runs else "not_run"
 
     def distribution(self) -> str:
-        """ "7x sigbus, 3x fault_livelock" (most frequent first)."""
+        """ "7x sigbus, 3x fault_livelock" (most frequent first); one run: its class."""
+        if len(self.runs) == 1:
+            return self.runs[0].observed
         return ", ".join(f"{n}x {c}" for c, n in self.counts.most_common())
 
 
@@ -307,8 +310,9 @@ class Run:
                 "not_run": len(self.not_run)}
 
     def slot(self, arch: str, variant: str, testcase: str) -> Slot | None:
-        return self._index().get((arch, variant, testcase))
+        return self._index.get((arch, variant, testcase))
 
+    @functools.cached_property
     def _index(self) -> dict[tuple[str, str, str], Slot]:
         return {(s.arch, s.variant, s.testcase): s for s in self.slots}
 
@@ -340,7 +344,7 @@ class Run:
         """Variant -> "pool=cma fault=oom ..." with only the params that differ between
         the variants of this run (the constant ones are shown once, elsewhere)."""
         params = self.variant_params()
-        keys = sorted({k for p in params.values() for k in p})
+        keys = list(dict.fromkeys(k for p in params.values() for k in p))  # lab.toml order
         varying = [k for k in keys
                    if len({json.dumps(p.get(k), sort_keys=True) for p in params.values()}) > 1]
         shown = varying or (keys if len(params) == 1 else [])
@@ -352,7 +356,7 @@ class Run:
         if len(params) < 2:
             return ""
         first = next(iter(params.values()))
-        same = [k for k in sorted(first) if all(k in p and p[k] == first[k]
+        same = [k for k in first if all(k in p and p[k] == first[k]
                                                  for p in params.values())]
         return " ".join(f"{_line(k, 40)}={_param(first[k])}" for k in same)
 
@@ -515,8 +519,8 @@ def _css() -> str:
         ".badge.v-not_run{background:#f0f0f0;color:#777}",
         ".status-complete{color:#176b17}.status-incomplete,.status-interrupted,"
         ".status-running{color:#b35c00}",
-        ".legend span.swatch{display:inline-block;padding:2px 8px;margin:2px;"
-        "border:1px solid #888;font-size:12px}",
+        "span.swatch{padding:1px 6px;border:1px solid #888;border-radius:2px}",
+        ".legend span.swatch{display:inline-block;padding:2px 8px;margin:2px;font-size:12px}",
         ".counts span{margin-right:1.2em;font-weight:600}",
         "section.cell-details{border-top:1px solid #ddd;padding-top:.3em}",
         "details.run{margin:.4em 0 .8em 1em}",
@@ -708,13 +712,16 @@ def _slot_link(s: Slot | str) -> str:
 
 def _problems_html(run: Run) -> str:
     out = []
-    bad = [s for s in run.slots if s.verdict in ("unexpected", "infra")]
+    # Per run cell, not per slot: of an unstable slot only some repetitions are bad.
+    bad = [c for c in run.cells if c.verdict in ("unexpected", "infra")]
     if bad:
         rows = "".join(
-            f"<tr data-cell=\"{_h(s.id)}\"><td>{_slot_link(s)}</td><td>{_badge(s.verdict)}</td>"
-            f"<td>{_h(s.observed)}</td><td>{_h('|'.join(s.expected) or 'none')}</td>"
-            f"<td>{_h(next(r for r in s.runs if r.verdict != 'expected').detail)}</td></tr>"
-            for s in bad)
+            f'<tr data-run-cell="{_h(c.run_cell_id)}">'
+            f'<td><a href="#{_anchor("run", c.run_cell_id)}"><code>{_h(c.run_cell_id)}</code>'
+            f"</a></td><td>{_badge(c.verdict)}</td>"
+            f"<td>{_h(c.observed)}</td><td>{_h('|'.join(c.expected) or 'none')}</td>"
+            f"<td>{_h(c.detail)}</td></tr>"
+            for c in bad)
         out.append('<h2 id="problems">Unexpected and infrastructure results</h2>'
                    '<table class="list"><tr><th>cell</th><th>verdict</th><th>observed</th>'
                    f"<th>expected</th><th>detail</th></tr>{rows}</table>")
@@ -839,7 +846,13 @@ def _provenance_html(run: Run) -> str:
     kernels = _dict(m.get("kernels"))
     if not kernels:
         out.append('<p class="muted">No kernel built in this run.</p>')
-    for label, k in sorted(kernels.items()):
+    def order(label: str) -> tuple[int, int, str]:
+        arch, _, variant = label.partition("/")
+        return (run.arches.index(arch) if arch in run.arches else len(run.arches),
+                run.variants.index(variant) if variant in run.variants else len(run.variants),
+                label)
+
+    for label, k in sorted(kernels.items(), key=lambda kv: order(str(kv[0]))):
         if not isinstance(k, dict):
             continue
         src = _dict(k.get("source"))
@@ -977,8 +990,11 @@ def render_markdown(run: Run) -> str:
                  + (f" (each cell up to {repeats}x)" if repeats > 1 else ""))
     sha = _line(cfg.get("sha256"), 64)
     lines.append(f"lab {_line(m.get('lab_version'), 40)}, config "
-                 f"{_line(Path(str(cfg.get('file') or '?')).name, 80)} "
-                 f"(sha256 {sha[:12]}), host {_line(_host(m.get('host')), 120)}")
+                 f"{_line(Path(str(cfg.get('file') or '?')).name, 80)} (sha256 {sha[:12]})")
+    host = _dict(m.get("host"))
+    lines.append(f"host {_line(host.get('node') or '?', 60)} ({_line(host.get('machine'), 20)}, "
+                 f"{_line(host.get('cpus'), 6)} cpus), {_line(m.get('created'), 40)} .. "
+                 f"{_line(m.get('finished') or '-', 40)}")
     if isinstance(m.get("merged_from"), list):
         lines.append("merged from: " + ", ".join(_line(x, 80) for x in m["merged_from"]))
     xarch = run.xarch()
@@ -1004,26 +1020,30 @@ def render_markdown(run: Run) -> str:
         const = run.constant_params()
         if const:
             lines += ["", f"    all variants: {const}"]
-    abbrevs = ", ".join(f"{SHORT[k]} = {k}" for k in sorted(used) if k in SHORT)
-    lines += ["", "Legend: `*` unexpected, `~` repetitions disagree, `!` arches disagree,",
-              f"`{MD_NOT_RUN}` not run, `{MD_NOT_PLANNED}` not planned"
-              + (f"; {abbrevs}." if abbrevs else ".")]
+    legend = [f"`{MARK_UNEXPECTED}` unexpected", f"`{MARK_UNSTABLE}` repetitions disagree",
+              f"`{MARK_XARCH}` arches disagree", f"`{MD_NOT_RUN}` not run",
+              f"`{MD_NOT_PLANNED}` not planned",
+              *(f"{SHORT[k]} = {k}" for k in sorted(used) if k in SHORT)]
+    lines += ["", *_md_items("Legend: ", legend)]
 
     bad = [s for s in run.slots if s.verdict == "unexpected"]
     if bad:
         lines += ["", f"## Unexpected ({len(bad)})"]
         for s in bad:
             first = next(r for r in s.runs if r.verdict == "unexpected")
-            exp = "|".join(s.expected) or "none declared"
-            lines += ["", f"### {s.id}: {s.observed} (expected {exp})", ""]
+            exp = "|".join(first.expected) or "none declared"
+            lines += ["", f"### {first.run_cell_id}: {first.observed} (expected {exp})", ""]
             lines += _md_kv("detail", first.detail)
             if len(s.runs) > 1:
-                lines += _md_kv("runs", s.distribution())
+                n = sum(r.verdict == "unexpected" for r in s.runs)
+                lines += _md_kv("runs", f"{s.distribution()} ({n} of {len(s.runs)} "
+                                        "unexpected)")
             e = first.telling()
             if e is not None:
-                where = (f"console.log:{e.line_no}" if e.line_no
-                         else "agent" if e.signature.startswith("agent") else "lab")
-                lines += _md_kv("evidence", f"{where}: {e.text}")
+                # Unwrapped: a console line is quoted as the kernel printed it. Agent
+                # records and lab facts already say where they come from.
+                where = f"console.log:{e.line_no}: " if e.line_no else ""
+                lines.append(f"    evidence:  {where}{_line(e.text, 300)}")
             repro = _line(first.data.get("reproducer"), 400)
             if repro:
                 # One line even if long: a wrapped command is not copy-pasteable.
@@ -1046,7 +1066,18 @@ def render_markdown(run: Run) -> str:
     if run.not_run:
         lines += ["", f"## Not run ({len(run.not_run)})", ""]
         lines += ["    " + x for x in textwrap.wrap(", ".join(run.not_run), MD_WIDTH - 4)]
-    return "\n".join(lines) + "\n"
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def _md_items(head: str, items: Sequence[str]) -> list[str]:
+    """Comma-separated items wrapped between items, never inside one."""
+    lines = [head]
+    for i, item in enumerate(items):
+        text = item + ("," if i < len(items) - 1 else ".")
+        if len(lines[-1]) + 1 + len(text) > MD_WIDTH and lines[-1].strip():
+            lines.append(" " * len(head))
+        lines[-1] += ("" if lines[-1].endswith(" ") else " ") + text
+    return [line.rstrip() for line in lines]
 
 
 def _md_kv(label: str, text: str, label_width: int = 10) -> list[str]:

@@ -28,6 +28,7 @@ FILE_PAGES = 12  # two files of 12 pages: the limit is crossed inside the second
 def _fill() -> dict[str, object]:
     """Two files of the same user; report where the budget ran out."""
     touched = 0
+    held = []  # an unmapped file is released, and release returns its charge
     for n in range(2):
         fd = lg.memfd_secret()
         try:
@@ -41,6 +42,7 @@ def _fill() -> dict[str, object]:
             fd, FILE_PAGES * lg.PAGE, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE
         )
         os.close(fd)
+        held.append(m)
         for i in range(FILE_PAGES):
             # Tell the parent how far we got before each fault: SIGBUS kills us mid-loop.
             with open("/tmp/memlock-progress", "w") as f:
