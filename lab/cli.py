@@ -510,6 +510,34 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return code
 
 
+# --- report / compare / merge --------------------------------------------------------
+
+def cmd_report(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    run_dir = results.resolve_run(cfg.results_dir, args.run)
+    report.render(run_dir)
+    print(report.text_summary(run_dir))
+    return results.exit_code(results.load_run(run_dir), results.read_cells(run_dir))
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    a = results.resolve_run(cfg.results_dir, args.run_a)
+    b = results.resolve_run(cfg.results_dir, args.run_b)
+    changes = report.compare(a, b)
+    print(report.format_compare(changes, a.name, b.name))
+    return 1 if any(c.kind == "regression" for c in changes) else 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    runs = [results.resolve_run(cfg.results_dir, r) for r in args.runs]
+    out = Path(args.output) if args.output else cfg.results_dir / results.new_run_id("merged")
+    merged = report.merge(runs, out)
+    print(report.text_summary(merged))
+    return results.exit_code(results.load_run(merged), results.read_cells(merged))
+
+
 # --- config show -------------------------------------------------------------------
 
 
@@ -542,7 +570,7 @@ def _try_load(args: argparse.Namespace) -> config.LabConfig | None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    results = doctor.checks(_try_load(args))
+    results = doctor.checks(_try_load(args), tests=args.tests)
     width = max(len(c.name) for c in results)
     for c in results:
         print(f"{'ok ' if c.ok else 'MISSING'} {c.name:<{width}}  {c.detail}")
@@ -556,13 +584,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    missing = doctor.missing_packages(doctor.checks(_try_load(args)))
+    missing = doctor.missing_packages(doctor.checks(_try_load(args), tests=args.tests))
     if not missing:
         print("all prerequisites present")
         return 0
     print(f"installing: {' '.join(missing)}", file=sys.stderr)
     doctor.install(missing)
-    still = doctor.missing_packages(doctor.checks(_try_load(args)))
+    still = doctor.missing_packages(doctor.checks(_try_load(args), tests=args.tests))
     if still:
         raise LabError(f"still missing after apt-get: {' '.join(still)}")
     print("all prerequisites present")
@@ -649,6 +677,18 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--list", action="store_true", help="list the failure modes")
     rp.set_defaults(func=cmd_reproduce)
 
+    rr = sub.add_parser("report", help="re-render a run's reports")
+    rr.add_argument("run", help="run directory or run id")
+    rr.set_defaults(func=cmd_report)
+    cp = sub.add_parser("compare", help="cells whose outcome changed between two runs")
+    cp.add_argument("run_a")
+    cp.add_argument("run_b")
+    cp.set_defaults(func=cmd_compare)
+    mg = sub.add_parser("merge", help="merge shard runs into one run and report")
+    mg.add_argument("runs", nargs="+")
+    mg.add_argument("--output", "-o", default="", help="the merged run directory")
+    mg.set_defaults(func=cmd_merge)
+
     r = sub.add_parser("run", help="run one test case on one (arch, variant): one cell")
     r.add_argument("testcase")
     r.add_argument("--arch", "-a", required=True)
@@ -674,8 +714,10 @@ def _parser() -> argparse.ArgumentParser:
     cs.set_defaults(func=cmd_config_show)
 
     d = sub.add_parser("doctor", help="check host prerequisites")
+    d.add_argument("--tests", action="store_true", help="also what the lab's own tests need")
     d.set_defaults(func=cmd_doctor)
     s = sub.add_parser("setup", help="install missing host prerequisites with apt-get (root)")
+    s.add_argument("--tests", action="store_true", help="also what the lab's own tests need")
     s.set_defaults(func=cmd_setup)
     return parser
 

@@ -30,7 +30,12 @@ def _file(label: str, path: str, package: str) -> Check:
     return Check(label, package, ok, path if ok else f"{path} missing")
 
 
-def checks(cfg: LabConfig | None) -> list[Check]:
+def _any_tool(label: str, names: tuple[str, ...], package: str) -> Check:
+    found = next((p for p in map(shutil.which, names) if p), None)
+    return Check(label, package, found is not None, found or "not found")
+
+
+def checks(cfg: LabConfig | None, tests: bool = False) -> list[Check]:
     out = [
         _tool("make", "make"),
         _tool("gcc", "gcc"),
@@ -49,6 +54,13 @@ def checks(cfg: LabConfig | None) -> list[Check]:
             "debian-archive-keyring",
         ),
     ]
+    if tests:
+        # The lab's own tests: loopback sshd for the hosts tier, Chromium for the report.
+        out += [
+            _any_tool("chromium", ("chromium", "chromium-browser"), "chromium"),
+            _file("sshd", "/usr/sbin/sshd", "openssh-server"),
+            _tool("ssh-keygen", "openssh-client"),
+        ]
     if cfg is None:
         return out
     for arch in cfg.arches.values():

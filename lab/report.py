@@ -639,7 +639,7 @@ def _legend_html(run: Run) -> str:
             '"exp: X" the expected outcome when the observed one differs</div>')
 
 
-def _grid_cell(run: Run, s: Slot, xarch: bool) -> str:
+def _grid_cell(s: Slot, xarch: bool) -> str:
     obs = s.observed
     classes = ["cell", _outcome_class(obs) if obs else "", s.verdict]
     if s.unstable:
@@ -689,7 +689,7 @@ def _grids_html(run: Run) -> str:
             tds = []
             for t in tests:
                 s = run.slot(arch, v, t)
-                tds.append(_grid_cell(run, s, (v, t) in xarch) if s else
+                tds.append(_grid_cell(s, (v, t) in xarch) if s else
                            '<td class="absent" title="not planned">·</td>')
             p = params.get(v)
             ptxt = f'<span class="params">{_h(p)}</span>' if p else ""

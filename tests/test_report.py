@@ -636,3 +636,26 @@ def test_report_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
     assert all(c.get("data-observed") and "data-expected" in c for c in cells)
     assert grid_cell(dom, "arm64/C1/depletion")["class"].split()[:3] == \
         ["cell", "outcome-fault_livelock", "unexpected"]
+
+
+def test_malformed_and_unknown_values_still_render(tmp_path: Path) -> None:
+    """A results tree may be damaged or come from another lab version: render what is
+    there, never crash on a field of the wrong type."""
+    run_dir = make_run(tmp_path, "odd", [Spec("x86_64/U0/api", "pass"),
+                                         Spec("x86_64/U0/odd", "pass")])
+    d = run_dir / "cells" / "x86_64--U0--odd"
+    cell = json.loads((d / "cell.json").read_text())
+    cell.update({"observed": "new<class>", "expected": "pass", "timings": "soon",
+                 "params": ["x"], "kernel": None, "repeat": "two", "verdict": "weird"})
+    (d / "cell.json").write_text(json.dumps(cell))
+    (d / "evidence.json").write_text(json.dumps({"evidence": [1, {"line_no": "x"}]}))
+    _, dom = rendered(run_dir)
+    odd = grid_cell(dom, "x86_64/U0/odd")
+    assert "outcome-other" in odd["class"].split() and odd["data-observed"] == "new<class>"
+    assert odd["data-verdict"] == "infra"  # an unknown verdict is not trusted as expected
+    ET.parse(run_dir / "junit.xml")
+    empty = tmp_path / "empty"
+    (empty / "cells").mkdir(parents=True)
+    (empty / "run.json").write_text(json.dumps({"run_id": "empty", "status": "running"}))
+    report.render(empty)
+    assert "0 expected, 0 unexpected, 0 infra, 0 not run" in report.text_summary(empty)
