@@ -19,7 +19,7 @@ from typing import Any
 
 from lab import accel, image
 from lab.build import Kernel
-from lab.config import ArchSpec, LabConfig, Variant
+from lab.config import ArchSpec, BootSpec, LabConfig, Variant
 from lab.machine import Machine
 from lab.qemu import Launch, kernel_cmdline
 
@@ -96,25 +96,54 @@ def prepare(
     """Write the initrd, pick the accelerator and return a Machine ready to start."""
     boot_id = secrets.token_hex(8)
     overlay = image.build_overlay(overlay_files(req.job, boot_id, req.extra_files))
-    initrd = image.write_initrd(req.base, overlay, workdir / "initrd.cpio.gz")
-    launch = Launch(
-        arch=req.arch,
-        accel="tcg",
-        kernel=req.kernel.image,
-        initrd=initrd,
-        cmdline=cmdline_for(cfg, req),
-        result_file=workdir / "result.jsonl",
-        memory_mib=req.memory_mib or req.arch.qemu.memory_mib,
-        smp=req.smp or req.arch.qemu.smp,
+    return launch(
+        req.arch,
+        req.kernel.image,
+        req.base.path,
+        overlay,
+        boot_id,
+        cmdline_for(cfg, req),
+        req.memory_mib or req.arch.qemu.memory_mib,
+        req.smp or req.arch.qemu.smp,
+        workdir,
+        cfg.cache_dir,
+        cfg.boot,
+        log,
     )
-    choice = accel.static_choice(req.arch)
+
+
+def launch(
+    arch: ArchSpec,
+    kernel_image: Path,
+    base_image: Path,
+    overlay: bytes,
+    boot_id: str,
+    cmdline: str,
+    memory_mib: int,
+    smp: int,
+    workdir: Path,
+    cache_root: Path,
+    timeouts: BootSpec,
+    log: Callable[[str], None] = lambda _m: None,
+) -> Prepared:
+    """The same from plain pieces: what a remote lab host gets (no lab.toml, no builds)."""
+    initrd = image.write_initrd(base_image, overlay, workdir / "initrd.cpio.gz")
+    plan = Launch(
+        arch=arch,
+        accel="tcg",
+        kernel=kernel_image,
+        initrd=initrd,
+        cmdline=cmdline,
+        result_file=workdir / "result.jsonl",
+        memory_mib=memory_mib,
+        smp=smp,
+    )
+    choice = accel.static_choice(arch)
     if choice is None:
-        choice = accel.choose(
-            req.arch, cfg.cache_dir, launch, workdir, cfg.boot.kvm_probe_timeout, log
-        )
-    launch = replace(launch, accel=choice.accel)
-    machine = Machine(launch, workdir, boot_id, cfg.boot.ready_timeout, cfg.boot.shutdown_timeout)
-    return Prepared(machine, choice, launch)
+        choice = accel.choose(arch, cache_root, plan, workdir, timeouts.kvm_probe_timeout, log)
+    plan = replace(plan, accel=choice.accel)
+    machine = Machine(plan, workdir, boot_id, timeouts.ready_timeout, timeouts.shutdown_timeout)
+    return Prepared(machine, choice, plan)
 
 
 def discard_initrd(workdir: Path) -> None:

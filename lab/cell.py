@@ -74,5 +74,3 @@ def verdict_for(observed: str, expected: tuple[str, ...]) -> str:
     if not expected:
         return "unexpected"
     return "expected" if observed in expected else "unexpected"
-
-

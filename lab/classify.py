@@ -372,8 +372,11 @@ class _Task:
     @property
     def intended(self) -> bool:
         """Died of the very signal the test case meant to provoke (not an outcome)."""
-        return self.status == "signaled" and self.signal is not None and (
-            self.signal == self.expected_signal)
+        return (
+            self.status == "signaled"
+            and self.signal is not None
+            and (self.signal == self.expected_signal)
+        )
 
     def render(self) -> str:
         who = f"task {self.name}" + (f" pid {self.pid}" if self.pid is not None else "")
@@ -1040,8 +1043,11 @@ def _task_timeout(f: _Findings) -> _Verdict | None:
 
 
 def _sigbus(f: _Findings) -> _Verdict | None:
-    tasks = [t for t in f.agent.tasks
-             if t.status == "signaled" and t.signal == "SIGBUS" and not t.intended]
+    tasks = [
+        t
+        for t in f.agent.tasks
+        if t.status == "signaled" and t.signal == "SIGBUS" and not t.intended
+    ]
     observed = [r for r in f.agent.results if r.observed == "sigbus"]
     kernel = f.hits("fatal_sigbus")
     if not (tasks or observed or kernel):

@@ -223,21 +223,20 @@ def new_run_dir(cfg: config.LabConfig, label: str = "") -> Path:
 
 
 def print_cell(res: runner.CellResult, stream: TextIO = sys.stdout) -> None:
-    c = res.classification
     expected = "|".join(res.expected) or "(no expectation declared)"
     word = {"expected": "as expected", "unexpected": "UNEXPECTED", "infra": "INFRASTRUCTURE ERROR"}[
         res.verdict
     ]
-    print(f"{res.cell.id}: observed {res.observed}, expected {expected} -> {word}", file=stream)
-    print(f"  {c.detail}", file=stream)
-    print(f"  rule: {c.rule}: {c.rule_text}", file=stream)
-    if c.evidence:
+    print(f"{res.cell_id}: observed {res.observed}, expected {expected} -> {word}", file=stream)
+    print(f"  {res.detail}", file=stream)
+    print(f"  rule: {res.rule}: {res.rule_text}", file=stream)
+    if res.evidence:
         print("  evidence:", file=stream)
-        for ev in c.evidence[:25]:
-            where = f"L{ev.line_no}" if ev.line_no else "agent"
-            print(f"    {where:>6} {ev.text}", file=stream)
-        if len(c.evidence) > 25:
-            print(f"    ... {len(c.evidence) - 25} more in evidence.json", file=stream)
+        for ev in res.evidence[:25]:
+            where = f"L{ev.get('line_no')}" if ev.get("line_no") else "agent"
+            print(f"    {where:>6} {ev.get('text', '')}", file=stream)
+        if len(res.evidence) > 25:
+            print(f"    ... {len(res.evidence) - 25} more in evidence.json", file=stream)
     print(f"  artefacts: {res.dir}", file=stream)
 
 
@@ -268,7 +267,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     **cache.read_json(res.dir / "cell.json"),
-                    "evidence": res.classification.to_json(),
+                    "evidence": cache.read_json(res.dir / "evidence.json"),
                 },
                 indent=2,
             )
@@ -300,8 +299,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 # --- matrix ---------------------------------------------------------------------------
 
-def _build_kernels(cfg: config.LabConfig, pairs: list[tuple[str, str]], reporter: Reporter,
-                   jobs: int = 0) -> tuple[dict[str, build.Kernel], dict[str, str]]:
+
+def _build_kernels(
+    cfg: config.LabConfig, pairs: list[tuple[str, str]], reporter: Reporter, jobs: int = 0
+) -> tuple[dict[str, build.Kernel], dict[str, str]]:
     """Build each (arch, variant) once; failures are returned, not raised."""
     build.check_host_tools()
     kernels: dict[str, build.Kernel] = {}
@@ -316,23 +317,38 @@ def _build_kernels(cfg: config.LabConfig, pairs: list[tuple[str, str]], reporter
             task.finish("FAILED")
             failed[p.label] = str(exc).splitlines()[0]
             continue
-        task.finish(f"cached ({k.key})" if k.cached else
-                    f"built in {k.meta['durations'].get('total', 0):.0f}s ({k.key})")
+        task.finish(
+            f"cached ({k.key})"
+            if k.cached
+            else f"built in {k.meta['durations'].get('total', 0):.0f}s ({k.key})"
+        )
         kernels[p.label] = k
     return kernels, failed
 
 
 def _kernel_provenance(k: build.Kernel) -> dict[str, object]:
     m = k.meta
-    return {"key": k.key, "dir": str(k.dir), "image_sha256": m.get("image_sha256"),
-            "config_sha256": m.get("config_sha256"), "source": m.get("source"),
-            "series": m.get("series"), "fragments": m.get("fragments"),
-            "toolchain": m.get("toolchain"), "durations": m.get("durations"),
-            "reproducer": m.get("reproducer")}
+    return {
+        "key": k.key,
+        "dir": str(k.dir),
+        "image_sha256": m.get("image_sha256"),
+        "config_sha256": m.get("config_sha256"),
+        "source": m.get("source"),
+        "series": m.get("series"),
+        "fragments": m.get("fragments"),
+        "toolchain": m.get("toolchain"),
+        "durations": m.get("durations"),
+        "reproducer": m.get("reproducer"),
+    }
 
 
-def run_matrix(cfg: config.LabConfig, cells: list[matrix.Planned], run_dir: Path,
-               jobs: int, quiet: bool = False) -> int:
+def run_matrix(
+    cfg: config.LabConfig,
+    cells: list[matrix.Planned],
+    run_dir: Path,
+    jobs: int,
+    quiet: bool = False,
+) -> int:
     """Build, run, report; returns the run's exit code. Shared by matrix/reproduce."""
     run = results.load_run(run_dir)
     done_ids = results.finished_ids(run_dir)
@@ -344,22 +360,27 @@ def run_matrix(cfg: config.LabConfig, cells: list[matrix.Planned], run_dir: Path
         with Reporter() as reporter:
             kernels, failed = _build_kernels(cfg, matrix.kernels(todo), reporter)
             run.setdefault("kernels", {}).update(
-                {label: _kernel_provenance(k) for label, k in kernels.items()})
+                {label: _kernel_provenance(k) for label, k in kernels.items()}
+            )
             run.setdefault("build_failures", {}).update(failed)
             images = {}
             for arch_name in sorted({c.cell.arch.name for c in todo}):
                 img = boot.base_image(cfg, cfg.arch(arch_name), reporter.line)
                 images[arch_name] = img
-                run.setdefault("images", {})[arch_name] = {"key": img.key,
-                                                          "path": str(img.path)}
+                run.setdefault("images", {})[arch_name] = {"key": img.key, "path": str(img.path)}
             run.setdefault("durations", {})["build_and_images"] = round(
-                time.monotonic() - started, 1)
+                time.monotonic() - started, 1
+            )
             results.write_run(run_dir, run)
             runnable = [c for c in todo if c.kernel in kernels]
             for c in todo:
                 if c.kernel in failed:
-                    runner._infra_cell(cfg, c, run_dir / "cells" / c.dirname,
-                                       f"kernel did not build: {failed[c.kernel]}")
+                    runner._infra_cell(
+                        cfg,
+                        c,
+                        run_dir / "cells" / c.dirname,
+                        f"kernel did not build: {failed[c.kernel]}",
+                    )
             progress = reporter.task(f"matrix {run_dir.name}")
             total, finished, unexpected = len(runnable), 0, 0
             running: set[str] = set()
@@ -370,8 +391,10 @@ def run_matrix(cfg: config.LabConfig, cells: list[matrix.Planned], run_dir: Path
                 if finished:
                     per = (time.monotonic() - t_cells) / finished
                     eta = f", ETA {per * (total - finished) / 60:.1f} min"
-                progress.phase(f"{finished}/{total} done, {unexpected} unexpected{eta}; "
-                               f"running: {', '.join(sorted(running)) or '-'}")
+                progress.phase(
+                    f"{finished}/{total} done, {unexpected} unexpected{eta}; "
+                    f"running: {', '.join(sorted(running)) or '-'}"
+                )
 
             def on_start(p: matrix.Planned) -> None:
                 running.add(p.id)
@@ -386,16 +409,20 @@ def run_matrix(cfg: config.LabConfig, cells: list[matrix.Planned], run_dir: Path
                 else:
                     if res.verdict != "expected":
                         unexpected += 1
-                    word = {"expected": "as expected", "unexpected": "UNEXPECTED",
-                            "infra": "INFRA"}[res.verdict]
-                    reporter.line(f"[{p.id}] {res.observed} (expected "
-                                  f"{'|'.join(res.expected) or '?'}): {word} "
-                                  f"{res.timings.get('cell', 0):.1f}s")
+                    word = {
+                        "expected": "as expected",
+                        "unexpected": "UNEXPECTED",
+                        "infra": "INFRA",
+                    }[res.verdict]
+                    reporter.line(
+                        f"[{p.id}] {res.observed} (expected "
+                        f"{'|'.join(res.expected) or '?'}): {word} "
+                        f"{res.timings.get('cell', 0):.1f}s"
+                    )
                 show()
 
             show()
-            runner.run_cells(cfg, runnable, run_dir, kernels, images, jobs, stop,
-                             on_start, on_done)
+            runner.run_cells(cfg, runnable, run_dir, kernels, images, jobs, stop, on_start, on_done)
             progress.finish(f"{finished}/{total} cells, {unexpected} not as expected")
             run["durations"]["cells"] = round(time.monotonic() - t_cells, 1)
         status = "complete"
@@ -406,8 +433,7 @@ def run_matrix(cfg: config.LabConfig, cells: list[matrix.Planned], run_dir: Path
         run["status"] = status if not missing or status != "complete" else "incomplete"
         run["not_run"] = sorted(missing)
         run["finished"] = results.now()
-        run.setdefault("durations", {})["last_invocation"] = round(
-            time.monotonic() - started, 1)
+        run.setdefault("durations", {})["last_invocation"] = round(time.monotonic() - started, 1)
         results.write_run(run_dir, run)
         report.render(run_dir)
     code = results.exit_code(run, records)
@@ -420,14 +446,16 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     cfg = _load(args)
     tcs = testcase.discover(cfg.testcases_dir, classify.CLASSES)
     for problem in matrix.unknown_rule_keys(cfg, tcs):
-        print(f"lab: warning: expectation uses a key no variant defines: {problem}",
-              file=sys.stderr)
+        print(
+            f"lab: warning: expectation uses a key no variant defines: {problem}", file=sys.stderr
+        )
     spec = matrix.parse_spec(cfg.extra.get("matrix"), str(cfg.file))
     if args.resume:
         run_dir = results.resolve_run(cfg.results_dir, args.resume)
         sel = results.load_run(run_dir)["selection"]
-        cells = matrix.plan(cfg, tcs, spec, sel["variants"], sel["arches"], sel["testcases"],
-                            sel["repeat"])
+        cells = matrix.plan(
+            cfg, tcs, spec, sel["variants"], sel["arches"], sel["testcases"], sel["repeat"]
+        )
         if sel.get("shard"):
             cells = matrix.shard(cells, *matrix.parse_shard(sel["shard"]))
         print(f"lab: resuming {run_dir}", file=sys.stderr)
@@ -439,21 +467,27 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             raise LabError("the selection holds no cells")
         header = {
             "config": {"file": str(cfg.file), "sha256": cache.file_digest(cfg.file)},
-            "selection": {"variants": args.variant, "arches": args.arch,
-                          "testcases": args.testcase, "repeat": args.repeat or spec.repeat,
-                          "shard": args.shard or None},
-            "cells": [{"id": c.id, "dir": f"cells/{c.dirname}", "kernel": c.kernel}
-                      for c in cells],
+            "selection": {
+                "variants": args.variant,
+                "arches": args.arch,
+                "testcases": args.testcase,
+                "repeat": args.repeat or spec.repeat,
+                "shard": args.shard or None,
+            },
+            "cells": [{"id": c.id, "dir": f"cells/{c.dirname}", "kernel": c.kernel} for c in cells],
         }
         base = Path(args.results) if args.results else cfg.results_dir
         run_dir = results.new_run(base, "matrix", header)
-        print(f"lab: run {run_dir} ({len(cells)} cells, "
-              f"{len(matrix.kernels(cells))} kernels)", file=sys.stderr)
+        print(
+            f"lab: run {run_dir} ({len(cells)} cells, {len(matrix.kernels(cells))} kernels)",
+            file=sys.stderr,
+        )
     jobs = args.jobs or cfg.jobs or build.default_jobs(cfg)
     return run_matrix(cfg, cells, run_dir, jobs)
 
 
 # --- reproduce ----------------------------------------------------------------------------
+
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = _load(args)
@@ -461,25 +495,32 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.list or not args.id:
         for m in modes:
             print(f"{m.id:32} {m.who}: {m.testcase} on {', '.join(m.variants)}")
-            print(f"{'':32} \"{m.claim}\"")
+            print(f'{"":32} "{m.claim}"')
         return 0
-    chosen = modes if args.id == ["all"] else [failures.find(modes, i, cfg.file)
-                                                for i in args.id]
+    chosen = modes if args.id == ["all"] else [failures.find(modes, i, cfg.file) for i in args.id]
     tcs = {t.name: t for t in testcase.discover(cfg.testcases_dir, classify.CLASSES)}
     cells: dict[str, matrix.Planned] = {}
     for m in chosen:
         if m.testcase not in tcs:
             raise LabError(f"failure mode {m.id}: unknown test case {m.testcase!r}")
         arches = args.arch or list(m.arches)
-        for c in matrix.plan(cfg, [tcs[m.testcase]], matrix.MatrixSpec(), list(m.variants),
-                             arches, [m.testcase]):
+        for c in matrix.plan(
+            cfg, [tcs[m.testcase]], matrix.MatrixSpec(), list(m.variants), arches, [m.testcase]
+        ):
             cells.setdefault(c.id, c)
     header = {
         "config": {"file": str(cfg.file), "sha256": cache.file_digest(cfg.file)},
-        "selection": {"variants": [], "arches": args.arch, "testcases": [], "repeat": 1,
-                      "shard": None, "failure_modes": [m.id for m in chosen]},
-        "cells": [{"id": c.id, "dir": f"cells/{c.dirname}", "kernel": c.kernel}
-                  for c in cells.values()],
+        "selection": {
+            "variants": [],
+            "arches": args.arch,
+            "testcases": [],
+            "repeat": 1,
+            "shard": None,
+            "failure_modes": [m.id for m in chosen],
+        },
+        "cells": [
+            {"id": c.id, "dir": f"cells/{c.dirname}", "kernel": c.kernel} for c in cells.values()
+        ],
     }
     run_dir = results.new_run(cfg.results_dir, "reproduce", header)
     jobs = args.jobs or cfg.jobs or build.default_jobs(cfg)
@@ -488,7 +529,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     answers = []
     for m in chosen:
         print(f"{m.id}: {m.who} <{m.lore_url}>")
-        print(f"  claim: \"{m.claim}\"")
+        print(f'  claim: "{m.claim}"')
         print(f"  reproduced if: {' or '.join(m.reproduced)}")
         for c in cells.values():
             if not m.selects(c.cell.arch.name, c.cell.variant.name, c.cell.testcase.name):
@@ -498,19 +539,31 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 print(f"  {c.cell.id}: not run")
                 continue
             ans = failures.answer(m, rec.observed)
-            answers.append({"failure_mode": m.id, "cell": c.cell.id, "answer": ans,
-                            "observed": rec.observed, "detail": rec.data.get("detail")})
-            print(f"  {c.cell.id}: {ans.upper()}: observed {rec.observed} "
-                  f"({rec.data.get('detail', '')})")
+            answers.append(
+                {
+                    "failure_mode": m.id,
+                    "cell": c.cell.id,
+                    "answer": ans,
+                    "observed": rec.observed,
+                    "detail": rec.data.get("detail"),
+                }
+            )
+            print(
+                f"  {c.cell.id}: {ans.upper()}: observed {rec.observed} "
+                f"({rec.data.get('detail', '')})"
+            )
             for ev in rec.evidence.get("evidence", [])[:4]:
-                print(f"      {'L' + str(ev['line_no']) if ev['line_no'] else 'agent':>6} "
-                      f"{ev['text']}")
+                print(
+                    f"      {'L' + str(ev['line_no']) if ev['line_no'] else 'agent':>6} "
+                    f"{ev['text']}"
+                )
     cache.write_json(run_dir / "reproduce.json", answers)
     print(f"run: {run_dir}")
     return code
 
 
 # --- report / compare / merge --------------------------------------------------------
+
 
 def cmd_report(args: argparse.Namespace) -> int:
     cfg = _load(args)

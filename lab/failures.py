@@ -36,9 +36,11 @@ class FailureMode:
         return f"https://lore.kernel.org/r/{self.message_id}"
 
     def selects(self, arch: str, variant: str, testcase: str) -> bool:
-        return (testcase == self.testcase
-                and any(fnmatch.fnmatchcase(variant, v) for v in self.variants)
-                and any(fnmatch.fnmatchcase(arch, a) for a in self.arches))
+        return (
+            testcase == self.testcase
+            and any(fnmatch.fnmatchcase(variant, v) for v in self.variants)
+            and any(fnmatch.fnmatchcase(arch, a) for a in self.arches)
+        )
 
 
 def parse(raw: object, file: Path, classes: Sequence[str] = ()) -> list[FailureMode]:
@@ -74,8 +76,10 @@ def find(modes: Sequence[FailureMode], ident: str, file: Path) -> FailureMode:
     for m in modes:
         if m.id == ident:
             return m
-    raise LabError(f"{file}: unknown failure mode {ident!r}; valid: "
-                   f"{', '.join(m.id for m in modes) or '(none declared)'}")
+    raise LabError(
+        f"{file}: unknown failure mode {ident!r}; valid: "
+        f"{', '.join(m.id for m in modes) or '(none declared)'}"
+    )
 
 
 def answer(mode: FailureMode, observed: str) -> str:

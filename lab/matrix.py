@@ -126,8 +126,10 @@ def plan(
                 if not tc.runs_on(arch_name):
                     continue
                 names = {"variant": variant.name, "arch": arch_name, "testcase": tc.name}
-                if any(all(fnmatch.fnmatchcase(names[k], v) for k, v in ex.items())
-                       for ex in spec.exclude):
+                if any(
+                    all(fnmatch.fnmatchcase(names[k], v) for k, v in ex.items())
+                    for ex in spec.exclude
+                ):
                     continue
                 for r in range(1, (repeat or spec.repeat) + 1):
                     cells.append(Planned(Cell(arch, variant, tc), r))

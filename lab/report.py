@@ -39,8 +39,14 @@ from lab.errors import LabError
 from lab.signatures import BY_NAME
 
 REPORTS = ("report.html", "summary.md", "junit.xml")
-CELL_FILES = ("console.log", "console.timed.log", "result.jsonl", "evidence.json", "qemu.argv",
-              "cell.json")
+CELL_FILES = (
+    "console.log",
+    "console.timed.log",
+    "result.jsonl",
+    "evidence.json",
+    "qemu.argv",
+    "cell.json",
+)
 MAX_FRAGMENT = 256 * 1024  # bytes of fragment.config embedded per kernel
 MAX_EXCERPT = 40  # console lines shown around the evidence of one run cell
 EXCERPT_CONTEXT = 2  # lines either side of an evidence line in the excerpt
@@ -98,8 +104,12 @@ def _clean(value: object, limit: int = 0) -> str:
         text = json.dumps(value)
     else:
         text = json.dumps(value, sort_keys=True, default=str)
-    text = _BAD_CHARS.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                          else f"\\u{ord(m.group()):04x}", text)
+    text = _BAD_CHARS.sub(
+        lambda m: (
+            f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}"
+        ),
+        text,
+    )
     if limit and len(text) > limit:
         text = text[: limit - 1] + "…"
     return text
@@ -306,8 +316,12 @@ class Run:
 
     def counts(self) -> dict[str, int]:
         c = collections.Counter(r.verdict for r in self.cells)
-        return {"expected": c["expected"], "unexpected": c["unexpected"], "infra": c["infra"],
-                "not_run": len(self.not_run)}
+        return {
+            "expected": c["expected"],
+            "unexpected": c["unexpected"],
+            "infra": c["infra"],
+            "not_run": len(self.not_run),
+        }
 
     def slot(self, arch: str, variant: str, testcase: str) -> Slot | None:
         return self._index.get((arch, variant, testcase))
@@ -345,19 +359,23 @@ class Run:
         the variants of this run (the constant ones are shown once, elsewhere)."""
         params = self.variant_params()
         keys = list(dict.fromkeys(k for p in params.values() for k in p))  # lab.toml order
-        varying = [k for k in keys
-                   if len({json.dumps(p.get(k), sort_keys=True) for p in params.values()}) > 1]
+        varying = [
+            k
+            for k in keys
+            if len({json.dumps(p.get(k), sort_keys=True) for p in params.values()}) > 1
+        ]
         shown = varying or (keys if len(params) == 1 else [])
-        return {v: " ".join(f"{_line(k, 40)}={_param(p.get(k))}" for k in shown if k in p)
-                for v, p in params.items()}
+        return {
+            v: " ".join(f"{_line(k, 40)}={_param(p.get(k))}" for k in shown if k in p)
+            for v, p in params.items()
+        }
 
     def constant_params(self) -> str:
         params = self.variant_params()
         if len(params) < 2:
             return ""
         first = next(iter(params.values()))
-        same = [k for k in first if all(k in p and p[k] == first[k]
-                                                 for p in params.values())]
+        same = [k for k in first if all(k in p and p[k] == first[k] for p in params.values())]
         return " ".join(f"{_line(k, 40)}={_param(first[k])}" for k in same)
 
 
@@ -374,9 +392,14 @@ def _evidence(ev: Mapping[str, Any]) -> tuple[Evidence, ...]:
         if not isinstance(e, dict):
             continue
         n = e.get("line_no")
-        out.append(Evidence(n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 0,
-                            _line(e.get("text"), 2000), _num(e.get("ktime")),
-                            _line(e.get("signature"), 80)))
+        out.append(
+            Evidence(
+                n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 0,
+                _line(e.get("text"), 2000),
+                _num(e.get("ktime")),
+                _line(e.get("signature"), 80),
+            )
+        )
     return tuple(out)
 
 
@@ -414,10 +437,19 @@ def _run_cell(rec: results.CellRecord) -> RunCell:
     repeat = rep if isinstance(rep, int) and not isinstance(rep, bool) and rep > 0 else repeat
     evidence = _evidence(ev)
     return RunCell(
-        run_cell_id=rid, id=f"{arch}/{variant}/{testcase}", arch=arch, variant=variant,
-        testcase=testcase, repeat=repeat, dirname=rec.dir.name, data=data, ev=ev,
-        evidence=evidence, files=tuple(f for f in CELL_FILES if (rec.dir / f).is_file()),
-        excerpt=_excerpt(rec.dir / "console.log", (e.line_no for e in evidence)))
+        run_cell_id=rid,
+        id=f"{arch}/{variant}/{testcase}",
+        arch=arch,
+        variant=variant,
+        testcase=testcase,
+        repeat=repeat,
+        dirname=rec.dir.name,
+        data=data,
+        ev=ev,
+        evidence=evidence,
+        files=tuple(f for f in CELL_FILES if (rec.dir / f).is_file()),
+        excerpt=_excerpt(rec.dir / "console.log", (e.line_no for e in evidence)),
+    )
 
 
 def _slot_key(run_cell_id: str) -> tuple[str, str, str]:
@@ -434,16 +466,20 @@ def load(run_dir: Path) -> Run:
     meta = results.load_run(run_dir)
     if not isinstance(meta, dict):
         raise LabError(f"{run_dir / 'run.json'}: not a JSON object")
-    planned = [c["id"] for c in meta.get("cells") or []
-               if isinstance(c, dict) and isinstance(c.get("id"), str)]
+    planned = [
+        c["id"]
+        for c in meta.get("cells") or []
+        if isinstance(c, dict) and isinstance(c.get("id"), str)
+    ]
     found: dict[str, RunCell] = {}
     for rec in results.read_cells(run_dir):
         if isinstance(rec.data, dict):
             rc = _run_cell(rec)
             found.setdefault(rc.run_cell_id, rc)
     order = {rid: i for i, rid in enumerate(planned)}
-    cells = sorted(found.values(), key=lambda c: (order.get(c.run_cell_id, len(order)),
-                                                  c.run_cell_id))
+    cells = sorted(
+        found.values(), key=lambda c: (order.get(c.run_cell_id, len(order)), c.run_cell_id)
+    )
     not_run = tuple(rid for rid in dict.fromkeys(planned) if rid not in found)
 
     ids = [_slot_key(rid) for rid in planned]
@@ -455,13 +491,19 @@ def load(run_dir: Path) -> Run:
     for rid in not_run:
         missing_by.setdefault(_slot_key(rid), []).append(rid)
     slots = tuple(
-        Slot(a, v, t, tuple(sorted(runs_by.get((a, v, t), []), key=lambda c: c.repeat)),
-             tuple(missing_by.get((a, v, t), [])))
-        for a, v, t in _ordered(ids))
+        Slot(
+            a,
+            v,
+            t,
+            tuple(sorted(runs_by.get((a, v, t), []), key=lambda c: c.repeat)),
+            tuple(missing_by.get((a, v, t), [])),
+        )
+        for a, v, t in _ordered(ids)
+    )
 
     fragments = {}
     kernels = meta.get("kernels")
-    for label, k in (kernels.items() if isinstance(kernels, dict) else []):
+    for label, k in kernels.items() if isinstance(kernels, dict) else []:
         kdir = k.get("dir") if isinstance(k, dict) else None
         if isinstance(kdir, str) and kdir:
             try:
@@ -470,12 +512,20 @@ def load(run_dir: Path) -> Run:
             except OSError:
                 continue
             text = raw[:MAX_FRAGMENT].decode("utf-8", "replace")
-            fragments[str(label)] = text + ("\n# ... (truncated)\n" if len(raw) > MAX_FRAGMENT
-                                            else "")
+            fragments[str(label)] = text + (
+                "\n# ... (truncated)\n" if len(raw) > MAX_FRAGMENT else ""
+            )
     return Run(
-        dir=run_dir, meta=meta, cells=tuple(cells), not_run=not_run, slots=slots,
-        arches=_ordered(a for a, _, _ in ids), variants=_ordered(v for _, v, _ in ids),
-        testcases=_ordered(t for _, _, t in ids), fragments=fragments)
+        dir=run_dir,
+        meta=meta,
+        cells=tuple(cells),
+        not_run=not_run,
+        slots=slots,
+        arches=_ordered(a for a, _, _ in ids),
+        variants=_ordered(v for _, v, _ in ids),
+        testcases=_ordered(t for _, _, t in ids),
+        fragments=fragments,
+    )
 
 
 # --- HTML -----------------------------------------------------------------------------------
@@ -596,8 +646,10 @@ def _header_html(run: Run) -> str:
         ("status", f'<span class="status-{_token(run.status)}">{_h(run.status)}</span>'),
         ("planned cells", _h(len(run.cells) + len(run.not_run))),
         ("lab version", _h(m.get("lab_version"))),
-        ("config", f"<code>{_h(cfg.get('file'))}</code> sha256 "
-                   f"<code>{_h(cfg.get('sha256'))}</code>"),
+        (
+            "config",
+            f"<code>{_h(cfg.get('file'))}</code> sha256 <code>{_h(cfg.get('sha256'))}</code>",
+        ),
         ("selection", _h(" ".join(f"{k}={_line(v, 200)}" for k, v in sel.items()))),
         ("host", _h(_host(m.get("host")))),
         ("created", _h(m.get("created"))),
@@ -605,38 +657,48 @@ def _header_html(run: Run) -> str:
     ]
     hosts = m.get("hosts")
     if isinstance(hosts, dict):
-        rows.append(("shard hosts", "<br>".join(f"{_h(k)}: {_h(_host(v))}"
-                                               for k, v in hosts.items())))
+        rows.append(
+            ("shard hosts", "<br>".join(f"{_h(k)}: {_h(_host(v))}" for k, v in hosts.items()))
+        )
     merged = m.get("merged_from")
     if isinstance(merged, list):
         rows.append(("merged from", ", ".join(f"<code>{_h(r)}</code>" for r in merged)))
     for k, v in _durations(m.get("durations")):
         rows.append((f"duration: {k}", _h(v)))
-    rows.append(("cell time (sum)", _h(f"{_seconds(sum(cell_secs))} over {len(cell_secs)} "
-                                       "cells" if cell_secs else "-")))
-    counts = (f'<p class="counts"><span data-count="expected">{c["expected"]} expected</span>'
-              f'<span data-count="unexpected">{c["unexpected"]} unexpected</span>'
-              f'<span data-count="infra">{c["infra"]} infra</span>'
-              f'<span data-count="not_run">{c["not_run"]} not run</span></p>')
-    return (f'<h1>lab run <code>{_h(run.id)}</code> '
-            f'<span class="status-{_token(run.status)}">{_h(run.status)}</span></h1>'
-            f"{counts}{_kv(rows, 'meta')}")
+    rows.append(
+        (
+            "cell time (sum)",
+            _h(f"{_seconds(sum(cell_secs))} over {len(cell_secs)} cells" if cell_secs else "-"),
+        )
+    )
+    counts = (
+        f'<p class="counts"><span data-count="expected">{c["expected"]} expected</span>'
+        f'<span data-count="unexpected">{c["unexpected"]} unexpected</span>'
+        f'<span data-count="infra">{c["infra"]} infra</span>'
+        f'<span data-count="not_run">{c["not_run"]} not run</span></p>'
+    )
+    return (
+        f"<h1>lab run <code>{_h(run.id)}</code> "
+        f'<span class="status-{_token(run.status)}">{_h(run.status)}</span></h1>'
+        f"{counts}{_kv(rows, 'meta')}"
+    )
 
 
 def _legend_html(run: Run) -> str:
     seen = {r.observed for r in run.cells}
     classes = list(CLASSES) + sorted(c for c in seen | set(COLOURS) if c not in CLASSES)
-    swatches = "".join(f'<span class="swatch {_outcome_class(c)}">{_h(c)}</span>'
-                       for c in classes)
-    return (f'<div class="legend" id="legend"><strong>Observed outcome:</strong> {swatches}'
-            f'<span class="swatch" style="background:{NOT_RUN_COLOUR[0]};'
-            f'color:{NOT_RUN_COLOUR[1]}"><i>not run</i></span><br>'
-            "<strong>Marks:</strong> "
-            '<span class="mark mark-unexpected">✗</span> unexpected (red frame) · '
-            "<span class=\"mark\">⚠</span> infrastructure error (striped) · "
-            '<span class="badge unstable">UNSTABLE</span> repetitions disagree · '
-            '<span class="mark">⇄</span> arches disagree · '
-            '"exp: X" the expected outcome when the observed one differs</div>')
+    swatches = "".join(f'<span class="swatch {_outcome_class(c)}">{_h(c)}</span>' for c in classes)
+    return (
+        f'<div class="legend" id="legend"><strong>Observed outcome:</strong> {swatches}'
+        f'<span class="swatch" style="background:{NOT_RUN_COLOUR[0]};'
+        f'color:{NOT_RUN_COLOUR[1]}"><i>not run</i></span><br>'
+        "<strong>Marks:</strong> "
+        '<span class="mark mark-unexpected">✗</span> unexpected (red frame) · '
+        '<span class="mark">⚠</span> infrastructure error (striped) · '
+        '<span class="badge unstable">UNSTABLE</span> repetitions disagree · '
+        '<span class="mark">⇄</span> arches disagree · '
+        '"exp: X" the expected outcome when the observed one differs</div>'
+    )
 
 
 def _grid_cell(s: Slot, xarch: bool) -> str:
@@ -651,8 +713,10 @@ def _grid_cell(s: Slot, xarch: bool) -> str:
     if obs and (not s.expected or obs not in s.expected):
         inner.append(f'<span class="exp">exp: {_h(expected or "none")}</span>')
     if s.unstable:
-        inner.append(f'<span class="dist">{_h(s.distribution())}</span>'
-                     '<span class="badge unstable">UNSTABLE</span>')
+        inner.append(
+            f'<span class="dist">{_h(s.distribution())}</span>'
+            '<span class="badge unstable">UNSTABLE</span>'
+        )
     elif len(s.runs) > 1:
         inner.append(f'<span class="dist">{_h(s.distribution())}</span>')
     if s.runs and s.not_run:
@@ -664,13 +728,17 @@ def _grid_cell(s: Slot, xarch: bool) -> str:
     if xarch:
         inner.append('<span class="mark" title="arches disagree">⇄</span>')
     title = s.id + (f": {s.runs[0].detail}" if s.runs else ": not run")
-    attrs = (f'class="{" ".join(c for c in classes if c)}" data-cell="{_h(s.id)}" '
-             f'data-observed="{_h(obs or "not_run")}" data-expected="{_h(expected)}" '
-             f'data-verdict="{_h(s.verdict)}" data-runs="{len(s.runs)}"')
+    attrs = (
+        f'class="{" ".join(c for c in classes if c)}" data-cell="{_h(s.id)}" '
+        f'data-observed="{_h(obs or "not_run")}" data-expected="{_h(expected)}" '
+        f'data-verdict="{_h(s.verdict)}" data-runs="{len(s.runs)}"'
+    )
     if len(s.runs) > 1:
         attrs += f' data-distribution="{_h(s.distribution())}"'
-    return (f'<td {attrs} title="{_h(title, 300)}"><a href="#{_anchor("cell", s.id)}">'
-            f'{"".join(inner)}</a></td>')
+    return (
+        f'<td {attrs} title="{_h(title, 300)}"><a href="#{_anchor("cell", s.id)}">'
+        f"{''.join(inner)}</a></td>"
+    )
 
 
 def _grids_html(run: Run) -> str:
@@ -678,30 +746,37 @@ def _grids_html(run: Run) -> str:
     params = run.key_params()
     out = []
     for arch in run.arches:
-        variants = [v for v in run.variants if any(s.arch == arch and s.variant == v
-                                                   for s in run.slots)]
-        tests = [t for t in run.testcases if any(s.arch == arch and s.testcase == t
-                                                 for s in run.slots)]
-        head = "".join(f'<th class="testcase" data-testcase="{_h(t)}">{_h(t)}</th>'
-                       for t in tests)
+        variants = [
+            v for v in run.variants if any(s.arch == arch and s.variant == v for s in run.slots)
+        ]
+        tests = [
+            t for t in run.testcases if any(s.arch == arch and s.testcase == t for s in run.slots)
+        ]
+        head = "".join(f'<th class="testcase" data-testcase="{_h(t)}">{_h(t)}</th>' for t in tests)
         rows = []
         for v in variants:
             tds = []
             for t in tests:
                 s = run.slot(arch, v, t)
-                tds.append(_grid_cell(s, (v, t) in xarch) if s else
-                           '<td class="absent" title="not planned">·</td>')
+                tds.append(
+                    _grid_cell(s, (v, t) in xarch)
+                    if s
+                    else '<td class="absent" title="not planned">·</td>'
+                )
             p = params.get(v)
             ptxt = f'<span class="params">{_h(p)}</span>' if p else ""
-            rows.append(f'<tr data-variant="{_h(v)}"><th class="variant">{_h(v)}{ptxt}</th>'
-                        f'{"".join(tds)}</tr>')
-        out.append(f'<h2 id="{_anchor("arch", arch)}">{_h(arch)}</h2>'
-                   f'<table class="grid" data-arch="{_h(arch)}"><thead><tr>'
-                   f'<th>variant</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+            rows.append(
+                f'<tr data-variant="{_h(v)}"><th class="variant">{_h(v)}{ptxt}</th>'
+                f"{''.join(tds)}</tr>"
+            )
+        out.append(
+            f'<h2 id="{_anchor("arch", arch)}">{_h(arch)}</h2>'
+            f'<table class="grid" data-arch="{_h(arch)}"><thead><tr>'
+            f"<th>variant</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        )
     const = run.constant_params()
     if const:
-        out.append(f'<p class="muted">Params common to every variant: <code>{_h(const)}</code>'
-                   "</p>")
+        out.append(f'<p class="muted">Params common to every variant: <code>{_h(const)}</code></p>')
     return "".join(out)
 
 
@@ -721,29 +796,40 @@ def _problems_html(run: Run) -> str:
             f"</a></td><td>{_badge(c.verdict)}</td>"
             f"<td>{_h(c.observed)}</td><td>{_h('|'.join(c.expected) or 'none')}</td>"
             f"<td>{_h(c.detail)}</td></tr>"
-            for c in bad)
-        out.append('<h2 id="problems">Unexpected and infrastructure results</h2>'
-                   '<table class="list"><tr><th>cell</th><th>verdict</th><th>observed</th>'
-                   f"<th>expected</th><th>detail</th></tr>{rows}</table>")
+            for c in bad
+        )
+        out.append(
+            '<h2 id="problems">Unexpected and infrastructure results</h2>'
+            '<table class="list"><tr><th>cell</th><th>verdict</th><th>observed</th>'
+            f"<th>expected</th><th>detail</th></tr>{rows}</table>"
+        )
     xarch = run.xarch()
     if xarch:
         rows = "".join(
-            f"<tr data-pair=\"{_h(v)}/{_h(t)}\"><td><code>{_h(v)}/{_h(t)}</code></td><td>"
+            f'<tr data-pair="{_h(v)}/{_h(t)}"><td><code>{_h(v)}/{_h(t)}</code></td><td>'
             + "<br>".join(f"{_slot_link(s)}: {_h(s.distribution())}" for s in slots.values())
             + "</td></tr>"
-            for (v, t), slots in xarch.items())
-        out.append('<h2 id="xarch">Arches disagree</h2><p>The same variant and test case '
-                   "observed different outcomes on different arches (infrastructure errors "
-                   "ignored).</p>"
-                   f'<table class="list"><tr><th>variant/test</th><th>observed</th></tr>{rows}'
-                   "</table>")
+            for (v, t), slots in xarch.items()
+        )
+        out.append(
+            '<h2 id="xarch">Arches disagree</h2><p>The same variant and test case '
+            "observed different outcomes on different arches (infrastructure errors "
+            "ignored).</p>"
+            f'<table class="list"><tr><th>variant/test</th><th>observed</th></tr>{rows}'
+            "</table>"
+        )
     unstable = [s for s in run.slots if s.unstable]
     if unstable:
-        rows = "".join(f'<tr data-cell="{_h(s.id)}"><td>{_slot_link(s)}</td>'
-                       f"<td>{_h(s.distribution())}</td></tr>" for s in unstable)
-        out.append('<h2 id="unstable">Unstable cells</h2><p>Repetitions of these cells '
-                   "observed more than one outcome class.</p>"
-                   f'<table class="list"><tr><th>cell</th><th>outcomes</th></tr>{rows}</table>')
+        rows = "".join(
+            f'<tr data-cell="{_h(s.id)}"><td>{_slot_link(s)}</td>'
+            f"<td>{_h(s.distribution())}</td></tr>"
+            for s in unstable
+        )
+        out.append(
+            '<h2 id="unstable">Unstable cells</h2><p>Repetitions of these cells '
+            "observed more than one outcome class.</p>"
+            f'<table class="list"><tr><th>cell</th><th>outcomes</th></tr>{rows}</table>'
+        )
     if run.not_run:
         items = ", ".join(f"<code>{_h(r)}</code>" for r in run.not_run)
         out.append(f'<h2 id="not-run">Not run ({len(run.not_run)})</h2><p>{items}</p>')
@@ -762,8 +848,10 @@ def _evidence_html(c: RunCell) -> str:
         else:
             where = "lab"
         kt = f"{e.ktime:.6f}" if e.ktime is not None else ""
-        rows.append(f'<tr><td class="ln">{where}</td><td><code>{_h(e.signature)}</code></td>'
-                    f'<td class="kt">{_h(kt)}</td><td class="text">{_h(e.text)}</td></tr>')
+        rows.append(
+            f'<tr><td class="ln">{where}</td><td><code>{_h(e.signature)}</code></td>'
+            f'<td class="kt">{_h(kt)}</td><td class="text">{_h(e.text)}</td></tr>'
+        )
     table = f'<table class="evidence">{"".join(rows)}</table>'
     if c.excerpt:
         lines = []
@@ -773,26 +861,33 @@ def _evidence_html(c: RunCell) -> str:
                 continue
             line = f"{n:>6} | {_h(text)}"
             lines.append(f"<mark>{line}</mark>" if mark else line)
-        table += ("<p>Console excerpt (evidence lines highlighted; full log: "
-                  f'<a href="{_h(c.link("console.log"))}">console.log</a>):</p>'
-                  f'<pre class="excerpt">{chr(10).join(lines)}</pre>')
+        table += (
+            "<p>Console excerpt (evidence lines highlighted; full log: "
+            f'<a href="{_h(c.link("console.log"))}">console.log</a>):</p>'
+            f'<pre class="excerpt">{chr(10).join(lines)}</pre>'
+        )
     return table
 
 
 def _run_cell_html(run: Run, c: RunCell, open_: bool) -> str:
     d = c.data
     t = _dict(d.get("timings"))
-    timings = ", ".join(f"{k} {_seconds(_num(t.get(k)))}" for k in ("ready", "agent", "qemu",
-                                                                      "cell") if k in t)
+    timings = ", ".join(
+        f"{k} {_seconds(_num(t.get(k)))}" for k in ("ready", "agent", "qemu", "cell") if k in t
+    )
     kernel = _dict(d.get("kernel"))
     klabel = f"{c.arch}/{c.variant}"
     kernels = run.meta.get("kernels")
-    klink = (f' (<a href="#{_anchor("kernel", klabel)}">provenance</a>)'
-             if isinstance(kernels, dict) and klabel in kernels else "")
+    klink = (
+        f' (<a href="#{_anchor("kernel", klabel)}">provenance</a>)'
+        if isinstance(kernels, dict) and klabel in kernels
+        else ""
+    )
     rule = _line(c.ev.get("rule"), 80)
     p = d.get("params")
-    params = " ".join(f"{_line(k, 40)}={_param(v)}" for k, v in p.items()) \
-        if isinstance(p, dict) else ""
+    params = (
+        " ".join(f"{_line(k, 40)}={_param(v)}" for k, v in p.items()) if isinstance(p, dict) else ""
+    )
     rule_text = _line(c.ev.get("rule_text"), 500)
     rows = [
         ("observed", f'<span class="swatch {_outcome_class(c.observed)}">{_h(c.observed)}</span>'),
@@ -803,40 +898,59 @@ def _run_cell_html(run: Run, c: RunCell, open_: bool) -> str:
         ("classifier rule", f"<code>{_h(rule or '-')}</code> {_h(rule_text)}"),
         ("params", f"<code>{_h(params or '-')}</code>"),
         ("kernel", f"<code>{_h(kernel.get('key') or '-')}</code>{klink}"),
-        ("accelerator", _h(" ".join(x for x in (_line(d.get("accel")),
-                                                _line(d.get("accel_reason"))) if x) or "-")),
+        (
+            "accelerator",
+            _h(
+                " ".join(x for x in (_line(d.get("accel")), _line(d.get("accel_reason"))) if x)
+                or "-"
+            ),
+        ),
         ("cmdline", f"<code>{_h(d.get('cmdline') or '-')}</code>"),
-        ("qemu", _h(f"exit {_line(d.get('qemu_exit'))}"
-                    + (", killed by the lab" if d.get("qemu_killed") else ""))),
+        (
+            "qemu",
+            _h(
+                f"exit {_line(d.get('qemu_exit'))}"
+                + (", killed by the lab" if d.get("qemu_killed") else "")
+            ),
+        ),
         ("timings", _h(timings or "-")),
         ("finished", _h(f"{_line(d.get('finished'))} on {_line(d.get('host') or '?')}")),
     ]
     links = " ".join(f'<a href="{_h(c.link(f))}">{_h(f)}</a>' for f in c.files)
-    return (f'<details class="run" id="{_anchor("run", c.run_cell_id)}" '
-            f'data-run-cell="{_h(c.run_cell_id)}"{" open" if open_ else ""}>'
-            f"<summary>{_h(c.run_cell_id)}: {_h(c.observed)} "
-            f"{_badge(c.verdict)}</summary>{_kv(rows)}"
-            f"<h4>Evidence</h4>{_evidence_html(c)}"
-            f"<h4>Reproduce</h4><pre>{_h(d.get('reproducer') or '-')}</pre>"
-            f'<p class="links">Files: {links or "none"}</p></details>')
+    return (
+        f'<details class="run" id="{_anchor("run", c.run_cell_id)}" '
+        f'data-run-cell="{_h(c.run_cell_id)}"{" open" if open_ else ""}>'
+        f"<summary>{_h(c.run_cell_id)}: {_h(c.observed)} "
+        f"{_badge(c.verdict)}</summary>{_kv(rows)}"
+        f"<h4>Evidence</h4>{_evidence_html(c)}"
+        f"<h4>Reproduce</h4><pre>{_h(d.get('reproducer') or '-')}</pre>"
+        f'<p class="links">Files: {links or "none"}</p></details>'
+    )
 
 
 def _details_html(run: Run) -> str:
     out = ['<h2 id="cells">Cell details</h2>']
     for s in run.slots:
-        head = (f'<h3>{_h(s.id)} {_badge(s.verdict)}'
-                + (' <span class="badge unstable">UNSTABLE</span>' if s.unstable else "")
-                + "</h3>")
+        head = (
+            f"<h3>{_h(s.id)} {_badge(s.verdict)}"
+            + (' <span class="badge unstable">UNSTABLE</span>' if s.unstable else "")
+            + "</h3>"
+        )
         parts = [head]
         if len(s.runs) > 1 or s.not_run:
-            parts.append(f"<p>{len(s.runs)} run(s): {_h(s.distribution() or '-')}"
-                         + (f"; not run: {', '.join(_h(r) for r in s.not_run)}"
-                            if s.not_run else "") + "</p>")
+            parts.append(
+                f"<p>{len(s.runs)} run(s): {_h(s.distribution() or '-')}"
+                + (f"; not run: {', '.join(_h(r) for r in s.not_run)}" if s.not_run else "")
+                + "</p>"
+            )
         for i, c in enumerate(s.runs):
-            parts.append(_run_cell_html(run, c, i == 0 or c.verdict != "expected"
-                                        or len(s.runs) <= 3))
-        out.append(f'<section class="cell-details" id="{_anchor("cell", s.id)}" '
-                   f'data-cell="{_h(s.id)}">{"".join(parts)}</section>')
+            parts.append(
+                _run_cell_html(run, c, i == 0 or c.verdict != "expected" or len(s.runs) <= 3)
+            )
+        out.append(
+            f'<section class="cell-details" id="{_anchor("cell", s.id)}" '
+            f'data-cell="{_h(s.id)}">{"".join(parts)}</section>'
+        )
     return "".join(out)
 
 
@@ -846,11 +960,14 @@ def _provenance_html(run: Run) -> str:
     kernels = _dict(m.get("kernels"))
     if not kernels:
         out.append('<p class="muted">No kernel built in this run.</p>')
+
     def order(label: str) -> tuple[int, int, str]:
         arch, _, variant = label.partition("/")
-        return (run.arches.index(arch) if arch in run.arches else len(run.arches),
-                run.variants.index(variant) if variant in run.variants else len(run.variants),
-                label)
+        return (
+            run.arches.index(arch) if arch in run.arches else len(run.arches),
+            run.variants.index(variant) if variant in run.variants else len(run.variants),
+            label,
+        )
 
     for label, k in sorted(kernels.items(), key=lambda kv: order(str(kv[0]))):
         if not isinstance(k, dict):
@@ -868,12 +985,19 @@ def _provenance_html(run: Run) -> str:
             ("directory", f"<code>{_h(kdir)}</code>"),
             ("image sha256", f"<code>{_h(k.get('image_sha256'))}</code>"),
             ("config sha256", f"<code>{_h(k.get('config_sha256'))}</code>"),
-            ("source", f"{_h(src.get('description'))}<br><code>{_h(src.get('identity'))}"
-                       "</code>"),
-            ("toolchain", _h("; ".join(f"{_line(a)}: {_line(b)}" for a, b in tc.items())
-                             if isinstance(tc, dict) else tc)),
-            ("build durations", _h(", ".join(f"{a} {b}" for a, b
-                                             in _durations(k.get("durations"))) or "-")),
+            ("source", f"{_h(src.get('description'))}<br><code>{_h(src.get('identity'))}</code>"),
+            (
+                "toolchain",
+                _h(
+                    "; ".join(f"{_line(a)}: {_line(b)}" for a, b in tc.items())
+                    if isinstance(tc, dict)
+                    else tc
+                ),
+            ),
+            (
+                "build durations",
+                _h(", ".join(f"{a} {b}" for a, b in _durations(k.get("durations"))) or "-"),
+            ),
             ("reproducer", f"<code>{_h(k.get('reproducer') or '-')}</code>"),
             ("files", " ".join(links) or "-"),
         ]
@@ -881,55 +1005,86 @@ def _provenance_html(run: Run) -> str:
         patches = "".join(
             f"<tr><td>{_h(p.get('series'))}</td><td><code>{_h(p.get('patch'))}</code></td>"
             f"<td><code>{_h(p.get('sha256'))}</code></td></tr>"
-            for p in series if isinstance(p, dict))
+            for p in series
+            if isinstance(p, dict)
+        )
         frags = _list(k.get("fragments"))
         frag_rows = "".join(
             f"<tr><td><code>{_h(f.get('template'))}</code></td>"
             f"<td><code>{_h(f.get('sha256'))}</code></td></tr>"
-            for f in frags if isinstance(f, dict))
+            for f in frags
+            if isinstance(f, dict)
+        )
         text = run.fragments.get(str(label))
-        embedded = (f"<details><summary>rendered fragment.config ({len(text.splitlines())} "
-                    f"lines)</summary><pre>{_h(text)}</pre></details>" if text is not None
-                    else '<p class="muted">fragment.config not readable when rendered.</p>')
+        embedded = (
+            f"<details><summary>rendered fragment.config ({len(text.splitlines())} "
+            f"lines)</summary><pre>{_h(text)}</pre></details>"
+            if text is not None
+            else '<p class="muted">fragment.config not readable when rendered.</p>'
+        )
         out.append(
             f'<section class="kernel" id="{_anchor("kernel", str(label))}" '
             f'data-kernel="{_h(label)}"><h3>{_h(label)}</h3>{_kv(rows)}'
             f"<h4>Patches</h4>"
-            + (f'<table class="list"><tr><th>series</th><th>patch</th><th>sha256</th></tr>'
-               f"{patches}</table>" if patches else '<p class="muted">none</p>')
+            + (
+                f'<table class="list"><tr><th>series</th><th>patch</th><th>sha256</th></tr>'
+                f"{patches}</table>"
+                if patches
+                else '<p class="muted">none</p>'
+            )
             + "<h4>Config fragments</h4>"
-            + (f'<table class="list"><tr><th>template</th><th>sha256</th></tr>{frag_rows}'
-               "</table>" if frag_rows else '<p class="muted">none</p>')
-            + f"{embedded}</section>")
+            + (
+                f'<table class="list"><tr><th>template</th><th>sha256</th></tr>{frag_rows}</table>'
+                if frag_rows
+                else '<p class="muted">none</p>'
+            )
+            + f"{embedded}</section>"
+        )
     failures = m.get("build_failures")
     if isinstance(failures, dict) and failures:
-        frows = "".join(f'<tr data-kernel="{_h(k)}"><td><code>{_h(k)}</code></td>'
-                        f"<td>{_h(v)}</td></tr>" for k, v in sorted(failures.items()))
-        out.append('<h3 id="build-failures">Build failures</h3><table class="list">'
-                   f"<tr><th>kernel</th><th>first error</th></tr>{frows}</table>")
+        frows = "".join(
+            f'<tr data-kernel="{_h(k)}"><td><code>{_h(k)}</code></td><td>{_h(v)}</td></tr>'
+            for k, v in sorted(failures.items())
+        )
+        out.append(
+            '<h3 id="build-failures">Build failures</h3><table class="list">'
+            f"<tr><th>kernel</th><th>first error</th></tr>{frows}</table>"
+        )
     images = m.get("images")
     if isinstance(images, dict) and images:
         irows = "".join(
             f"<tr><td>{_h(a)}</td><td><code>{_h(i.get('key'))}</code></td>"
             f"<td><code>{_h(i.get('path'))}</code></td></tr>"
-            for a, i in sorted(images.items()) if isinstance(i, dict))
-        out.append('<h3 id="images">Guest images</h3><table class="list"><tr><th>arch</th>'
-                   f"<th>key</th><th>path</th></tr>{irows}</table>")
+            for a, i in sorted(images.items())
+            if isinstance(i, dict)
+        )
+        out.append(
+            '<h3 id="images">Guest images</h3><table class="list"><tr><th>arch</th>'
+            f"<th>key</th><th>path</th></tr>{irows}</table>"
+        )
     return "".join(out)
 
 
 def render_html(run: Run) -> str:
     """The self-contained HTML report (inline CSS, no scripts, no external fetches)."""
-    body = (_header_html(run) + _legend_html(run) + _grids_html(run) + _problems_html(run)
-            + _details_html(run) + _provenance_html(run))
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            # No scripts and nothing fetched: the report is opened from CI artefacts and
-            # mail attachments, and it displays text a guest wrote.
-            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
-            "style-src 'unsafe-inline'; img-src data:\">"
-            f"<title>lab run {_h(run.id)}: {_h(run.status)}</title>"
-            f"<style>{_css()}</style></head><body>{body}"
-            f'<p class="muted">Rendered by lab {_h(__version__)}.</p></body></html>\n')
+    body = (
+        _header_html(run)
+        + _legend_html(run)
+        + _grids_html(run)
+        + _problems_html(run)
+        + _details_html(run)
+        + _provenance_html(run)
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        # No scripts and nothing fetched: the report is opened from CI artefacts and
+        # mail attachments, and it displays text a guest wrote.
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+        "style-src 'unsafe-inline'; img-src data:\">"
+        f"<title>lab run {_h(run.id)}: {_h(run.status)}</title>"
+        f"<style>{_css()}</style></head><body>{body}"
+        f'<p class="muted">Rendered by lab {_h(__version__)}.</p></body></html>\n'
+    )
 
 
 # --- Markdown (plain text) ----------------------------------------------------------------
@@ -950,8 +1105,9 @@ def _md_cell(s: Slot | None, xarch: bool) -> str:
     return text
 
 
-def _md_table(rows: Sequence[Sequence[str]], indent: str = "    ",
-              width: int = MD_WIDTH) -> list[str]:
+def _md_table(
+    rows: Sequence[Sequence[str]], indent: str = "    ", width: int = MD_WIDTH
+) -> list[str]:
     """Fixed-width columns; column 0 repeats on each block when the table is split so
     that no line is wider than `width` (unless a single column already is)."""
     if not rows:
@@ -985,26 +1141,34 @@ def render_markdown(run: Run) -> str:
     cfg = _dict(m.get("config"))
     repeats = max((r.repeat for r in run.cells), default=1)
     lines = [f"# lab run {run.id}: {run.status}", ""]
-    lines.append(f"{len(run.cells) + len(run.not_run)} cells: {c['expected']} as expected, "
-                 f"{c['unexpected']} unexpected, {c['infra']} infra, {c['not_run']} not run"
-                 + (f" (each cell up to {repeats}x)" if repeats > 1 else ""))
+    lines.append(
+        f"{len(run.cells) + len(run.not_run)} cells: {c['expected']} as expected, "
+        f"{c['unexpected']} unexpected, {c['infra']} infra, {c['not_run']} not run"
+        + (f" (each cell up to {repeats}x)" if repeats > 1 else "")
+    )
     sha = _line(cfg.get("sha256"), 64)
-    lines.append(f"lab {_line(m.get('lab_version'), 40)}, config "
-                 f"{_line(Path(str(cfg.get('file') or '?')).name, 80)} (sha256 {sha[:12]})")
+    lines.append(
+        f"lab {_line(m.get('lab_version'), 40)}, config "
+        f"{_line(Path(str(cfg.get('file') or '?')).name, 80)} (sha256 {sha[:12]})"
+    )
     host = _dict(m.get("host"))
-    lines.append(f"host {_line(host.get('node') or '?', 60)} ({_line(host.get('machine'), 20)}, "
-                 f"{_line(host.get('cpus'), 6)} cpus), {_line(m.get('created'), 40)} .. "
-                 f"{_line(m.get('finished') or '-', 40)}")
+    lines.append(
+        f"host {_line(host.get('node') or '?', 60)} ({_line(host.get('machine'), 20)}, "
+        f"{_line(host.get('cpus'), 6)} cpus), {_line(m.get('created'), 40)} .. "
+        f"{_line(m.get('finished') or '-', 40)}"
+    )
     if isinstance(m.get("merged_from"), list):
         lines.append("merged from: " + ", ".join(_line(x, 80) for x in m["merged_from"]))
     xarch = run.xarch()
     params = run.key_params()
     used: set[str] = set()
     for arch in run.arches:
-        variants = [v for v in run.variants if any(s.arch == arch and s.variant == v
-                                                   for s in run.slots)]
-        tests = [t for t in run.testcases if any(s.arch == arch and s.testcase == t
-                                                 for s in run.slots)]
+        variants = [
+            v for v in run.variants if any(s.arch == arch and s.variant == v for s in run.slots)
+        ]
+        tests = [
+            t for t in run.testcases if any(s.arch == arch and s.testcase == t for s in run.slots)
+        ]
         rows = [["variant", *tests]]
         for v in variants:
             cells = []
@@ -1020,10 +1184,14 @@ def render_markdown(run: Run) -> str:
         const = run.constant_params()
         if const:
             lines += ["", f"    all variants: {const}"]
-    legend = [f"`{MARK_UNEXPECTED}` unexpected", f"`{MARK_UNSTABLE}` repetitions disagree",
-              f"`{MARK_XARCH}` arches disagree", f"`{MD_NOT_RUN}` not run",
-              f"`{MD_NOT_PLANNED}` not planned",
-              *(f"{SHORT[k]} = {k}" for k in sorted(used) if k in SHORT)]
+    legend = [
+        f"`{MARK_UNEXPECTED}` unexpected",
+        f"`{MARK_UNSTABLE}` repetitions disagree",
+        f"`{MARK_XARCH}` arches disagree",
+        f"`{MD_NOT_RUN}` not run",
+        f"`{MD_NOT_PLANNED}` not planned",
+        *(f"{SHORT[k]} = {k}" for k in sorted(used) if k in SHORT),
+    ]
     lines += ["", *_md_items("Legend: ", legend)]
 
     bad = [s for s in run.slots if s.verdict == "unexpected"]
@@ -1036,8 +1204,7 @@ def render_markdown(run: Run) -> str:
             lines += _md_kv("detail", first.detail)
             if len(s.runs) > 1:
                 n = sum(r.verdict == "unexpected" for r in s.runs)
-                lines += _md_kv("runs", f"{s.distribution()} ({n} of {len(s.runs)} "
-                                        "unexpected)")
+                lines += _md_kv("runs", f"{s.distribution()} ({n} of {len(s.runs)} unexpected)")
             e = first.telling()
             if e is not None:
                 # Unwrapped: a console line is quoted as the kernel printed it. Agent
@@ -1056,9 +1223,13 @@ def render_markdown(run: Run) -> str:
             lines += _md_kv(s.id, first.detail, label_width=0)
     if xarch:
         lines += ["", f"## Arches disagree ({len(xarch)})", ""]
-        lines += _md_table([[f"{v}/{t}", "; ".join(f"{a}: {s.distribution()}"
-                                                    for a, s in slots.items())]
-                            for (v, t), slots in xarch.items()], width=10_000)
+        lines += _md_table(
+            [
+                [f"{v}/{t}", "; ".join(f"{a}: {s.distribution()}" for a, s in slots.items())]
+                for (v, t), slots in xarch.items()
+            ],
+            width=10_000,
+        )
     unstable = [s for s in run.slots if s.unstable]
     if unstable:
         lines += ["", f"## Unstable ({len(unstable)}): repetitions disagree", ""]
@@ -1083,8 +1254,13 @@ def _md_items(head: str, items: Sequence[str]) -> list[str]:
 def _md_kv(label: str, text: str, label_width: int = 10) -> list[str]:
     """An indented, wrapped `label: text` entry (a code block in Markdown)."""
     head = f"    {label + ':':<{label_width}} "
-    return textwrap.wrap(text, MD_WIDTH, initial_indent=head,
-                         subsequent_indent=" " * len(head), break_on_hyphens=False) or [head]
+    return textwrap.wrap(
+        text,
+        MD_WIDTH,
+        initial_indent=head,
+        subsequent_indent=" " * len(head),
+        break_on_hyphens=False,
+    ) or [head]
 
 
 # --- JUnit ----------------------------------------------------------------------------------
@@ -1097,9 +1273,16 @@ def render_junit(run: Run) -> str:
     for arch in run.arches:
         suite = ET.SubElement(root, "testsuite", name=f"lab.{arch}")
         props = ET.SubElement(suite, "properties")
-        for k, v in (("run_id", run.id), ("status", run.status),
-                     ("config_sha256", (run.meta.get("config") or {}).get("sha256")
-                      if isinstance(run.meta.get("config"), dict) else None)):
+        for k, v in (
+            ("run_id", run.id),
+            ("status", run.status),
+            (
+                "config_sha256",
+                (run.meta.get("config") or {}).get("sha256")
+                if isinstance(run.meta.get("config"), dict)
+                else None,
+            ),
+        ):
             ET.SubElement(props, "property", name=k, value=_line(v))
         n = collections.Counter[str]()
         elapsed = 0.0
@@ -1107,35 +1290,52 @@ def render_junit(run: Run) -> str:
             name = f"{c.variant}/{c.testcase}" + (f"#{c.repeat}" if c.repeat > 1 else "")
             secs = c.seconds or 0.0
             elapsed += secs
-            case = ET.SubElement(suite, "testcase", name=name, classname=f"lab.{arch}",
-                                 time=f"{secs:.3f}")
+            case = ET.SubElement(
+                suite, "testcase", name=name, classname=f"lab.{arch}", time=f"{secs:.3f}"
+            )
             n["tests"] += 1
-            body = "\n".join(f"{f'console.log:{e.line_no}' if e.line_no else e.signature}: "
-                             f"{e.text}" for e in c.evidence)
+            body = "\n".join(
+                f"{f'console.log:{e.line_no}' if e.line_no else e.signature}: {e.text}"
+                for e in c.evidence
+            )
             if c.verdict == "unexpected":
                 n["failures"] += 1
-                el = ET.SubElement(case, "failure", type=c.observed, message=_line(
-                    f"observed {c.observed}, expected {'|'.join(c.expected) or 'none declared'}"
-                    f": {c.detail}", 1000))
+                el = ET.SubElement(
+                    case,
+                    "failure",
+                    type=c.observed,
+                    message=_line(
+                        f"observed {c.observed}, expected {'|'.join(c.expected) or 'none declared'}"
+                        f": {c.detail}",
+                        1000,
+                    ),
+                )
                 el.text = body
             elif c.verdict == "infra":
                 n["errors"] += 1
-                el = ET.SubElement(case, "error", type=c.observed,
-                                   message=_line(c.detail or c.observed, 1000))
+                el = ET.SubElement(
+                    case, "error", type=c.observed, message=_line(c.detail or c.observed, 1000)
+                )
                 el.text = body
             out = ET.SubElement(case, "system-out")
-            out.text = _clean(f"observed: {c.observed}\nexpected: "
-                              f"{'|'.join(c.expected) or 'none declared'}\n"
-                              f"rule: {_line(c.ev.get('rule'))}\ndetail: {c.detail}\n"
-                              f"reproduce: {_line(c.data.get('reproducer'))}\n"
-                              f"console: {c.link('console.log')}\n")
+            out.text = _clean(
+                f"observed: {c.observed}\nexpected: "
+                f"{'|'.join(c.expected) or 'none declared'}\n"
+                f"rule: {_line(c.ev.get('rule'))}\ndetail: {c.detail}\n"
+                f"reproduce: {_line(c.data.get('reproducer'))}\n"
+                f"console: {c.link('console.log')}\n"
+            )
         for rid in run.not_run:
             a, v, t, rep = _split_id(rid)
             if a != arch:
                 continue
-            case = ET.SubElement(suite, "testcase", name=f"{v}/{t}" + (f"#{rep}" if rep > 1
-                                                                         else ""),
-                                 classname=f"lab.{arch}", time="0.000")
+            case = ET.SubElement(
+                suite,
+                "testcase",
+                name=f"{v}/{t}" + (f"#{rep}" if rep > 1 else ""),
+                classname=f"lab.{arch}",
+                time="0.000",
+            )
             n["tests"] += 1
             n["skipped"] += 1
             ET.SubElement(case, "skipped", message=f"not run (run {run.status})")
@@ -1165,8 +1365,7 @@ def render(run_dir: Path) -> None:
 def _listing(title: str, items: Sequence[str]) -> list[str]:
     out = [f"  {title} {x}" for x in items[:LIST_LIMIT]]
     if len(items) > LIST_LIMIT:
-        out.append(f"  ... and {len(items) - LIST_LIMIT} more {title.strip()} "
-                   "(see summary.md)")
+        out.append(f"  ... and {len(items) - LIST_LIMIT} more {title.strip()} (see summary.md)")
     return out
 
 
@@ -1174,13 +1373,17 @@ def text_summary(run_dir: Path) -> str:
     """A few lines for the terminal: counts, the cells to look at, the report paths."""
     run = load(run_dir)
     c = run.counts()
-    lines = [f"run {run.id} ({run.status}): {c['expected']} expected, {c['unexpected']} "
-             f"unexpected, {c['infra']} infra, {c['not_run']} not run"]
-    unexpected = [f"{r.run_cell_id}: {r.observed} (expected "
-                  f"{'|'.join(r.expected) or 'none declared'}): {_line(r.detail, 200)}"
-                  for r in run.cells if r.verdict == "unexpected"]
-    infra = [f"{r.run_cell_id}: {_line(r.detail, 200)}" for r in run.cells
-             if r.verdict == "infra"]
+    lines = [
+        f"run {run.id} ({run.status}): {c['expected']} expected, {c['unexpected']} "
+        f"unexpected, {c['infra']} infra, {c['not_run']} not run"
+    ]
+    unexpected = [
+        f"{r.run_cell_id}: {r.observed} (expected "
+        f"{'|'.join(r.expected) or 'none declared'}): {_line(r.detail, 200)}"
+        for r in run.cells
+        if r.verdict == "unexpected"
+    ]
+    infra = [f"{r.run_cell_id}: {_line(r.detail, 200)}" for r in run.cells if r.verdict == "infra"]
     lines += _listing("UNEXPECTED", unexpected)
     lines += _listing("INFRA     ", infra)
     lines += _listing("NOT RUN   ", list(run.not_run))
@@ -1266,11 +1469,16 @@ def format_compare(changes: Sequence[Change], a: str = "A", b: str = "B") -> str
             continue
         lines += ["", f"{_TITLES[kind]}: {len(group)}"]
         for ch in group:
-            lines.append(f"  {ch.id:<{width}}  {ch.a_observed or '-'} -> {ch.b_observed or '-'}"
-                         f"  ({ch.a_verdict} -> {ch.b_verdict})")
+            lines.append(
+                f"  {ch.id:<{width}}  {ch.a_observed or '-'} -> {ch.b_observed or '-'}"
+                f"  ({ch.a_verdict} -> {ch.b_verdict})"
+            )
     n = collections.Counter(ch.kind for ch in changes)
-    lines += ["", f"{n['regression']} regression(s), {n['fix']} fix(es), {n['changed']} other "
-              f"change(s), {n['only_a'] + n['only_b']} in one run only"]
+    lines += [
+        "",
+        f"{n['regression']} regression(s), {n['fix']} fix(es), {n['changed']} other "
+        f"change(s), {n['only_a'] + n['only_b']} in one run only",
+    ]
     return "\n".join(lines)
 
 
@@ -1297,8 +1505,10 @@ def _merge_keyed(into: dict[str, Any], label: str, value: Any, what: str, src: P
     k1 = have.get("key") if isinstance(have, dict) else have
     k2 = value.get("key") if isinstance(value, dict) else value
     if k1 != k2:
-        raise LabError(f"{src}: {what} {label} has key {k2}, another run has {k1}; "
-                       "the runs did not build the same thing")
+        raise LabError(
+            f"{src}: {what} {label} has key {k2}, another run has {k1}; "
+            "the runs did not build the same thing"
+        )
 
 
 def merge(runs: Sequence[Path], out: Path) -> Path:
@@ -1314,8 +1524,9 @@ def merge(runs: Sequence[Path], out: Path) -> Path:
     metas = [_matrix_run(r) for r in runs]
     shas = {m["config"]["sha256"] for m in metas}
     if len(shas) > 1:
-        listing = ", ".join(f"{r.name}: {m['config']['sha256'][:12]}" for r, m in zip(runs, metas,
-                                                                                         strict=True))
+        listing = ", ".join(
+            f"{r.name}: {m['config']['sha256'][:12]}" for r, m in zip(runs, metas, strict=True)
+        )
         raise LabError(f"merge: the runs used different configs ({listing})")
 
     planned: dict[str, dict[str, Any]] = {}
@@ -1338,8 +1549,9 @@ def merge(runs: Sequence[Path], out: Path) -> Path:
             if rid in cells:
                 other, data = cells[rid]
                 if data != rec.data:
-                    raise LabError(f"merge: cell {rid} has different results in "
-                                   f"{other.parent.parent} and {r}")
+                    raise LabError(
+                        f"merge: cell {rid} has different results in {other.parent.parent} and {r}"
+                    )
                 continue
             cells[rid] = (rec.dir, rec.data)
     names = collections.Counter(d.name for d, _ in cells.values())
@@ -1349,8 +1561,9 @@ def merge(runs: Sequence[Path], out: Path) -> Path:
 
     first = metas[0]
     sel = {k: v for k, v in (first.get("selection") or {}).items() if k != "shard"}
-    if all({k: v for k, v in (m.get("selection") or {}).items() if k != "shard"} == sel
-           for m in metas):
+    if all(
+        {k: v for k, v in (m.get("selection") or {}).items() if k != "shard"} == sel for m in metas
+    ):
         selection: dict[str, Any] = {**sel, "shard": None}
     else:
         # Different selections (e.g. one run per arch): `--resume` re-plans from the
@@ -1359,12 +1572,15 @@ def merge(runs: Sequence[Path], out: Path) -> Path:
         def union(key: str) -> list[Any]:
             vals = [v for m in metas for v in ((m.get("selection") or {}).get(key) or [])]
             return list(dict.fromkeys(vals))
-        selection = {"variants": union("variants"), "arches": union("arches"),
-                     "testcases": union("testcases"),
-                     "repeat": max(int((m.get("selection") or {}).get("repeat") or 1)
-                                   for m in metas),
-                     "shard": None,
-                     "merged_selections": [m.get("selection") for m in metas]}
+
+        selection = {
+            "variants": union("variants"),
+            "arches": union("arches"),
+            "testcases": union("testcases"),
+            "repeat": max(int((m.get("selection") or {}).get("repeat") or 1) for m in metas),
+            "shard": None,
+            "merged_selections": [m.get("selection") for m in metas],
+        }
     ids = [str(m.get("run_id") or r.name) for r, m in zip(runs, metas, strict=True)]
     versions = list(dict.fromkeys(str(m.get("lab_version")) for m in metas))
     missing = sorted(set(planned) - set(cells))

@@ -37,8 +37,13 @@ def now() -> str:
 
 
 def host_info() -> dict[str, Any]:
-    return {"node": platform.node(), "kernel": platform.release(), "machine": platform.machine(),
-            "python": platform.python_version(), "cpus": os.cpu_count()}
+    return {
+        "node": platform.node(),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
 
 
 def resolve_run(results_dir: Path, name: str) -> Path:
@@ -47,8 +52,11 @@ def resolve_run(results_dir: Path, name: str) -> Path:
         if (candidate / "run.json").is_file():
             return candidate
     runs = sorted(p.name for p in results_dir.glob("*/run.json")) if results_dir.is_dir() else []
-    hint = f"; runs under {results_dir}: {', '.join(r.split('/')[0] for r in runs[-5:])}" \
-        if runs else ""
+    hint = (
+        f"; runs under {results_dir}: {', '.join(r.split('/')[0] for r in runs[-5:])}"
+        if runs
+        else ""
+    )
     raise LabError(f"{name}: not a run directory (no run.json){hint}")
 
 
@@ -132,6 +140,15 @@ def new_run(results_dir: Path, label: str, header: Mapping[str, Any]) -> Path:
     run_id = new_run_id(label)
     run_dir = results_dir / run_id
     (run_dir / "cells").mkdir(parents=True)
-    write_run(run_dir, {"run_id": run_id, "lab_version": __version__, "created": now(),
-                        "status": "running", "host": host_info(), **header})
+    write_run(
+        run_dir,
+        {
+            "run_id": run_id,
+            "lab_version": __version__,
+            "created": now(),
+            "status": "running",
+            "host": host_info(),
+            **header,
+        },
+    )
     return run_dir

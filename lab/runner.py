@@ -12,8 +12,10 @@ The side-effect half of cells (lab.cell is the pure half). A cell directory hold
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import datetime
 import platform
+import secrets
 import shutil
 import threading
 import time
@@ -21,11 +23,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from lab import boot, cache, classify, kselftest, matrix, proc, results, source
+from lab import boot, cache, classify, image, kselftest, matrix, proc, results, source
 from lab.build import Kernel
 from lab.cell import Cell, expected_banner, job_for, reproducer, verdict_for
-from lab.config import LabConfig
+from lab.config import ArchSpec, BootSpec, LabConfig, QemuSpec
 from lab.errors import LabError
 from lab.image import BaseImage
 from lab.machine import BootError
@@ -35,17 +38,76 @@ MARGIN = 30.0  # seconds the host waits beyond a test case's own (in-guest) dead
 
 @dataclass(frozen=True)
 class CellResult:
-    cell: Cell
+    cell_id: str
+    run_cell_id: str
     dir: Path
     observed: str
     expected: tuple[str, ...]  # empty: the test case declares no expectation here
     verdict: str  # expected | unexpected | infra
-    classification: classify.Classification
+    detail: str
+    rule: str
+    rule_text: str
+    evidence: tuple[Mapping[str, Any], ...]  # {"line_no", "text", ...}
     timings: Mapping[str, float | None]
+    host: str = "local"
 
     @property
     def exit_code(self) -> int:
         return {"expected": 0, "unexpected": 1}.get(self.verdict, 2)
+
+    @classmethod
+    def from_dir(cls, directory: Path) -> CellResult:
+        """Read a finished cell directory back (e.g. one fetched from a lab host)."""
+        data = cache.read_json(directory / "cell.json")
+        ev = cache.read_json(directory / "evidence.json")
+        return cls(
+            cell_id=str(data["id"]),
+            run_cell_id=str(data.get("run_cell_id", data["id"])),
+            dir=directory,
+            observed=str(data["observed"]),
+            expected=tuple(data.get("expected", [])),
+            verdict=str(data["verdict"]),
+            detail=str(ev.get("detail", "")),
+            rule=str(ev.get("rule", "")),
+            rule_text=str(ev.get("rule_text", "")),
+            evidence=tuple(ev.get("evidence", [])),
+            timings=data.get("timings", {}),
+            host=str(data.get("lab_host", "local")),
+        )
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """Everything needed to run one cell on any host with QEMU: no lab.toml, no builds.
+
+    The kernel image, base image and overlay travel beside it as files."""
+
+    record: Mapping[str, Any]  # cell.json fields known before the run
+    arch: Mapping[str, Any]  # ArchSpec as a dict (with its qemu table)
+    cmdline: str
+    memory_mib: int
+    smp: int
+    agent_job: Mapping[str, Any]
+    banner: Mapping[str, str] | None
+    boot: Mapping[str, Any]  # BootSpec as a dict
+    test_timeout: float  # the host's deadline for the test phase
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CellJob:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+    def arch_spec(self) -> ArchSpec:
+        a = dict(self.arch)
+        q = dict(a.pop("qemu"))
+        q["extra_args"] = tuple(q["extra_args"])
+        a["configs"] = tuple(a["configs"])
+        return ArchSpec(**a, qemu=QemuSpec(**q))
+
+    def boot_spec(self) -> BootSpec:
+        return BootSpec(**self.boot)
 
 
 def guest_files(
@@ -70,18 +132,17 @@ def guest_files(
     return files
 
 
-def run_cell(
+def prepare_cell(
     cfg: LabConfig,
     cell: Cell,
     kernel: Kernel,
     base: BaseImage,
-    directory: Path,
-    log: Callable[[str], None] = lambda _m: None,
     run_cell_id: str = "",
     repeat: int = 1,
-) -> CellResult:
-    """Boot, run the test case, classify; everything lands in `directory`."""
-    directory.mkdir(parents=True, exist_ok=True)
+    log: Callable[[str], None] = lambda _m: None,
+) -> tuple[CellJob, dict[str, tuple[bytes, int]]]:
+    """The job and the guest files of a cell (local: it may build a kselftest binary)."""
+    rule = cell.expectation()
     req = boot.BootRequest(
         arch=cell.arch,
         variant=cell.variant,
@@ -89,11 +150,71 @@ def run_cell(
         base=base,
         job=job_for(cell),
         extra_cmdline=cell.testcase.cmdline,
-        extra_files=guest_files(cfg, cell),
-        memory_mib=cell.testcase.memory_mib or None,
     )
+    record = {
+        "id": cell.id,
+        "run_cell_id": run_cell_id or cell.id,
+        "repeat": repeat,
+        "arch": cell.arch.name,
+        "variant": cell.variant.name,
+        "testcase": cell.testcase.name,
+        "params": dict(cell.variant.params),
+        "expected": list(rule.outcomes) if rule else [],
+        "expected_rule": rule.text if rule else None,
+        "kernel": {
+            "key": kernel.key,
+            "image": kernel.image.name,
+            "image_sha256": kernel.meta.get("image_sha256"),
+            "config_sha256": kernel.meta.get("config_sha256"),
+            "dir": str(kernel.dir),
+        },
+        "image": {"key": base.key, "path": str(base.path)},
+        "reproducer": reproducer(cfg, cell),
+    }
+    job = CellJob(
+        record=record,
+        arch=dataclasses.asdict(cell.arch),
+        cmdline=boot.cmdline_for(cfg, req),
+        memory_mib=cell.testcase.memory_mib or cell.arch.qemu.memory_mib,
+        smp=cell.arch.qemu.smp,
+        agent_job=job_for(cell),
+        banner=expected_banner(cell.variant),
+        boot=dataclasses.asdict(cfg.boot),
+        test_timeout=cell.testcase.timeout + MARGIN,
+    )
+    return job, guest_files(cfg, cell, log)
+
+
+def execute(
+    job: CellJob,
+    kernel_image: Path,
+    base_image: Path,
+    files: Mapping[str, tuple[bytes, int]],
+    directory: Path,
+    cache_root: Path,
+    log: Callable[[str], None] = lambda _m: None,
+) -> CellResult:
+    """Boot, run the test case, classify; everything lands in `directory`.
+
+    The same code runs on the controller and on SSH lab hosts."""
+    directory.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    prepared = boot.prepare(cfg, req, directory, log)
+    boot_id = secrets.token_hex(8)
+    overlay = image.build_overlay(boot.overlay_files(job.agent_job, boot_id, files))
+    prepared = boot.launch(
+        job.arch_spec(),
+        kernel_image,
+        base_image,
+        overlay,
+        boot_id,
+        job.cmdline,
+        job.memory_mib,
+        job.smp,
+        directory,
+        cache_root,
+        job.boot_spec(),
+        log,
+    )
     m = prepared.machine
     deadline: str | None = None
     ready = False
@@ -105,7 +226,7 @@ def run_cell(
             except BootError as exc:
                 deadline = "boot" if exc.kind == "hang" else None
             if ready:
-                how = m.follow(lambda r: r.get("type") == "done", cell.testcase.timeout + MARGIN)
+                how = m.follow(lambda r: r.get("type") == "done", job.test_timeout)
                 if how == "timeout":
                     deadline = "test"
                 elif how == "record":
@@ -114,6 +235,7 @@ def run_cell(
         boot.discard_initrd(directory)
     if any(r.get("type") == "result" and r.get("timeout") is True for r in m.results.records):
         deadline = deadline or "test"
+    # Bytes, then decode: the console's CR CR LF must not become extra lines.
     console = (directory / "console.log").read_bytes().decode(errors="replace")
     facts = classify.RunFacts(
         ready=ready,
@@ -121,12 +243,10 @@ def run_cell(
         qemu_exit=m.exit_status,
         records=tuple(m.results.records),
         problems=tuple(m.results.problems),
-        expected_banner=expected_banner(cell.variant),
+        expected_banner=job.banner,
     )
     result = classify.classify(console, facts)
-    rule = cell.expectation()
-    expected = rule.outcomes if rule else ()
-    observed = result.outcome
+    expected = tuple(job.record["expected"])
     t = m.timings()
     timings = {
         "ready": t.ready,
@@ -134,42 +254,41 @@ def run_cell(
         "qemu": t.total,
         "cell": time.monotonic() - started,
     }
-    verdict = verdict_for(observed, expected)
+    verdict = verdict_for(result.outcome, expected)
     cache.write_json(directory / "evidence.json", result.to_json())
     cache.write_json(
         directory / "cell.json",
         {
-            "id": cell.id,
-            "run_cell_id": run_cell_id or cell.id,
-            "repeat": repeat,
-            "arch": cell.arch.name,
-            "variant": cell.variant.name,
-            "testcase": cell.testcase.name,
-            "params": dict(cell.variant.params),
-            "observed": observed,
-            "expected": list(expected),
-            "expected_rule": rule.text if rule else None,
+            **job.record,
+            "observed": result.outcome,
             "verdict": verdict,
             "detail": result.detail,
-            "kernel": {
-                "key": kernel.key,
-                "image_sha256": kernel.meta.get("image_sha256"),
-                "config_sha256": kernel.meta.get("config_sha256"),
-                "dir": str(kernel.dir),
-            },
-            "image": {"key": base.key, "path": str(base.path)},
             "accel": prepared.accel.accel,
             "accel_reason": prepared.accel.reason,
             "cmdline": prepared.launch.cmdline,
             "timings": timings,
             "qemu_exit": m.exit_status,
             "qemu_killed": m.killed,
-            "reproducer": reproducer(cfg, cell),
             "host": platform.node(),
             "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         },
     )
-    return CellResult(cell, directory, observed, expected, verdict, result, timings)
+    return CellResult.from_dir(directory)
+
+
+def run_cell(
+    cfg: LabConfig,
+    cell: Cell,
+    kernel: Kernel,
+    base: BaseImage,
+    directory: Path,
+    log: Callable[[str], None] = lambda _m: None,
+    run_cell_id: str = "",
+    repeat: int = 1,
+) -> CellResult:
+    """Prepare and execute one cell here."""
+    job, files = prepare_cell(cfg, cell, kernel, base, run_cell_id, repeat, log)
+    return execute(job, kernel.image, base.path, files, directory, cfg.cache_dir, log)
 
 
 # --- the matrix ---------------------------------------------------------------------
@@ -213,8 +332,15 @@ def run_cells(
         if d.exists():
             shutil.rmtree(d)  # a leftover of an interrupted attempt
         try:
-            res = run_cell(cfg, p.cell, kernels[p.kernel], images[p.cell.arch.name], d,
-                           run_cell_id=p.id, repeat=p.repeat)
+            res = run_cell(
+                cfg,
+                p.cell,
+                kernels[p.kernel],
+                images[p.cell.arch.name],
+                d,
+                run_cell_id=p.id,
+                repeat=p.repeat,
+            )
         except LabError as exc:
             if stop:
                 shutil.rmtree(d, ignore_errors=True)
@@ -243,16 +369,36 @@ def run_cells(
 def _infra_cell(cfg: LabConfig, p: matrix.Planned, d: Path, message: str) -> None:
     """A cell the lab could not run (e.g. a kernel that did not build): an infra result."""
     d.mkdir(parents=True, exist_ok=True)
-    cache.write_json(d / "evidence.json", {
-        "outcome": "infra_error", "detail": message, "rule": "lab-error",
-        "rule_text": "The lab could not run the cell.", "evidence": [], "matched": [],
-        "fields": {}})
+    cache.write_json(
+        d / "evidence.json",
+        {
+            "outcome": "infra_error",
+            "detail": message,
+            "rule": "lab-error",
+            "rule_text": "The lab could not run the cell.",
+            "evidence": [],
+            "matched": [],
+            "fields": {},
+        },
+    )
     rule = p.cell.expectation()
-    cache.write_json(d / "cell.json", {
-        "id": p.cell.id, "run_cell_id": p.id, "repeat": p.repeat, "arch": p.cell.arch.name,
-        "variant": p.cell.variant.name, "testcase": p.cell.testcase.name,
-        "params": dict(p.cell.variant.params), "observed": "infra_error",
-        "expected": list(rule.outcomes) if rule else [],
-        "expected_rule": rule.text if rule else None, "verdict": "infra", "detail": message,
-        "reproducer": reproducer(cfg, p.cell), "timings": {}, "finished": results.now(),
-    })
+    cache.write_json(
+        d / "cell.json",
+        {
+            "id": p.cell.id,
+            "run_cell_id": p.id,
+            "repeat": p.repeat,
+            "arch": p.cell.arch.name,
+            "variant": p.cell.variant.name,
+            "testcase": p.cell.testcase.name,
+            "params": dict(p.cell.variant.params),
+            "observed": "infra_error",
+            "expected": list(rule.outcomes) if rule else [],
+            "expected_rule": rule.text if rule else None,
+            "verdict": "infra",
+            "detail": message,
+            "reproducer": reproducer(cfg, p.cell),
+            "timings": {},
+            "finished": results.now(),
+        },
+    )
