@@ -22,12 +22,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lab import __version__, cache, kconfig, patches, proc, source, templates, toolchain
 from lab.config import ArchSpec, LabConfig, Variant
 from lab.errors import InfraError, LabError
-from lab.progress import Reporter, Task
+
+if TYPE_CHECKING:  # annotations only: SSH lab hosts run the runner without rich
+    from lab.progress import Reporter, Task
 
 FORMAT = 1  # bump when the key recipe or the output layout changes
 

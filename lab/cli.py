@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from lab import (
     config,
     doctor,
     failures,
+    hosts,
     kconfig,
     machine,
     matrix,
@@ -348,8 +350,11 @@ def run_matrix(
     run_dir: Path,
     jobs: int,
     quiet: bool = False,
+    lab_hosts: Sequence[hosts.Host] = (),
 ) -> int:
-    """Build, run, report; returns the run's exit code. Shared by matrix/reproduce."""
+    """Build, run, report; returns the run's exit code. Shared by matrix/reproduce.
+
+    `lab_hosts`: SSH lab hosts that run cells beside the `jobs` local slots."""
     run = results.load_run(run_dir)
     done_ids = results.finished_ids(run_dir)
     todo = [c for c in cells if c.id not in done_ids]
@@ -414,15 +419,35 @@ def run_matrix(
                         "unexpected": "UNEXPECTED",
                         "infra": "INFRA",
                     }[res.verdict]
+                    where = f" on {res.host}" if res.host != "local" else ""
                     reporter.line(
                         f"[{p.id}] {res.observed} (expected "
                         f"{'|'.join(res.expected) or '?'}): {word} "
-                        f"{res.timings.get('cell', 0):.1f}s"
+                        f"{res.timings.get('cell', 0):.1f}s{where}"
                     )
                 show()
 
             show()
-            runner.run_cells(cfg, runnable, run_dir, kernels, images, jobs, stop, on_start, on_done)
+            workers: list[runner.Worker] = []
+            if lab_hosts and runnable:
+                workers = _open_hosts(cfg, lab_hosts, run, reporter.line)
+                results.write_run(run_dir, run)
+            try:
+                runner.run_cells(
+                    cfg,
+                    runnable,
+                    run_dir,
+                    kernels,
+                    images,
+                    jobs,
+                    stop,
+                    on_start,
+                    on_done,
+                    workers=workers,
+                    on_note=reporter.line,
+                )
+            finally:
+                _close_hosts(workers, run)
             progress.finish(f"{finished}/{total} cells, {unexpected} not as expected")
             run["durations"]["cells"] = round(time.monotonic() - t_cells, 1)
         status = "complete"
@@ -442,6 +467,75 @@ def run_matrix(
     return code
 
 
+def _open_hosts(
+    cfg: config.LabConfig,
+    lab_hosts: Sequence[hosts.Host],
+    run: dict[str, object],
+    log: Callable[[str], None],
+) -> list[runner.Worker]:
+    from lab import ssh  # fabric/paramiko load only when hosts are used
+
+    workers, failed = ssh.open_workers(cfg, lab_hosts, log)
+    record: dict[str, object] = {}
+    for h in lab_hosts:
+        w = next((x for x in workers if x.name == h.name), None)
+        record[h.name] = {
+            "address": h.target,
+            "capacity": h.capacity,
+            "arches": sorted(w.arches) if w else list(h.arches),
+            "python": w.info.python_version if w else None,
+            "status": "ok" if w else f"unusable: {failed.get(h.name, '')}",
+        }
+    run["hosts"] = record
+    return list(workers)
+
+
+def _close_hosts(workers: Sequence[runner.Worker], run: dict[str, object]) -> None:
+    from lab import ssh
+
+    record = run.get("hosts")
+    for w in workers:
+        if isinstance(w, ssh.RemoteWorker):
+            w.close()
+            if isinstance(record, dict) and isinstance(record.get(w.name), dict):
+                record[w.name]["cells"] = w.cells
+                if w.lost():
+                    record[w.name]["status"] = f"lost: {w.lost()}"
+
+
+def _hosts(cfg: config.LabConfig) -> list[hosts.Host]:
+    return hosts.parse(cfg.extra.get("hosts"), cfg.file, list(cfg.arches))
+
+
+def cmd_hosts_check(args: argparse.Namespace) -> int:
+    from lab import ssh
+
+    cfg = _load(args)
+    declared = _hosts(cfg)
+    if not declared:
+        raise LabError(f"{cfg.file}: no [[hosts]] declared (see docs/scaling.md)")
+    chosen = hosts.select(declared, args.hosts, cfg.file) if args.hosts else declared
+    answers: dict[str, list[ssh.CheckLine]] = {}
+
+    def one(h: hosts.Host) -> None:
+        answers[h.name] = ssh.check(cfg, h, upload=not args.no_upload)
+
+    threads = [threading.Thread(target=one, args=(h,), daemon=True) for h in chosen]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.2)
+    ok = True
+    for h in chosen:
+        arches = ", ".join(h.arches) if h.arches else "all"
+        print(f"host {h.name} ({h.target}; capacity {h.capacity}; arches {arches})")
+        for line in answers.get(h.name, [ssh.CheckLine("check", False, "no answer")]):
+            ok = ok and line.ok
+            print(f"  {'ok  ' if line.ok else 'FAIL'} {line.label:<11} {line.detail}")
+    return 0 if ok else 2
+
+
 def cmd_matrix(args: argparse.Namespace) -> int:
     cfg = _load(args)
     tcs = testcase.discover(cfg.testcases_dir, classify.CLASSES)
@@ -450,6 +544,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             f"lab: warning: expectation uses a key no variant defines: {problem}", file=sys.stderr
         )
     spec = matrix.parse_spec(cfg.extra.get("matrix"), str(cfg.file))
+    declared = _hosts(cfg)  # validated on every run: a typo in [[hosts]] is an error
+    lab_hosts = hosts.select(declared, args.hosts, cfg.file) if args.hosts else []
     if args.resume:
         run_dir = results.resolve_run(cfg.results_dir, args.resume)
         sel = results.load_run(run_dir)["selection"]
@@ -483,7 +579,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     jobs = args.jobs or cfg.jobs or build.default_jobs(cfg)
-    return run_matrix(cfg, cells, run_dir, jobs)
+    return run_matrix(cfg, cells, run_dir, jobs, lab_hosts=lab_hosts)
 
 
 # --- reproduce ----------------------------------------------------------------------------
@@ -721,7 +817,26 @@ def _parser() -> argparse.ArgumentParser:
     mx.add_argument("--shard", default="", help="K/N: run the K-th of N deterministic shards")
     mx.add_argument("--resume", default="", metavar="RUN", help="run what RUN is missing")
     mx.add_argument("--results", default="", help="results directory (default: lab.toml's)")
+    mx.add_argument(
+        "--hosts",
+        default="",
+        metavar="NAME,...|all",
+        help="also run cells on these SSH lab hosts ([[hosts]] in lab.toml)",
+    )
     mx.set_defaults(func=cmd_matrix)
+
+    hs = sub.add_parser("hosts", help="SSH lab hosts ([[hosts]] in lab.toml)")
+    hsub = hs.add_subparsers(dest="hosts_command", required=True, metavar="SUBCOMMAND")
+    hc = hsub.add_parser(
+        "check", help="per host: reachable, python, lab bundle, QEMU, accelerator, disk"
+    )
+    hc.add_argument("--hosts", default="", metavar="NAME,...|all", help="default: all")
+    hc.add_argument(
+        "--no-upload",
+        action="store_true",
+        help="only report whether the lab bundle is there (default: upload it if missing)",
+    )
+    hc.set_defaults(func=cmd_hosts_check)
 
     rp = sub.add_parser("reproduce", help="replay failure modes claimed in review")
     rp.add_argument("id", nargs="*", help="failure mode ids, or 'all' (none: list them)")

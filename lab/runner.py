@@ -11,7 +11,6 @@ The side-effect half of cells (lab.cell is the pure half). A cell directory hold
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import datetime
 import platform
@@ -19,11 +18,11 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from lab import boot, cache, classify, image, kselftest, matrix, proc, results, source
 from lab.build import Kernel
@@ -100,14 +99,19 @@ class CellJob:
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
 
     def arch_spec(self) -> ArchSpec:
-        a = dict(self.arch)
-        q = dict(a.pop("qemu"))
-        q["extra_args"] = tuple(q["extra_args"])
-        a["configs"] = tuple(a["configs"])
-        return ArchSpec(**a, qemu=QemuSpec(**q))
+        return arch_from_json(self.arch)
 
     def boot_spec(self) -> BootSpec:
         return BootSpec(**self.boot)
+
+
+def arch_from_json(data: Mapping[str, Any]) -> ArchSpec:
+    """An ArchSpec from dataclasses.asdict() output (after a JSON round trip)."""
+    a = dict(data)
+    q = dict(a.pop("qemu"))
+    q["extra_args"] = tuple(q["extra_args"])
+    a["configs"] = tuple(a["configs"])
+    return ArchSpec(**a, qemu=QemuSpec(**q))
 
 
 def guest_files(
@@ -307,6 +311,123 @@ class Stop:
         return self._event.is_set()
 
 
+class HostDown(LabError):
+    """A lab host stopped answering (or could not take the cell): run it elsewhere.
+
+    `ran` is False when the cell never reached the host (it was already known to be
+    gone), so the attempt does not count against the cell's single retry."""
+
+    def __init__(self, host: str, message: str, ran: bool = True) -> None:
+        super().__init__(f"lab host {host}: {message}")
+        self.host = host
+        self.reason = message
+        self.ran = ran
+
+
+class Worker(Protocol):
+    """Somewhere cells run: this machine, or one SSH lab host (lab.ssh.RemoteWorker)."""
+
+    name: str  # "local" or the host's name
+    slots: int  # cells it runs at once
+
+    def serves(self, arch: str) -> bool: ...
+
+    def run(
+        self,
+        p: matrix.Planned,
+        kernel: Kernel,
+        base: BaseImage,
+        directory: Path,
+        requeued_from: tuple[str, ...],
+    ) -> CellResult:
+        """Run the cell; its directory is complete when this returns. Raises HostDown
+        when the host is lost, LabError when the cell cannot run (an infra result)."""
+        ...
+
+    def lost(self) -> str:
+        """Why the worker is gone ("" while it is usable)."""
+        ...
+
+    def abort(self) -> None:
+        """Stop in-flight cells now (Ctrl-C, SIGTERM)."""
+        ...
+
+
+@dataclass
+class LocalWorker:
+    """This machine: prepare and execute in-process (the behaviour before lab hosts)."""
+
+    cfg: LabConfig
+    slots: int
+    name: str = "local"
+
+    def serves(self, arch: str) -> bool:
+        return True
+
+    def run(
+        self,
+        p: matrix.Planned,
+        kernel: Kernel,
+        base: BaseImage,
+        directory: Path,
+        requeued_from: tuple[str, ...],
+    ) -> CellResult:
+        res = run_cell(self.cfg, p.cell, kernel, base, directory, run_cell_id=p.id, repeat=p.repeat)
+        if requeued_from:
+            # cell.json is written last; rewriting it (atomically) keeps the cell complete.
+            data = cache.read_json(directory / "cell.json")
+            cache.write_json(
+                directory / "cell.json", {**data, "requeued_from": list(requeued_from)}
+            )
+        return res
+
+    def lost(self) -> str:
+        return ""
+
+    def abort(self) -> None:
+        proc.kill_all()
+
+
+@dataclass
+class _Queue:
+    """Pending cells shared by every slot; a lost host's cells come back to the front."""
+
+    pending: list[tuple[matrix.Planned, tuple[str, ...]]]
+    stop: Stop
+    inflight: int = 0
+    cond: threading.Condition = dataclasses.field(default_factory=threading.Condition)
+
+    def take(self, worker: Worker) -> tuple[matrix.Planned, tuple[str, ...]] | None:
+        """The first pending cell this worker serves; None when it should quit."""
+        with self.cond:
+            while True:
+                if self.stop or worker.lost():
+                    return None
+                for i, (p, tried) in enumerate(self.pending):
+                    if worker.serves(p.cell.arch.name) and worker.name not in tried:
+                        self.inflight += 1
+                        return self.pending.pop(i)
+                if not self.pending and not self.inflight:
+                    return None
+                # Nothing for us now, but an in-flight cell may come back (host lost).
+                self.cond.wait(0.5)
+
+    def done(self) -> None:
+        with self.cond:
+            self.inflight -= 1
+            self.cond.notify_all()
+
+    def put_back(self, p: matrix.Planned, tried: tuple[str, ...]) -> None:
+        with self.cond:
+            self.inflight -= 1
+            self.pending.insert(0, (p, tried))
+            self.cond.notify_all()
+
+    def wake(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+
 def run_cells(
     cfg: LabConfig,
     cells: list[matrix.Planned],
@@ -317,57 +438,116 @@ def run_cells(
     stop: Stop,
     on_start: Callable[[matrix.Planned], None] = lambda _c: None,
     on_done: Callable[[matrix.Planned, CellResult | None, str], None] = lambda _c, _r, _e: None,
+    workers: Sequence[Worker] = (),
+    on_note: Callable[[str], None] = lambda _m: None,
 ) -> None:
-    """Run cells in parallel; each cell's directory is complete or absent.
+    """Run cells on slots pulling from one queue; each cell's directory is complete or absent.
 
-    A cell interrupted by `stop` is discarded (its directory removed) so that
-    `--resume` runs it again; finished cells are never touched.
+    Slots: `jobs` local ones plus `slots` per extra worker (SSH lab hosts). A cell
+    interrupted by `stop` is discarded (its directory removed) so that `--resume`
+    runs it again; finished cells are never touched. A cell whose lab host is lost
+    goes back to the queue once (marked `requeued_from`); a second loss makes it an
+    infra_error naming the host. The lost host takes no more cells.
     """
+    queue = _Queue([(p, ()) for p in cells], stop)
+    all_workers: list[Worker] = [LocalWorker(cfg, max(1, jobs)), *workers]
+    errors: list[BaseException] = []
 
-    def one(p: matrix.Planned) -> None:
+    def attempt(w: Worker, p: matrix.Planned, tried: tuple[str, ...]) -> None:
         if stop:
+            queue.done()
             return
         on_start(p)
         d = run_dir / "cells" / p.dirname
         if d.exists():
             shutil.rmtree(d)  # a leftover of an interrupted attempt
+        remote = {"lab_host": w.name} if w.name != "local" else {}
+        marks = {**remote, **({"requeued_from": list(tried)} if tried else {})}
         try:
-            res = run_cell(
-                cfg,
-                p.cell,
-                kernels[p.kernel],
-                images[p.cell.arch.name],
-                d,
-                run_cell_id=p.id,
-                repeat=p.repeat,
-            )
+            res = w.run(p, kernels[p.kernel], images[p.cell.arch.name], d, tried)
+        except HostDown as exc:
+            if stop:
+                shutil.rmtree(d, ignore_errors=True)
+                queue.done()
+                return
+            if not exc.ran:
+                queue.put_back(p, tried)  # never reached the host: not an attempt
+                return
+            on_note(f"[{p.id}] {exc}")
+            if len(tried) >= 1:  # already re-queued once: give up on the cell
+                msg = (
+                    f"{exc}; the cell was already re-queued from "
+                    f"{', '.join(tried)} and is not retried again"
+                )
+                _infra_cell(cfg, p, d, msg, marks)
+                queue.done()
+                on_done(p, None, msg)
+                return
+            on_note(f"[{p.id}] re-queued (was on {w.name})")
+            queue.put_back(p, (*tried, w.name))
+            return
         except LabError as exc:
             if stop:
                 shutil.rmtree(d, ignore_errors=True)
+                queue.done()
                 return
-            _infra_cell(cfg, p, d, str(exc))
+            _infra_cell(cfg, p, d, str(exc), marks)
+            queue.done()
             on_done(p, None, str(exc))
             return
         if stop:
             shutil.rmtree(d, ignore_errors=True)  # killed mid-way: not a result
+            queue.done()
             return
+        queue.done()
         on_done(p, res, "")
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = [pool.submit(one, p) for p in cells]
+    def slot(w: Worker) -> None:
         try:
-            for f in concurrent.futures.as_completed(futures):
-                f.result()
-        except BaseException:
+            while (item := queue.take(w)) is not None:
+                attempt(w, *item)
+        except BaseException as exc:  # a bug: stop everything, re-raised in the main thread
+            errors.append(exc)
             stop.set()
-            for f in futures:
-                f.cancel()
-            proc.kill_all()  # every QEMU of every worker, now
-            raise
+            queue.wake()
+
+    threads = [
+        threading.Thread(target=slot, args=(w,), name=f"cell-{w.name}-{i}", daemon=True)
+        for w in all_workers
+        for i in range(w.slots)
+    ]
+    try:
+        for t in threads:
+            t.start()
+        # Join with a timeout: the main thread must stay responsive to SIGINT/SIGTERM.
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+        if errors:
+            raise errors[0]
+    except BaseException:
+        stop.set()
+        queue.wake()
+        for w in all_workers:
+            w.abort()  # every QEMU of every worker, now (remote: close the channels)
+        for t in threads:
+            t.join(30)
+        raise
+    finally:
+        # Cells fetched from lab hosts are staged here before their rename into cells/.
+        shutil.rmtree(run_dir / ".staging", ignore_errors=True)
 
 
-def _infra_cell(cfg: LabConfig, p: matrix.Planned, d: Path, message: str) -> None:
-    """A cell the lab could not run (e.g. a kernel that did not build): an infra result."""
+def _infra_cell(
+    cfg: LabConfig,
+    p: matrix.Planned,
+    d: Path,
+    message: str,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """A cell the lab could not run (e.g. a kernel that did not build): an infra result.
+
+    `extra`: more cell.json fields (lab_host, requeued_from for a lab host's cell)."""
     d.mkdir(parents=True, exist_ok=True)
     cache.write_json(
         d / "evidence.json",
@@ -400,5 +580,6 @@ def _infra_cell(cfg: LabConfig, p: matrix.Planned, d: Path, message: str) -> Non
             "reproducer": reproducer(cfg, p.cell),
             "timings": {},
             "finished": results.now(),
+            **(extra or {}),
         },
     )

@@ -1,0 +1,807 @@
+"""SSH lab hosts, controller side: Fabric connections, uploads, remote cells, checks.
+
+A lab host needs python3 >= 3.11 and QEMU; everything else travels from here:
+
+  <lab_dir>/bundles/<digest>/               the lab and its pure-Python deps (lab.bundle)
+  <lab_dir>/kernels/<key>/<image>           kernel images, content-addressed
+  <lab_dir>/images/<arch>/<key>/base.cpio.gz  base initramfs, content-addressed
+  <lab_dir>/cache/                          the host's own probes (KVM)
+  <lab_dir>/work/<token>/                   one running cell (removed when it ends)
+
+Uploads go to a temporary name and are renamed into place, so a file at its final
+path is complete; a present file is never sent again. Per cell, the job and its
+overlay files travel on the SSH channel's stdin as one JSON line, and the finished
+cell directory comes back as a tar.gz on stdout (lab.remote). The channel stays open
+while the cell runs: closing it (Ctrl-C, a lost controller) makes the host kill QEMU.
+
+Security: key authentication with the configured key only (no agent, no
+~/.ssh/id_* discovery, no passwords, no ~/.ssh/config), host keys checked against
+known_hosts (strict by default), and every remote command built as an argument list
+and quoted with shlex.join, so no lab.toml value reaches a remote shell unquoted.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import io
+import json
+import os
+import secrets
+import shlex
+import shutil
+import socket
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import fabric
+import invoke.exceptions
+import paramiko
+
+from lab import __version__, bundle, cache, matrix, remote, runner
+from lab.build import Kernel
+from lab.config import LabConfig
+from lab.errors import LabError
+from lab.hosts import Host
+from lab.image import BaseImage
+
+CONNECT_TIMEOUT = 10  # seconds for TCP connect, SSH banner and authentication each
+KEEPALIVE = 5  # seconds between SSH keepalives on a connection
+HEARTBEAT = 10  # seconds between checks that the host still answers
+DEAD_AFTER = 30.0  # a keepalive unanswered this long: the connection is dead
+MIN_PYTHON = (3, 11)
+CELL_SLACK = 120.0  # seconds beyond a cell's own deadlines (initrd, upload of results)
+
+# Errors of a broken or closed connection (paramiko, sockets, invoke's runner).
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    paramiko.SSHException,
+    EOFError,
+    OSError,
+    invoke.exceptions.CommandTimedOut,
+    invoke.exceptions.ThreadException,
+)
+
+# Runs with the host's python3 before the lab is there (any python3: it must be able
+# to report that the version is too old). Arguments come after `-c BOOTSTRAP`.
+BOOTSTRAP = r"""
+import json, os, platform, shutil, subprocess, sys, tarfile
+def version(binary):
+    try:
+        out = subprocess.run([binary, "--version"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, timeout=20,
+                             universal_newlines=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.strip().splitlines()[0] if out.strip() else ""
+cmd = sys.argv[1]
+if cmd == "hello":
+    lab = os.path.realpath(os.path.expanduser(sys.argv[2]))
+    for sub in ("bundles", "kernels", "images", "work", "cache"):
+        os.makedirs(os.path.join(lab, sub), exist_ok=True)
+    qemu = {}
+    for b in sys.argv[3:]:
+        path = shutil.which(b)
+        qemu[b] = {"path": path, "version": version(b) if path else ""}
+    print(json.dumps({
+        "python": list(sys.version_info[:3]), "executable": sys.executable,
+        "lab_dir": lab, "machine": platform.machine(), "node": platform.node(),
+        "kvm_usable": os.access("/dev/kvm", os.R_OK | os.W_OK),
+        "free_bytes": shutil.disk_usage(lab).free, "qemu": qemu}))
+elif cmd == "unpack":
+    src, dest = sys.argv[2], sys.argv[3]
+    tmp = dest + ".tmp-" + str(os.getpid())
+    with tarfile.open(src) as t:
+        for m in t.getmembers():
+            if m.name.startswith("/") or ".." in m.name.split("/") or not (m.isfile() or m.isdir()):
+                sys.exit("refusing tar member " + repr(m.name))
+        kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        t.extractall(tmp, **kw)
+    try:
+        os.rename(tmp, dest)
+    except OSError:
+        if not os.path.isdir(dest):
+            raise
+        shutil.rmtree(tmp)
+    os.unlink(src)
+else:
+    sys.exit("unknown bootstrap command " + cmd)
+"""
+
+
+class HostKeyError(LabError):
+    """The host's key is unknown (strict policy) or changed: the host is refused."""
+
+
+# --- connecting ----------------------------------------------------------------------
+
+
+class _UnknownHostKey(paramiko.SSHException):  # type: ignore[misc]
+    def __init__(self, hostname: str, key: Any) -> None:
+        super().__init__(f"{hostname}: host key not in known_hosts")
+        self.hostname = hostname
+        self.key = key
+
+
+class _StrictPolicy(paramiko.RejectPolicy):  # type: ignore[misc]
+    """OpenSSH's StrictHostKeyChecking=yes: the key must already be in known_hosts."""
+
+    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+        raise _UnknownHostKey(hostname, key)
+
+
+class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
+    """StrictHostKeyChecking=accept-new: remember a key seen for the first time.
+
+    A changed key never reaches a policy: paramiko raises BadHostKeyException first."""
+
+    def __init__(self, known_hosts: Path) -> None:
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        line = paramiko.hostkeys.HostKeyEntry([hostname], key).to_line()
+        self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(self.known_hosts, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # other lab processes may append at once
+            f.write(line)
+
+
+def _where(host: Host) -> str:
+    return f"host {host.name} ({host.target})"
+
+
+def _connect_error(host: Host, exc: BaseException) -> LabError:
+    """One line naming the host and what to do; never key material."""
+    where = _where(host)
+    if isinstance(exc, paramiko.BadHostKeyException):
+        kh = host.known_hosts
+        return HostKeyError(
+            f"{where}: REFUSED: its {exc.key.get_name()} host key has CHANGED "
+            f"(server offers {exc.key.fingerprint}, {kh} has {exc.expected_key.fingerprint}); "
+            "someone may be intercepting the connection, or the host was reinstalled: "
+            f"verify the new key, then run `ssh-keygen -f {kh} -R '{host.known_hosts_name}'` "
+            "and add the new key to known_hosts"
+        )
+    if isinstance(exc, _UnknownHostKey):
+        return HostKeyError(
+            f"{where}: REFUSED: its {exc.key.get_name()} host key ({exc.key.fingerprint}) "
+            f'is not in {host.known_hosts} and host_key_policy is "strict"; verify the '
+            f"fingerprint, then add the key (ssh-keyscan -p {host.port} {host.address} "
+            f'>> {host.known_hosts}) or set host_key_policy = "accept-new"'
+        )
+    if isinstance(exc, paramiko.PasswordRequiredException):
+        return LabError(
+            f"{where}: key_file {host.key_file} is passphrase-protected; the lab uses "
+            "unencrypted keys only (no prompts, no agent): give the lab a dedicated key"
+        )
+    if isinstance(exc, paramiko.AuthenticationException):
+        return LabError(
+            f"{where}: key authentication failed: the server did not accept key_file "
+            f"{host.key_file} (the lab offers only that key: no agent, no passwords)"
+        )
+    return LabError(f"{where}: {describe(exc)}")
+
+
+def describe(exc: BaseException) -> str:
+    """A transport error as a short phrase."""
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        inner = list(exc.errors.values())
+        if inner and all(getattr(e, "errno", None) == errno.ECONNREFUSED for e in inner):
+            return "cannot connect: connection refused"
+        return f"cannot connect: {'; '.join(str(e) for e in inner) or exc}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the address: {exc.strerror}"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return f"no answer within {CONNECT_TIMEOUT}s"
+    if isinstance(exc, invoke.exceptions.CommandTimedOut):
+        return f"a remote command did not finish within {exc.timeout}s"
+    if isinstance(exc, EOFError):
+        return "connection closed by the host"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"connection failed: {exc.strerror}"
+    text = str(exc).strip() or type(exc).__name__
+    return f"SSH error: {text}"
+
+
+def connect(host: Host) -> Any:
+    """An open fabric.Connection with the host key checked per policy."""
+    if not host.key_file.is_file() or not os.access(host.key_file, os.R_OK):
+        raise LabError(f"{_where(host)}: key_file {host.key_file}: missing or unreadable")
+    # An explicit empty SSHConfig: ~/.ssh/config and /etc/ssh/ssh_config are not read,
+    # so lab.toml alone decides address, user, key and proxies (none).
+    config = fabric.Config(ssh_config=paramiko.SSHConfig())
+    conn = fabric.Connection(
+        host.address,
+        user=host.user,
+        port=host.port,
+        config=config,
+        connect_timeout=CONNECT_TIMEOUT,
+        forward_agent=False,
+        connect_kwargs={
+            "key_filename": [str(host.key_file)],
+            "allow_agent": False,
+            "look_for_keys": False,
+            "banner_timeout": CONNECT_TIMEOUT,
+            "auth_timeout": CONNECT_TIMEOUT,
+            "channel_timeout": CONNECT_TIMEOUT,
+        },
+    )
+    client = conn.client
+    if host.known_hosts.is_file():
+        try:
+            client.get_host_keys().load(str(host.known_hosts))
+        except (OSError, paramiko.SSHException) as exc:
+            raise LabError(f"{_where(host)}: known_hosts {host.known_hosts}: {exc}") from None
+    client.set_missing_host_key_policy(
+        _StrictPolicy() if host.host_key_policy == "strict" else _AcceptNewPolicy(host.known_hosts)
+    )
+    try:
+        conn.open()
+    except Exception as exc:
+        conn.close()
+        raise _connect_error(host, exc) from None
+    conn.transport.set_keepalive(KEEPALIVE)
+    return conn
+
+
+class _Heartbeat(threading.Thread):
+    """Closes a connection whose host stopped answering (a silent network partition:
+    no RST, so TCP alone would notice only after many minutes). Closing it fails every
+    channel and SFTP call on it at once."""
+
+    def __init__(self, conn: Any) -> None:
+        super().__init__(name="ssh-heartbeat", daemon=True)
+        self.conn = conn
+        self.stopped = threading.Event()
+        self.dead = ""
+
+    def run(self) -> None:
+        while not self.stopped.wait(HEARTBEAT):
+            t = self.conn.transport
+            if t is None or not t.is_active():
+                return
+            answered = threading.Event()
+
+            def ask(t: Any = t, answered: threading.Event = answered) -> None:
+                try:
+                    t.global_request("keepalive@openssh.com", wait=True)
+                finally:
+                    answered.set()
+
+            threading.Thread(target=ask, name="ssh-keepalive", daemon=True).start()
+            if not answered.wait(DEAD_AFTER) and not self.stopped.is_set():
+                self.dead = f"no answer to SSH keepalives for {DEAD_AFTER:.0f}s"
+                t.close()
+                return
+
+
+def run(conn: Any, argv: Sequence[str], timeout: float) -> tuple[int, str, str]:
+    """A short remote command, argv quoted with shlex.join: (status, stdout, stderr)."""
+    result = conn.run(shlex.join(argv), hide=True, warn=True, in_stream=False, timeout=timeout)
+    return int(result.exited), str(result.stdout), str(result.stderr)
+
+
+def _tail(text: str, lines: int = 3) -> str:
+    return " | ".join(x.strip() for x in text.strip().splitlines()[-lines:] if x.strip())
+
+
+# --- what is on the host ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello:
+    python: tuple[int, ...]
+    executable: str
+    lab_dir: str  # absolute, "~" expanded by the host
+    machine: str
+    kvm_usable: bool
+    free_bytes: int
+    qemu: Mapping[str, Mapping[str, Any]]  # binary -> {"path": str | None, "version": str}
+
+    @property
+    def python_version(self) -> str:
+        return ".".join(str(x) for x in self.python)
+
+
+def qemu_binaries(cfg: LabConfig, host: Host) -> dict[str, str]:
+    """arch name -> QEMU binary, for the arches the host serves."""
+    return {a: spec.qemu.binary for a, spec in cfg.arches.items() if host.serves(a)}
+
+
+def hello(conn: Any, host: Host, binaries: Iterable[str]) -> Hello:
+    """Create lab_dir and report python, QEMU, /dev/kvm and free disk (any python3)."""
+    argv = [host.python, "-c", BOOTSTRAP, "hello", host.lab_dir, *sorted(set(binaries))]
+    code, out, err = run(conn, argv, timeout=60)
+    if code != 0:
+        raise LabError(
+            f"{_where(host)}: cannot run python {host.python!r} there "
+            f"(status {code}: {_tail(err) or 'no output'})"
+        )
+    try:
+        d = json.loads(out.strip().splitlines()[-1])
+        h = Hello(
+            python=tuple(int(x) for x in d["python"]),
+            executable=str(d["executable"]),
+            lab_dir=str(d["lab_dir"]),
+            machine=str(d["machine"]),
+            kvm_usable=bool(d["kvm_usable"]),
+            free_bytes=int(d["free_bytes"]),
+            qemu=d["qemu"],
+        )
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise LabError(f"{_where(host)}: unexpected answer from python: {_tail(out)}") from None
+    if h.python < MIN_PYTHON:
+        raise LabError(
+            f"{_where(host)}: {h.executable} is Python {h.python_version}; the lab needs "
+            f'>= {".".join(map(str, MIN_PYTHON))} (set python = "..." in its [[hosts]] entry)'
+        )
+    return h
+
+
+def bundle_present(conn: Any, lab_dir: str) -> bool:
+    b = bundle.build()
+    try:
+        conn.sftp().stat(f"{lab_dir}/bundles/{b.digest}/{bundle.MANIFEST}")
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def ensure_bundle(conn: Any, host: Host, lab_dir: str) -> tuple[str, bool]:
+    """The bundle's directory on the host, and whether it was uploaded just now."""
+    b = bundle.build()
+    dest = f"{lab_dir}/bundles/{b.digest}"
+    if bundle_present(conn, lab_dir):
+        return dest, False
+    tmp = f"{lab_dir}/bundles/.{b.digest}.{secrets.token_hex(4)}.tar.gz"
+    conn.sftp().putfo(io.BytesIO(b.tar_gz()), tmp, confirm=True)
+    code, _out, err = run(conn, [host.python, "-c", BOOTSTRAP, "unpack", tmp, dest], 120)
+    if code != 0:
+        raise LabError(f"{_where(host)}: unpacking the lab bundle failed: {_tail(err)}")
+    return dest, True
+
+
+def _sftp_makedirs(sftp: Any, root: str, rel: PurePosixPath) -> None:
+    path = root
+    for part in rel.parts:
+        path = f"{path}/{part}"
+        try:
+            sftp.mkdir(path)
+        except OSError:
+            sftp.stat(path)  # raises if it still does not exist
+
+
+def _safe_extract(data: bytes, dest: Path) -> None:
+    """A cell directory from a host: regular files and directories inside dest only."""
+    dest.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        for m in tar:
+            rel = PurePosixPath(m.name)
+            if rel.is_absolute() or ".." in rel.parts:
+                raise LabError(f"refusing path {m.name!r} in a cell from a lab host")
+            target = dest / rel
+            if m.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+            elif m.isfile():
+                src = tar.extractfile(m)
+                if src is None:
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(src.read())
+            # anything else (links, devices) is not part of a cell: skipped
+
+
+# --- running cells on a host ------------------------------------------------------------
+
+
+class RemoteWorker:
+    """One SSH lab host as a runner.Worker: `slots` cells at once, one connection each."""
+
+    def __init__(
+        self,
+        cfg: LabConfig,
+        host: Host,
+        conn: Any,
+        info: Hello,
+        bundle_dir: str,
+        log: Callable[[str], None],
+    ) -> None:
+        self.cfg = cfg
+        self.host = host
+        self.name = host.name
+        self.slots = host.capacity
+        self.info = info
+        self.lab_dir = info.lab_dir
+        self.bundle_dir = bundle_dir
+        self.log = log
+        self.arches = frozenset(
+            a for a, b in qemu_binaries(cfg, host).items() if (info.qemu.get(b) or {}).get("path")
+        )
+        self.cells = 0
+        self._lock = threading.Lock()
+        self._idle: list[Any] = [conn]  # the preflight connection serves the first slot
+        self._open: list[tuple[Any, _Heartbeat]] = []
+        self._local = threading.local()
+        self._items: dict[str, threading.Lock] = {}
+        self._present: set[str] = set()
+        self._lost = ""
+        self._aborted = False
+        self._track(conn)
+
+    # -- Worker protocol --
+
+    def serves(self, arch: str) -> bool:
+        return arch in self.arches
+
+    def lost(self) -> str:
+        return self._lost
+
+    def abort(self) -> None:
+        """Close every connection: each host-side lab sees EOF and kills its QEMU."""
+        self._aborted = True
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._open = self._open, []
+            self._idle = []
+        for conn, beat in conns:
+            beat.stopped.set()
+            # Closing a dead connection may fail; it is gone either way.
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def run(
+        self,
+        p: matrix.Planned,
+        kernel: Kernel,
+        base: BaseImage,
+        directory: Path,
+        requeued_from: tuple[str, ...],
+    ) -> runner.CellResult:
+        if self._lost:
+            raise runner.HostDown(self.name, self._lost, ran=False)
+        job, files = runner.prepare_cell(self.cfg, p.cell, kernel, base, p.id, p.repeat)
+        try:
+            conn = self._conn()
+            k = self._ensure(conn, f"kernels/{kernel.key}/{kernel.image.name}", kernel.image)
+            b = self._ensure(conn, f"images/{p.cell.arch.name}/{base.key}/base.cpio.gz", base.path)
+            status, out, err = self._exec(conn, job, files, k, b)
+        except runner.HostDown as exc:
+            self._mark_lost(exc.reason)
+            raise
+        except LabError:
+            raise
+        except TRANSPORT_ERRORS as exc:
+            reason = self._reason(exc)
+            self._mark_lost(reason)
+            raise runner.HostDown(self.name, reason) from None
+        if status == remote.EXIT_OK:
+            with self._lock:
+                self.cells += 1
+            return self._store(out, directory, requeued_from)
+        last = err.strip().splitlines()[-1] if err.strip() else ""
+        if status in (remote.EXIT_LAB_ERROR, remote.EXIT_BAD_REQUEST) and last.startswith(
+            remote.ERROR_PREFIX
+        ):
+            raise LabError(f"{last.removeprefix(remote.ERROR_PREFIX)} (on lab host {self.name})")
+        if status < 0:
+            reason = self._reason(None) or "the connection closed while the cell ran"
+        else:
+            reason = f"the host-side lab exited with status {status}: {_tail(err) or 'no output'}"
+        self._mark_lost(reason)
+        raise runner.HostDown(self.name, reason)
+
+    # -- internals --
+
+    def _track(self, conn: Any) -> None:
+        beat = _Heartbeat(conn)
+        beat.start()
+        with self._lock:
+            self._open.append((conn, beat))
+
+    def _mark_lost(self, reason: str) -> None:
+        with self._lock:
+            first = not self._lost and not self._aborted
+            if not self._lost:
+                self._lost = reason
+        if first:
+            self.log(f"lab: host {self.name} lost ({reason}); it gets no more cells")
+
+    def _reason(self, exc: BaseException | None) -> str:
+        with self._lock:
+            dead = next((b.dead for _, b in self._open if b.dead), "")
+        if dead:
+            return dead
+        return describe(exc) if exc is not None else ""
+
+    def _conn(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                try:
+                    conn = connect(self.host)
+                except LabError as exc:
+                    raise runner.HostDown(self.name, str(exc).split(": ", 1)[-1]) from None
+                self._track(conn)
+            self._local.conn = conn
+        if conn.transport is None or not conn.transport.is_active():
+            raise runner.HostDown(self.name, self._reason(None) or "the connection closed")
+        return conn
+
+    def _ensure(self, conn: Any, rel: str, local: Path) -> str:
+        """Upload a content-addressed file once (temp name, then rename); its remote path."""
+        final = f"{self.lab_dir}/{rel}"
+        with self._lock:
+            item = self._items.setdefault(rel, threading.Lock())
+        with item:  # one upload per host even when several slots need the file at once
+            if rel in self._present:
+                return final
+            sftp = conn.sftp()
+            size = local.stat().st_size
+            try:
+                present = sftp.stat(final).st_size == size
+            except FileNotFoundError:
+                present = False
+            if not present:
+                started = time.monotonic()
+                parent = PurePosixPath(rel).parent
+                _sftp_makedirs(sftp, self.lab_dir, parent)
+                tmp = f"{self.lab_dir}/{parent}/.{local.name}.{secrets.token_hex(4)}.tmp"
+                sftp.put(str(local), tmp, confirm=True)
+                sftp.posix_rename(tmp, final)
+                self.log(
+                    f"lab: host {self.name}: uploaded {rel} "
+                    f"({size / 2**20:.1f} MiB, {time.monotonic() - started:.1f}s)"
+                )
+            self._present.add(rel)
+        return final
+
+    def _budget(self, job: runner.CellJob) -> float:
+        b = job.boot
+        return float(
+            b["ready_timeout"]
+            + b["shutdown_timeout"]
+            + b["kvm_probe_timeout"]
+            + job.test_timeout
+            + CELL_SLACK
+        )
+
+    def _exec(
+        self,
+        conn: Any,
+        job: runner.CellJob,
+        files: Mapping[str, tuple[bytes, int]],
+        kernel: str,
+        base: str,
+    ) -> tuple[int, bytes, str]:
+        request = {
+            "protocol": remote.PROTOCOL,
+            "job": job.to_json(),
+            "kernel": os.path.relpath(kernel, self.lab_dir),
+            "base": os.path.relpath(base, self.lab_dir),
+            "files": {k: [base64.b64encode(d).decode(), m] for k, (d, m) in files.items()},
+        }
+        argv = [
+            "env",
+            f"PYTHONPATH={self.bundle_dir}",
+            self.host.python,
+            "-m",
+            "lab.remote",
+            "exec",
+            self.lab_dir,
+        ]
+        chan = conn.transport.open_session(timeout=CONNECT_TIMEOUT)
+        try:
+            chan.exec_command(shlex.join(argv))
+            chan.sendall(json.dumps(request).encode() + b"\n")
+            # stdin stays open: it is how the host knows we are still here.
+            out, err = bytearray(), bytearray()
+            budget = self._budget(job)
+            deadline = time.monotonic() + budget
+            while True:
+                busy = False
+                if chan.recv_ready():
+                    out += chan.recv(1 << 16)
+                    busy = True
+                if chan.recv_stderr_ready():
+                    err += chan.recv_stderr(1 << 16)
+                    busy = True
+                if busy:
+                    continue
+                if chan.exit_status_ready():
+                    break  # data sent before the exit status is already buffered
+                if time.monotonic() > deadline:
+                    raise runner.HostDown(
+                        self.name, f"the cell did not finish within {budget:.0f}s"
+                    )
+                time.sleep(0.05)
+            return int(chan.exit_status), bytes(out), err.decode(errors="replace")
+        finally:
+            chan.close()
+
+    def _store(
+        self, data: bytes, directory: Path, requeued_from: tuple[str, ...]
+    ) -> runner.CellResult:
+        """Stage the fetched cell outside cells/, mark it, then rename it into place:
+        a half-fetched cell never looks finished."""
+        staging = directory.parent.parent / ".staging" / f"{directory.name}.{secrets.token_hex(4)}"
+        try:
+            try:
+                _safe_extract(data, staging)
+                record = cache.read_json(staging / "cell.json")
+            except (tarfile.TarError, OSError, ValueError) as exc:
+                raise LabError(
+                    f"the cell directory from lab host {self.name} is unreadable: {exc}"
+                ) from None
+            record["lab_host"] = self.name
+            if requeued_from:
+                record["requeued_from"] = list(requeued_from)
+            cache.write_json(staging / "cell.json", record)
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.rename(staging, directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return runner.CellResult.from_dir(directory)
+
+
+def open_worker(cfg: LabConfig, host: Host, log: Callable[[str], None]) -> RemoteWorker:
+    """Connect, check python and QEMU, make sure the bundle is there: a ready worker."""
+    conn = connect(host)
+    try:
+        binaries = qemu_binaries(cfg, host)
+        info = hello(conn, host, binaries.values())
+        bundle_dir, uploaded = ensure_bundle(conn, host, info.lab_dir)
+    except TRANSPORT_ERRORS as exc:
+        conn.close()
+        raise LabError(f"{_where(host)}: {describe(exc)}") from None
+    except BaseException:
+        conn.close()
+        raise
+    if uploaded:
+        log(f"lab: host {host.name}: uploaded the lab bundle to {bundle_dir}")
+    worker = RemoteWorker(cfg, host, conn, info, bundle_dir, log)
+    for arch, b in binaries.items():
+        if arch not in worker.arches:
+            log(f"lab: host {host.name}: {b} not found there; it runs no {arch} cells")
+    return worker
+
+
+def open_workers(
+    cfg: LabConfig, hosts: Sequence[Host], log: Callable[[str], None]
+) -> tuple[list[RemoteWorker], dict[str, str]]:
+    """Workers for the hosts that answer (in parallel), and why the others were dropped."""
+    results: dict[str, RemoteWorker | str] = {}
+
+    def one(h: Host) -> None:
+        try:
+            results[h.name] = open_worker(cfg, h, log)
+        except LabError as exc:
+            results[h.name] = str(exc)
+
+    threads = [threading.Thread(target=one, args=(h,), daemon=True) for h in hosts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.2)
+    workers = [w for h in hosts if isinstance(w := results.get(h.name), RemoteWorker)]
+    failed = {h.name: r for h in hosts if isinstance(r := results.get(h.name, "no answer"), str)}
+    for name, why in failed.items():
+        log(f"lab: warning: not using host {name}: {why}")
+    return workers, failed
+
+
+# --- lab hosts check ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckLine:
+    label: str
+    ok: bool
+    detail: str
+
+
+def check(cfg: LabConfig, host: Host, upload: bool = True) -> list[CheckLine]:
+    """Per host: reachable, python, lab bundle, QEMU + accelerator per arch, free disk."""
+    started = time.monotonic()
+    try:
+        conn = connect(host)
+    except LabError as exc:
+        return [CheckLine("reachable", False, str(exc))]
+    lines: list[CheckLine] = []
+    try:
+        key = conn.transport.get_remote_server_key()
+        lines.append(
+            CheckLine(
+                "reachable",
+                True,
+                f"yes ({time.monotonic() - started:.2f}s); {key.get_name()} host key "
+                f"{key.fingerprint} matches {host.known_hosts}",
+            )
+        )
+        binaries = qemu_binaries(cfg, host)
+        try:
+            info = hello(conn, host, binaries.values())
+        except LabError as exc:
+            lines.append(CheckLine("python", False, str(exc)))
+            return lines
+        lines.append(CheckLine("python", True, f"{info.python_version} ({info.executable})"))
+        digest = bundle.build().digest
+        if upload:
+            bundle_dir, uploaded = ensure_bundle(conn, host, info.lab_dir)
+            state = "uploaded now" if uploaded else "present"
+            lines.append(CheckLine("lab bundle", True, f"{state}: lab {__version__}, {bundle_dir}"))
+            present = True
+        else:
+            present = bundle_present(conn, info.lab_dir)
+            lines.append(
+                CheckLine(
+                    "lab bundle",
+                    True,
+                    f"present: lab {__version__}, {digest}"
+                    if present
+                    else f"absent (lab {__version__}, {digest}): uploaded on first use",
+                )
+            )
+        facts: dict[str, Any] = {}
+        if present and binaries:
+            arches = {a: dataclasses.asdict(cfg.arches[a]) for a in binaries}
+            argv = [
+                "env",
+                f"PYTHONPATH={info.lab_dir}/bundles/{digest}",
+                host.python,
+                "-m",
+                "lab.remote",
+                "facts",
+                info.lab_dir,
+                json.dumps(arches),
+            ]
+            code, out, err = run(conn, argv, timeout=60)
+            if code == 0:
+                facts = json.loads(out)
+            else:
+                lines.append(CheckLine("lab", False, f"lab.remote failed: {_tail(err)}"))
+        kvm = "yes" if info.kvm_usable else "no"
+        for arch, b in binaries.items():
+            q = info.qemu.get(b) or {}
+            if not q.get("path"):
+                lines.append(CheckLine(arch, False, f"{b} not found on the host"))
+                continue
+            f = facts.get(arch)
+            accel = f"; accel {f['accel']}: {f['reason']}" if f else ""
+            lines.append(
+                CheckLine(
+                    arch,
+                    True,
+                    f"{q['path']}: {q['version'] or 'version unknown'}; "
+                    f"/dev/kvm usable: {kvm}{accel}",
+                )
+            )
+        gib = info.free_bytes / 2**30
+        lines.append(CheckLine("free disk", gib >= 2, f"{gib:.1f} GiB in {info.lab_dir}"))
+        if host.build:
+            lines.append(
+                CheckLine(
+                    "build host",
+                    True,
+                    "declared; kernels are still built here and shipped "
+                    "(remote builds: docs/scaling.md)",
+                )
+            )
+    except TRANSPORT_ERRORS as exc:
+        lines.append(CheckLine("connection", False, describe(exc)))
+    finally:
+        conn.close()
+    return lines

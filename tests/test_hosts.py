@@ -1,0 +1,599 @@
+"""SSH lab hosts against real OpenSSH servers on 127.0.0.1 (no mocks).
+
+Two sshd run from a throwaway sshd_config each (own host keys, a throwaway client key
+in AuthorizedKeysFile, no passwords, no PAM), in their own process groups, killed at
+teardown. Fast tier: [[hosts]] parsing, `lab hosts check`, the lab bundle uploaded
+once, a changed host key refused, remote commands quoted. Real tier (boots QEMU): a
+matrix over local + two hosts equals the local-only run; killing one sshd mid-run
+re-queues its cells, each cell appears once, and no QEMU is left behind.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lab import bundle, hosts, ssh
+from lab.config import load
+from lab.errors import LabError
+
+REPO = Path(__file__).resolve().parent.parent
+SSHD = Path("/usr/sbin/sshd")
+
+pytestmark = pytest.mark.skipif(
+    not SSHD.exists() or shutil.which("ssh-keygen") is None,
+    reason="needs openssh-server and ssh-keygen",
+)
+
+
+# --- real sshd fixtures ---------------------------------------------------------------
+
+
+def _keygen(path: Path, comment: str) -> None:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _proc_tree(root: int) -> list[int]:
+    """root and its descendants, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += [c for c, p in parents.items() if p == pid]
+    return out
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _processes_mentioning(text: str, prefix: str = "") -> list[int]:
+    return [
+        int(p)
+        for p in os.listdir("/proc")
+        if p.isdigit()
+        and text in (c := _cmdline(int(p)))
+        and c.startswith(prefix)
+        and int(p) != os.getpid()
+    ]
+
+
+@dataclass
+class Sshd:
+    name: str
+    dir: Path
+    port: int
+    host_pub: str  # "ssh-ed25519 AAAA..." (no comment)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def known_hosts_line(self) -> str:
+        return f"[127.0.0.1]:{self.port} {self.host_pub}\n"
+
+    def start(self) -> None:
+        log = open(self.dir / "sshd.log", "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            [str(SSHD), "-D", "-e", "-f", str(self.dir / "sshd_config")],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd {self.name} exited: {(self.dir / 'sshd.log').read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"sshd {self.name} did not listen on {self.port}")
+
+    def kill(self) -> list[int]:
+        """SIGKILL the listener and every sshd session process under it (a host gone)."""
+        if self.proc is None:
+            return []
+        victims = [p for p in _proc_tree(self.proc.pid) if _comm(p) == "sshd"]
+        for pid in victims:  # the listener first: no new connections
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=10)
+        return victims
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
+        elif self.proc is not None:
+            for pid in [p for p in _proc_tree(self.proc.pid) if _comm(p) == "sshd"]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def _start_pair(root: Path, client_pub: Path) -> list[Sshd]:
+    # sshd refuses to start without its privilege separation directory.
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    out = []
+    for name in ("a", "b"):
+        d = root / f"sshd-{name}"
+        d.mkdir()
+        _keygen(d / "ssh_host_ed25519_key", f"lab-test-host-{name}")
+        shutil.copy(client_pub, d / "authorized_keys")
+        port = _free_port()
+        (d / "sshd_config").write_text(
+            textwrap.dedent(f"""\
+            Port {port}
+            ListenAddress 127.0.0.1
+            HostKey {d}/ssh_host_ed25519_key
+            PidFile {d}/sshd.pid
+            AuthorizedKeysFile {d}/authorized_keys
+            PermitRootLogin prohibit-password
+            PubkeyAuthentication yes
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            UsePAM no
+            StrictModes no
+            AllowAgentForwarding no
+            AllowTcpForwarding no
+            X11Forwarding no
+            PrintMotd no
+            MaxStartups 64
+            MaxSessions 32
+            ClientAliveInterval 5
+            Subsystem sftp internal-sftp
+            """)
+        )
+        pub = (d / "ssh_host_ed25519_key.pub").read_text().split()
+        s = Sshd(name, d, port, f"{pub[0]} {pub[1]}")
+        s.start()
+        out.append(s)
+    return out
+
+
+@pytest.fixture(scope="module")
+def client_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    key = tmp_path_factory.mktemp("client") / "id_lab"
+    _keygen(key, "lab-test-client")
+    return key
+
+
+@pytest.fixture(scope="module")
+def sshds(tmp_path_factory: pytest.TempPathFactory, client_key: Path) -> Iterator[list[Sshd]]:
+    pair = _start_pair(tmp_path_factory.mktemp("sshd"), client_key.with_suffix(".pub"))
+    yield pair
+    for s in pair:
+        s.stop()
+
+
+# --- lab.toml for the tests --------------------------------------------------------------
+
+# A development family next to the repo's variants: dev.config.j2 flips one symbol, so
+# its kernels build quickly (and are shared through the cache with other dev runs).
+DEV_FAMILY = """
+[variants.hostsdev]
+name = "hostsdev-cpa{{ cpa }}"
+configs = ["dev.config.j2"]
+cmdline = "secretmem.enable=1"
+[variants.hostsdev.axes]
+cpa = ["y", "n"]
+"""
+# Which variants the real tests run (globs); the dev family unless told otherwise.
+VARIANTS = os.environ.get("LAB_HOSTS_VARIANTS", "hostsdev-*")
+
+
+def write_lab(
+    tmp: Path,
+    servers: list[Sshd],
+    client_key: Path,
+    known_hosts: Path | None = None,
+    **per_host: dict[str, object],
+) -> Path:
+    """The repo's lab.toml (absolute kernels/images/testcases dirs) + [[hosts]] a and b."""
+    text = (REPO / "lab.toml").read_text()
+    text = text.replace(
+        "[lab]\n",
+        "[lab]\n"
+        f'kernels_dir = "{REPO}/kernels"\n'
+        f'images_dir = "{REPO}/images"\n'
+        f'testcases_dir = "{REPO}/testcases"\n',
+        1,
+    )
+    text += DEV_FAMILY
+    if known_hosts is None:
+        known_hosts = tmp / "known_hosts"
+        known_hosts.write_text("".join(s.known_hosts_line for s in servers))
+    for s in servers:
+        entry: dict[str, object] = {
+            "name": s.name,
+            "address": "127.0.0.1",
+            "port": s.port,
+            "user": getpass.getuser(),
+            "key_file": str(client_key),
+            "known_hosts": str(known_hosts),
+            "lab_dir": str(tmp / f"remote-{s.name}"),
+            **per_host.get(s.name, {}),
+        }
+        text += "\n[[hosts]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in entry.items())
+    f = tmp / "lab.toml"
+    f.write_text(text)
+    return f
+
+
+def lab(
+    config: Path, *args: str, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lab", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("lab:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def host_section(out: str, name: str) -> str:
+    m = re.search(rf"^host {name} \(.*?(?=^host |\Z)", out, re.S | re.M)
+    assert m, out
+    return m.group(0)
+
+
+# --- fast: configuration ------------------------------------------------------------------
+
+
+def test_hosts_parse_defaults_and_paths(tmp_path: Path) -> None:
+    f = tmp_path / "lab.toml"
+    raw = [{"name": "big", "address": "lab1.example.org", "key_file": "keys/id"}]
+    (h,) = hosts.parse(raw, f, ["x86_64", "arm64"])
+    assert h.port == 22 and h.capacity == 1 and h.arches == () and not h.build
+    assert h.host_key_policy == "strict" and h.lab_dir == "~/.cache/lab-remote"
+    assert h.python == "python3" and h.user == getpass.getuser()
+    assert h.key_file == tmp_path / "keys" / "id"
+    assert h.known_hosts == Path.home() / ".ssh" / "known_hosts"
+    assert h.serves("arm64") and h.known_hosts_name == "lab1.example.org"
+    (h2,) = hosts.parse([{**raw[0], "port": 2222, "arches": ["arm64"]}], f, ["x86_64", "arm64"])
+    assert h2.known_hosts_name == "[lab1.example.org]:2222"
+    assert h2.serves("arm64") and not h2.serves("x86_64")
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"adress": "x"}, "[hosts[0]]: unknown key 'adress'; valid keys here: address, arches,"),
+        ({"host_key_policy": "yolo"}, "hosts[0].host_key_policy: 'yolo' is not valid; "
+         "choose one of: strict, accept-new"),
+        ({"arches": ["riscv"]}, "hosts[0].arches: unknown arch 'riscv'; valid: x86_64, arm64"),
+        ({"capacity": 0}, "hosts[0].capacity: 0 is too small; must be >= 1"),
+        ({"port": 70000}, "hosts[0].port: 70000 is too large"),
+        ({"name": "local"}, "hosts[0].name: 'local' is reserved"),
+        ({"build": "yes"}, "hosts[0].build: expected true or false, got a string"),
+    ],
+)
+def test_hosts_parse_errors(tmp_path: Path, entry: dict[str, object], message: str) -> None:
+    base = {"name": "a", "address": "127.0.0.1", "key_file": "/k"}
+    with pytest.raises(LabError) as exc:
+        hosts.parse([{**base, **entry}], tmp_path / "lab.toml", ["x86_64", "arm64"])
+    assert str(exc.value).startswith(f"{tmp_path / 'lab.toml'}: ")
+    assert message in str(exc.value)
+
+
+def test_hosts_parse_duplicates_and_selection(tmp_path: Path) -> None:
+    f = tmp_path / "lab.toml"
+    one = {"name": "a", "address": "h", "key_file": "/k"}
+    with pytest.raises(LabError, match="duplicate host name 'a'"):
+        hosts.parse([one, one], f)
+    hs = hosts.parse([one, {**one, "name": "b"}], f)
+    assert [h.name for h in hosts.select(hs, "all", f)] == ["a", "b"]
+    assert [h.name for h in hosts.select(hs, "b,a,b", f)] == ["b", "a"]
+    with pytest.raises(LabError, match=r"unknown host 'c'; valid: all, a, b"):
+        hosts.select(hs, "a,c", f)
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, sshds: list[Sshd], client_key: Path) -> None:
+    f = write_lab(tmp_path, sshds, client_key, a={"adress": "x"})
+    msg = one_line_error(lab(f, "hosts", "check"))
+    assert "[hosts[0]]: unknown key 'adress'" in msg
+    f = write_lab(tmp_path, sshds, client_key)
+    msg = one_line_error(lab(f, "matrix", "-t", "api", "--hosts", "a,nosuch"))
+    assert "unknown host 'nosuch'; valid: all, a, b" in msg
+    f = write_lab(tmp_path, sshds, client_key, a={"key_file": str(tmp_path / "nokey")})
+    out = lab(f, "hosts", "check", "--hosts", "a")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"key_file {tmp_path / 'nokey'}: missing or unreadable" in out.stdout
+
+
+# --- fast: against the two sshd ----------------------------------------------------------
+
+
+def test_hosts_check_reports_each_host(
+    tmp_path: Path, sshds: list[Sshd], client_key: Path
+) -> None:
+    f = write_lab(tmp_path, sshds, client_key, a={"arches": ["x86_64"], "capacity": 2})
+    out = lab(f, "hosts", "check")
+    assert out.returncode == 0, out.stdout + out.stderr
+    a, b = host_section(out.stdout, "a"), host_section(out.stdout, "b")
+    assert "capacity 2; arches x86_64" in a and "arches all" in b
+    for sec in (a, b):
+        assert "FAIL" not in sec, sec
+        assert re.search(r"ok\s+reachable\s+yes \(.*ssh-ed25519 host key SHA256:", sec), sec
+        assert re.search(r"ok\s+python\s+3\.1[1-9]", sec), sec
+        assert re.search(r"ok\s+lab bundle\s+uploaded now: lab ", sec), sec
+        assert re.search(r"ok\s+x86_64\s+/\S+qemu-system-x86_64: QEMU emulator version", sec)
+        assert "/dev/kvm usable: " in sec and "accel " in sec
+        assert re.search(r"ok\s+free disk\s+[0-9.]+ GiB in " + re.escape(str(tmp_path)), sec)
+    assert "arm64" not in a  # not served: not checked
+    assert re.search(r"ok\s+arm64\s+/\S+qemu-system-aarch64: .*accel tcg: guest arm64", b)
+
+
+def test_bundle_uploaded_once_then_skipped(
+    tmp_path: Path, sshds: list[Sshd], client_key: Path
+) -> None:
+    f = write_lab(tmp_path, sshds, client_key)
+    (h, _) = hosts.parse(load(f).extra["hosts"], f)
+    conn = ssh.connect(h)
+    try:
+        info = ssh.hello(conn, h, [])
+        assert info.lab_dir == str(tmp_path / "remote-a")
+        assert not ssh.bundle_present(conn, info.lab_dir)
+        where, uploaded = ssh.ensure_bundle(conn, h, info.lab_dir)
+        assert uploaded and where == f"{info.lab_dir}/bundles/{bundle.build().digest}"
+        marker = Path(where) / bundle.MANIFEST
+        stamp = marker.stat().st_mtime_ns
+        assert ssh.ensure_bundle(conn, h, info.lab_dir) == (where, False)
+        assert marker.stat().st_mtime_ns == stamp  # not rewritten
+        # Only the finished directory is left: no temporary names.
+        assert sorted(p.name for p in (Path(info.lab_dir) / "bundles").iterdir()) == [
+            bundle.build().digest
+        ]
+    finally:
+        conn.close()
+    out = lab(f, "hosts", "check", "--hosts", "a")
+    assert re.search(r"ok\s+lab bundle\s+present: ", out.stdout), out.stdout
+    # What the host runs imports neither rich nor fabric; the bundle alone suffices
+    # (python -S: no site-packages at all).
+    probe = subprocess.run(
+        ["env", "-i", f"PYTHONPATH={where}", "/usr/bin/python3", "-S", "-c",
+         "import sys, lab.remote, lab.runner; "
+         "print(sorted({m.split('.')[0] for m in sys.modules} & "
+         "{'rich', 'fabric', 'paramiko', 'pexpect', 'jinja2'}))"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert probe.stdout.strip() == "['jinja2', 'pexpect']"
+
+
+def test_changed_host_key_is_refused(
+    tmp_path: Path, sshds: list[Sshd], client_key: Path
+) -> None:
+    a, b = sshds
+    _keygen(tmp_path / "impostor", "impostor")
+    old = " ".join((tmp_path / "impostor.pub").read_text().split()[:2])
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"[127.0.0.1]:{a.port} {old}\n" + b.known_hosts_line)
+    for policy in ("strict", "accept-new"):
+        f = write_lab(tmp_path, sshds, client_key, known_hosts=kh, a={"host_key_policy": policy})
+        out = lab(f, "hosts", "check")
+        assert out.returncode == 2
+        sec = host_section(out.stdout, "a")
+        lines = [x for x in sec.splitlines() if "FAIL" in x]
+        assert len(lines) == 1, sec
+        line = lines[0]
+        assert f"host a (root@127.0.0.1:{a.port})" in line or "host a (" in line
+        assert "REFUSED: its ssh-ed25519 host key has CHANGED" in line
+        assert f"ssh-keygen -f {kh} -R '[127.0.0.1]:{a.port}'" in line
+        assert "FAIL" not in host_section(out.stdout, "b")
+        assert kh.read_text().count(f"[127.0.0.1]:{a.port}") == 1  # nothing added
+    # A matrix run drops the host with the same one line, and goes on without it.
+    with pytest.raises(LabError, match="host key has CHANGED"):
+        ssh.open_worker(load(f), hosts.parse(load(f).extra["hosts"], f)[0], lambda _m: None)
+
+
+def test_unknown_host_key_strict_or_accept_new(
+    tmp_path: Path, sshds: list[Sshd], client_key: Path
+) -> None:
+    a, _b = sshds
+    kh = tmp_path / "kh" / "known_hosts"
+    f = write_lab(tmp_path, sshds, client_key, known_hosts=kh)
+    out = lab(f, "hosts", "check", "--hosts", "a")
+    assert out.returncode == 2
+    assert f"is not in {kh} and host_key_policy is \"strict\"" in out.stdout
+    assert not kh.exists()
+    f = write_lab(
+        tmp_path, sshds, client_key, known_hosts=kh, a={"host_key_policy": "accept-new"}
+    )
+    out = lab(f, "hosts", "check", "--hosts", "a", "--no-upload")
+    assert out.returncode == 0, out.stdout
+    assert re.search(r"ok\s+lab bundle\s+absent .*uploaded on first use", out.stdout)
+    assert kh.read_text().split() == a.known_hosts_line.split()
+    out = lab(f, "hosts", "check", "--hosts", "a", "--no-upload")  # now known: no new line
+    assert out.returncode == 0 and kh.read_text().count("\n") == 1
+
+
+def test_remote_commands_are_quoted(
+    tmp_path: Path, sshds: list[Sshd], client_key: Path
+) -> None:
+    """lab.toml values reach the host as single arguments, never as shell syntax."""
+    evil = tmp_path / "dir with space;$(touch PWNED-1)'`touch PWNED-2`"
+    f = write_lab(
+        tmp_path,
+        sshds,
+        client_key,
+        a={"lab_dir": str(evil)},
+        b={"python": "python3 -c 'open(\"PWNED-3\", \"w\")'"},
+    )
+    out = lab(f, "hosts", "check")
+    a_out, b_out = host_section(out.stdout, "a"), host_section(out.stdout, "b")
+    assert "FAIL" not in a_out, a_out
+    assert (evil / "bundles").is_dir()  # the literal directory name
+    assert "cannot run python \"python3 -c 'open(\\\"PWNED-3\\\"" in b_out or (
+        "cannot run python" in b_out and "status 127" in b_out
+    ), b_out
+    home = Path.home()
+    for n in (1, 2, 3):
+        for where in (home, tmp_path, REPO):
+            assert not (where / f"PWNED-{n}").exists()
+
+
+# --- real: matrices over the hosts ----------------------------------------------------------
+
+
+def _run_dir(results: Path) -> Path:
+    (run,) = [p for p in results.iterdir() if (p / "run.json").is_file()]
+    return run
+
+
+def _files(run: Path, cell: dict[str, object]) -> list[str]:
+    # kvm-probe.result: left by the KVM probe in whichever cell probed first on a
+    # machine (each lab host probes once for itself), locally as well as remotely.
+    d = run / "cells" / str(cell["_dir"])
+    return sorted(p.name for p in d.iterdir() if p.name != "kvm-probe.result")
+
+
+def _cells(run: Path) -> dict[str, dict[str, object]]:
+    out = {}
+    for d in sorted((run / "cells").iterdir()):
+        data = json.loads((d / "cell.json").read_text())
+        out[str(data["run_cell_id"])] = {**data, "_dir": d.name}
+    return out
+
+
+@pytest.mark.real
+def test_matrix_over_hosts_matches_local(
+    tmp_path: Path, sshds: list[Sshd], client_key: Path
+) -> None:
+    from lab import report
+
+    # b runs the system python3 (no pexpect, jinja2, ... installed): the bundle suffices.
+    f = write_lab(
+        tmp_path, sshds, client_key, a={"arches": ["x86_64"]}, b={"python": "/usr/bin/python3"}
+    )
+    select = ["-V", VARIANTS, "-t", "api,memlock"]
+    local = lab(f, "matrix", *select, "-j", "2", "--results", str(tmp_path / "local"), timeout=3600)
+    assert local.returncode in (0, 1), local.stderr[-3000:]
+    spread = lab(
+        f, "matrix", *select, "-j", "1", "--hosts", "all", "--results",
+        str(tmp_path / "spread"), timeout=3600,
+    )  # fmt: skip
+    assert spread.returncode == local.returncode, spread.stderr[-3000:]
+    a_run, b_run = _run_dir(tmp_path / "local"), _run_dir(tmp_path / "spread")
+    assert report.compare(a_run, b_run) == []
+    la, sb = _cells(a_run), _cells(b_run)
+    assert set(la) == set(sb) and len(la) >= 4
+    for rid, cell in la.items():
+        other = sb[rid]
+        assert (cell["observed"], cell["verdict"]) == (other["observed"], other["verdict"]), rid
+        assert "lab_host" not in cell and "requeued_from" not in other
+        assert _files(a_run, cell) == _files(b_run, other), rid
+        assert set(other) - set(cell) <= {"lab_host"}, rid
+    where = {rid: c.get("lab_host", "local") for rid, c in sb.items()}
+    assert {"a", "b"} <= set(where.values()), where
+    assert all(rid.startswith("x86_64/") for rid, h in where.items() if h == "a"), where
+    run = json.loads((b_run / "run.json").read_text())
+    assert {n: h["status"] for n, h in run["hosts"].items()} == {"a": "ok", "b": "ok"}
+    assert not (b_run / ".staging").exists()
+
+
+@pytest.mark.real
+def test_host_lost_mid_run(tmp_path: Path, client_key: Path) -> None:
+    pair = _start_pair(tmp_path, client_key.with_suffix(".pub"))
+    a, b = pair
+    try:
+        f = write_lab(tmp_path, pair, client_key, b={"capacity": 2})
+        b_dir = str(tmp_path / "remote-b")
+        run = subprocess.Popen(
+            [sys.executable, "-m", "lab", "--config", str(f), "matrix", "-V", VARIANTS,
+             "-t", "api,memlock", "-j", "1", "--hosts", "all",
+             "--results", str(tmp_path / "res")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        )  # fmt: skip
+        deadline = time.monotonic() + 600
+        while not _processes_mentioning(b_dir, "qemu-system"):
+            assert run.poll() is None, run.communicate()
+            assert time.monotonic() < deadline, "no cell ever ran on host b"
+            time.sleep(0.05)
+        killed = b.kill()  # listener and session processes: the host is gone
+        assert len(killed) >= 2
+        stdout, stderr = run.communicate(timeout=3600)
+        assert run.returncode in (0, 1), stderr[-4000:]
+        assert "Traceback" not in stderr
+        assert "lab: host b lost" in stderr, stderr[-4000:]
+        rd = _run_dir(tmp_path / "res")
+        planned = json.loads((rd / "run.json").read_text())["cells"]
+        cells = _cells(rd)
+        # Each planned cell exactly once, in the directory the plan names; nothing else.
+        assert sorted(p["id"] for p in planned) == sorted(cells)
+        assert sorted(Path(p["dir"]).name for p in planned) == sorted(
+            p.name for p in (rd / "cells").iterdir()
+        )
+        assert not (rd / ".staging").exists()
+        requeued = {rid: c for rid, c in cells.items() if c.get("requeued_from")}
+        assert requeued, "the cells in flight on b were not re-queued"
+        for rid, c in requeued.items():
+            assert c["requeued_from"] == ["b"], rid
+            assert c.get("lab_host", "local") in ("local", "a"), rid
+            assert c["observed"] != "infra_error", rid
+        status = json.loads((rd / "run.json").read_text())["hosts"]
+        assert status["a"]["status"] == "ok" and status["b"]["status"].startswith("lost: ")
+        # The host-side labs saw their channels close and killed their QEMU.
+        deadline = time.monotonic() + 30
+        while _processes_mentioning(str(tmp_path), "qemu-system") or _processes_mentioning(
+            b_dir
+        ):
+            assert time.monotonic() < deadline, [
+                _cmdline(p) for p in _processes_mentioning(str(tmp_path))
+            ]
+            time.sleep(0.2)
+    finally:
+        for s in pair:
+            s.stop()
