@@ -25,6 +25,7 @@ from lab import (
     build,
     cache,
     cell,
+    channel,
     classify,
     config,
     doctor,
@@ -280,22 +281,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     return res.exit_code
 
 
+def _cell_facts(cell_dir: Path) -> classify.RunFacts:
+    """What the lab knew about a recorded cell: its records and run facts."""
+    reader = channel.Reader()
+    result_file = cell_dir / "result.jsonl"
+    if result_file.is_file():
+        with open(result_file, "rb") as f:
+            reader.feed(f.read(channel.MAX_TOTAL))
+    info = cache.read_json(cell_dir / "cell.json") if (cell_dir / "cell.json").is_file() else {}
+    return classify.RunFacts(
+        ready=any(r.get("type") == "ready" for r in reader.records) or bool(info.get("ready")),
+        deadline=info.get("deadline"),
+        qemu_exit=info.get("qemu_exit"),
+        records=tuple(reader.records),
+        problems=tuple(reader.problems),
+        expected_banner=info.get("banner"),
+    )
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     path = Path(args.log)
+    facts = None
+    if path.is_dir():
+        if not (path / "console.log").is_file():
+            raise LabError(f"{path}: neither a console log nor a cell directory (no console.log)")
+        facts = _cell_facts(path)
+        path = path / "console.log"
     try:
+        # Bytes, then decode: a console's CR CR LF must not turn into extra lines.
         text = path.read_bytes().decode(errors="replace")
     except FileNotFoundError:
         raise LabError(f"{path}: no such console log") from None
-    except IsADirectoryError:
-        raise LabError(f"{path}: is a directory; pass a console log file") from None
-    result = classify.classify(text, None)
+    result = classify.classify(text, facts)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return 0
     print(f"{path}: {result.outcome}: {result.detail}")
     print(f"  rule: {result.rule}: {result.rule_text}")
     for ev in result.evidence:
-        print(f"  L{ev.line_no:<6} {ev.text}")
+        where = f"L{ev.line_no}" if ev.line_no else "agent"
+        print(f"  {where:<7} {ev.text}")
     return 0
 
 
@@ -870,7 +895,7 @@ def _parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     cl = sub.add_parser("classify", help="classify a saved serial console log offline")
-    cl.add_argument("log")
+    cl.add_argument("log", help="a console log, or a cell directory (then its records count)")
     cl.add_argument("--json", action="store_true")
     cl.set_defaults(func=cmd_classify)
 
@@ -907,6 +932,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         proc.kill_all()
         print("lab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error worth a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except proc.Terminated as exc:
         proc.kill_all()
         print(f"lab: {exc}; stopped", file=sys.stderr)

@@ -14,6 +14,8 @@ from pathlib import Path
 from lab.errors import LabError
 
 _SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
+# What Kconfig accepts as a value: tristate, decimal, hex, or a quoted string.
+_VALUE = re.compile(r'^(?:[ymn]|-?[0-9]+|0[xX][0-9a-fA-F]+|"(?:[^"\\]|\\.)*")$')
 _UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 
 
@@ -35,9 +37,20 @@ def parse_fragment(text: str, source: str) -> list[Setting]:
     for no, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if m := _SET.match(line):
+            if not _VALUE.match(m[2]):
+                raise LabError(
+                    f"{source}:{no}: {m[1]}: {m[2]!r} is not a kconfig value "
+                    "(y, m, n, a number, 0x-hex or a \"quoted string\"); "
+                    "did a template join two lines?"
+                )
             out.append(Setting(m[1], m[2], f"{source}:{no}"))
         elif m := _UNSET.match(line):
             out.append(Setting(m[1], "n", f"{source}:{no}"))
+        elif line.startswith("# CONFIG_"):
+            raise LabError(
+                f"{source}:{no}: malformed line {line[:80]!r} "
+                "(expected '# CONFIG_FOO is not set'; did a template join two lines?)"
+            )
         elif line and not line.startswith("#"):
             raise LabError(
                 f"{source}:{no}: not a kconfig line: {line!r} "

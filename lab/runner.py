@@ -393,20 +393,30 @@ class _Queue:
     """Pending cells shared by every slot; a lost host's cells come back to the front."""
 
     pending: list[tuple[matrix.Planned, tuple[str, ...]]]
+    workers: Sequence[Worker]
     stop: Stop
     inflight: int = 0
     cond: threading.Condition = dataclasses.field(default_factory=threading.Condition)
 
-    def take(self, worker: Worker) -> tuple[matrix.Planned, tuple[str, ...]] | None:
-        """The first pending cell this worker serves; None when it should quit."""
+    def _fits(self, w: Worker, p: matrix.Planned, tried: tuple[str, ...]) -> bool:
+        return w.serves(p.cell.arch.name) and w.name not in tried
+
+    def take(self, worker: Worker) -> tuple[matrix.Planned, tuple[str, ...], bool] | None:
+        """The first pending cell this worker serves, or (flag True) one that no live
+        worker serves any more; None when the worker should quit."""
         with self.cond:
             while True:
                 if self.stop or worker.lost():
                     return None
                 for i, (p, tried) in enumerate(self.pending):
-                    if worker.serves(p.cell.arch.name) and worker.name not in tried:
+                    if self._fits(worker, p, tried):
                         self.inflight += 1
-                        return self.pending.pop(i)
+                        return (*self.pending.pop(i), False)
+                live = [w for w in self.workers if not w.lost()]
+                for i, (p, tried) in enumerate(self.pending):
+                    if not any(self._fits(w, p, tried) for w in live):
+                        self.inflight += 1  # orphaned: workers never come back
+                        return (*self.pending.pop(i), True)
                 if not self.pending and not self.inflight:
                     return None
                 # Nothing for us now, but an in-flight cell may come back (host lost).
@@ -441,17 +451,41 @@ def run_cells(
     workers: Sequence[Worker] = (),
     on_note: Callable[[str], None] = lambda _m: None,
 ) -> None:
-    """Run cells on slots pulling from one queue; each cell's directory is complete or absent.
+    """Run cells on `jobs` local slots plus the slots of `workers` (SSH lab hosts)."""
+    everyone = [LocalWorker(cfg, max(1, jobs)), *workers]
+    schedule(cfg, cells, run_dir, kernels, images, everyone, stop, on_start, on_done, on_note)
 
-    Slots: `jobs` local ones plus `slots` per extra worker (SSH lab hosts). A cell
-    interrupted by `stop` is discarded (its directory removed) so that `--resume`
-    runs it again; finished cells are never touched. A cell whose lab host is lost
-    goes back to the queue once (marked `requeued_from`); a second loss makes it an
-    infra_error naming the host. The lost host takes no more cells.
+
+def schedule(
+    cfg: LabConfig,
+    cells: list[matrix.Planned],
+    run_dir: Path,
+    kernels: Mapping[str, Kernel],
+    images: Mapping[str, BaseImage],
+    workers: Sequence[Worker],
+    stop: Stop,
+    on_start: Callable[[matrix.Planned], None] = lambda _c: None,
+    on_done: Callable[[matrix.Planned, CellResult | None, str], None] = lambda _c, _r, _e: None,
+    on_note: Callable[[str], None] = lambda _m: None,
+) -> None:
+    """Slots pulling from one queue, in plan order; each cell's directory is complete or absent.
+
+    A worker has `slots` threads. A cell interrupted by `stop` is discarded (its
+    directory removed) so that `--resume` runs it again; finished cells are never
+    touched. A cell whose lab host is lost goes back to the front of the queue once
+    (marked `requeued_from`); a second loss makes it an infra_error naming the host.
+    A lost host takes no more cells. Every planned cell gets exactly one result.
     """
-    queue = _Queue([(p, ()) for p in cells], stop)
-    all_workers: list[Worker] = [LocalWorker(cfg, max(1, jobs)), *workers]
+    queue = _Queue([(p, ()) for p in cells], workers, stop)
     errors: list[BaseException] = []
+
+    def give_up(p: matrix.Planned, tried: tuple[str, ...]) -> None:
+        arch = p.cell.arch.name
+        lost = "; ".join(f"{w.name}: {w.lost()}" for w in workers if w.lost())
+        msg = f"no usable worker left for {arch} cells ({lost or 'none serves it'})"
+        d = run_dir / "cells" / p.dirname
+        _infra_cell(cfg, p, d, msg, {"requeued_from": list(tried)} if tried else None)
+        on_done(p, None, msg)
 
     def attempt(w: Worker, p: matrix.Planned, tried: tuple[str, ...]) -> None:
         if stop:
@@ -461,8 +495,9 @@ def run_cells(
         d = run_dir / "cells" / p.dirname
         if d.exists():
             shutil.rmtree(d)  # a leftover of an interrupted attempt
-        remote = {"lab_host": w.name} if w.name != "local" else {}
-        marks = {**remote, **({"requeued_from": list(tried)} if tried else {})}
+        marks: dict[str, Any] = {} if isinstance(w, LocalWorker) else {"lab_host": w.name}
+        if tried:
+            marks["requeued_from"] = list(tried)
         try:
             res = w.run(p, kernels[p.kernel], images[p.cell.arch.name], d, tried)
         except HostDown as exc:
@@ -474,11 +509,8 @@ def run_cells(
                 queue.put_back(p, tried)  # never reached the host: not an attempt
                 return
             on_note(f"[{p.id}] {exc}")
-            if len(tried) >= 1:  # already re-queued once: give up on the cell
-                msg = (
-                    f"{exc}; the cell was already re-queued from "
-                    f"{', '.join(tried)} and is not retried again"
-                )
+            if tried:  # already re-queued once: give up on the cell
+                msg = f"{exc} (the cell was re-queued from {', '.join(tried)} before)"
                 _infra_cell(cfg, p, d, msg, marks)
                 queue.done()
                 on_done(p, None, msg)
@@ -491,7 +523,7 @@ def run_cells(
                 shutil.rmtree(d, ignore_errors=True)
                 queue.done()
                 return
-            _infra_cell(cfg, p, d, str(exc), marks)
+            _infra_cell(cfg, p, d, str(exc), marks or None)
             queue.done()
             on_done(p, None, str(exc))
             return
@@ -505,7 +537,12 @@ def run_cells(
     def slot(w: Worker) -> None:
         try:
             while (item := queue.take(w)) is not None:
-                attempt(w, *item)
+                p, tried, orphan = item
+                if orphan:
+                    give_up(p, tried)
+                    queue.done()
+                else:
+                    attempt(w, p, tried)
         except BaseException as exc:  # a bug: stop everything, re-raised in the main thread
             errors.append(exc)
             stop.set()
@@ -513,7 +550,7 @@ def run_cells(
 
     threads = [
         threading.Thread(target=slot, args=(w,), name=f"cell-{w.name}-{i}", daemon=True)
-        for w in all_workers
+        for w in workers
         for i in range(w.slots)
     ]
     try:
@@ -525,10 +562,14 @@ def run_cells(
                 t.join(0.2)
         if errors:
             raise errors[0]
+        # Every worker lost (possible only without local slots): nobody else will.
+        while not stop and queue.pending:
+            p, tried = queue.pending.pop(0)
+            give_up(p, tried)
     except BaseException:
         stop.set()
         queue.wake()
-        for w in all_workers:
+        for w in workers:
             w.abort()  # every QEMU of every worker, now (remote: close the channels)
         for t in threads:
             t.join(30)

@@ -28,7 +28,7 @@ TESTCASE = {
     ],
 }
 
-VICTIM_TIMEOUT = 30.0  # a victim still faulting after this long is spinning
+VICTIM_TIMEOUT = 20.0  # a victim still faulting after this long is spinning
 CHUNK_KB = 2048
 STATE = "/tmp/depletion-attacker.json"
 

@@ -67,7 +67,7 @@ def run(t: lg.Context) -> None:
     _write(f"{CG}/memory.max", str(limit))
     t.event("cgroup limit set", current=current, max=limit)
     open(GO, "w").close()
-    res = handle.wait(45)
+    res = handle.wait(20)  # a fault that has not finished in 20s is spinning
     events = _read(f"{CG}/memory.events")
     t.event(
         "faulter ended",

@@ -830,7 +830,12 @@ def test_intended_signal_is_not_the_outcome() -> None:
         {"type": "done"},
     )
     facts = RunFacts(ready=True, records=records)
-    assert classify("LABREADY b\n[    2.0] reboot: Restarting system\n", facts).outcome == "pass"
+    console = ("LABREADY b\n[    3.085413] potentially unexpected fatal signal 7.\n"
+               "[    3.086026] CPU: 0 PID: 40 Comm: python3 Not tainted 6.1.192 #1\n"
+               "[    4.0] reboot: Restarting system\n")
+    assert classify(console, facts).outcome == "pass"
+    other = console.replace("PID: 40", "PID: 41")  # some other task died of SIGBUS
+    assert classify(other, facts).outcome == "sigbus"
 
 
 def test_refused_is_a_test_observation() -> None:

@@ -10,6 +10,7 @@ re-queues its cells, each cell appears once, and no QEMU is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -22,14 +23,15 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from lab import bundle, hosts, ssh
-from lab.config import load
+from lab import bundle, cache, classify, hosts, matrix, runner, ssh, testcase
+from lab.config import LabConfig, load
 from lab.errors import LabError
+from lab.matrix import Planned
 
 REPO = Path(__file__).resolve().parent.parent
 SSHD = Path("/usr/sbin/sshd")
@@ -88,15 +90,17 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _processes_mentioning(text: str, prefix: str = "") -> list[int]:
-    return [
-        int(p)
-        for p in os.listdir("/proc")
-        if p.isdigit()
-        and text in (c := _cmdline(int(p)))
-        and c.startswith(prefix)
-        and int(p) != os.getpid()
-    ]
+def _processes_mentioning(text: str, program: str = "") -> list[int]:
+    """Processes whose command line contains text (and whose program name starts with
+    `program`: pexpect starts QEMU as /usr/bin/qemu-system-...)."""
+    out = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) == os.getpid():
+            continue
+        c = _cmdline(int(p))
+        if text in c and os.path.basename(c.split(" ", 1)[0]).startswith(program):
+            out.append(int(p))
+    return out
 
 
 @dataclass
@@ -123,7 +127,9 @@ class Sshd:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"sshd {self.name} exited: {(self.dir / 'sshd.log').read_text()}")
+                raise RuntimeError(
+                    f"sshd {self.name} exited: {(self.dir / 'sshd.log').read_text()}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     return
@@ -137,10 +143,8 @@ class Sshd:
             return []
         victims = [p for p in _proc_tree(self.proc.pid) if _comm(p) == "sshd"]
         for pid in victims:  # the listener first: no new connections
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.proc.wait(timeout=10)
         return victims
 
@@ -149,10 +153,8 @@ class Sshd:
             self.kill()
         elif self.proc is not None:
             for pid in [p for p in _proc_tree(self.proc.pid) if _comm(p) == "sshd"]:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
 
 def _start_pair(root: Path, client_pub: Path) -> list[Sshd]:
@@ -212,8 +214,8 @@ def sshds(tmp_path_factory: pytest.TempPathFactory, client_key: Path) -> Iterato
 
 # --- lab.toml for the tests --------------------------------------------------------------
 
-# A development family next to the repo's variants: dev.config.j2 flips one symbol, so
-# its kernels build quickly (and are shared through the cache with other dev runs).
+# A development family next to the repo's variants (LAB_HOSTS_VARIANTS=hostsdev-*):
+# dev.config.j2 flips one symbol and no patch applies, so its kernels build quickly.
 DEV_FAMILY = """
 [variants.hostsdev]
 name = "hostsdev-cpa{{ cpa }}"
@@ -222,8 +224,9 @@ cmdline = "secretmem.enable=1"
 [variants.hostsdev.axes]
 cpa = ["y", "n"]
 """
-# Which variants the real tests run (globs); the dev family unless told otherwise.
-VARIANTS = os.environ.get("LAB_HOSTS_VARIANTS", "hostsdev-*")
+# Which variants the real tests run (globs): by default those of the PR smoke matrix
+# (ci/smoke.yml), whose kernels the real tier builds anyway.
+VARIANTS = os.environ.get("LAB_HOSTS_VARIANTS", "U0,C1")
 
 
 def write_lab(
@@ -264,9 +267,7 @@ def write_lab(
     return f
 
 
-def lab(
-    config: Path, *args: str, timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
+def lab(config: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "lab", "--config", str(config), *args],
         capture_output=True,
@@ -312,8 +313,10 @@ def test_hosts_parse_defaults_and_paths(tmp_path: Path) -> None:
     ("entry", "message"),
     [
         ({"adress": "x"}, "[hosts[0]]: unknown key 'adress'; valid keys here: address, arches,"),
-        ({"host_key_policy": "yolo"}, "hosts[0].host_key_policy: 'yolo' is not valid; "
-         "choose one of: strict, accept-new"),
+        (
+            {"host_key_policy": "yolo"},
+            "hosts[0].host_key_policy: 'yolo' is not valid; choose one of: strict, accept-new",
+        ),
         ({"arches": ["riscv"]}, "hosts[0].arches: unknown arch 'riscv'; valid: x86_64, arm64"),
         ({"capacity": 0}, "hosts[0].capacity: 0 is too small; must be >= 1"),
         ({"port": 70000}, "hosts[0].port: 70000 is too large"),
@@ -357,9 +360,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, sshds: list[Sshd], client_key: 
 # --- fast: against the two sshd ----------------------------------------------------------
 
 
-def test_hosts_check_reports_each_host(
-    tmp_path: Path, sshds: list[Sshd], client_key: Path
-) -> None:
+def test_hosts_check_reports_each_host(tmp_path: Path, sshds: list[Sshd], client_key: Path) -> None:
     f = write_lab(tmp_path, sshds, client_key, a={"arches": ["x86_64"], "capacity": 2})
     out = lab(f, "hosts", "check")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -413,9 +414,7 @@ def test_bundle_uploaded_once_then_skipped(
     assert probe.stdout.strip() == "['jinja2', 'pexpect']"
 
 
-def test_changed_host_key_is_refused(
-    tmp_path: Path, sshds: list[Sshd], client_key: Path
-) -> None:
+def test_changed_host_key_is_refused(tmp_path: Path, sshds: list[Sshd], client_key: Path) -> None:
     a, b = sshds
     _keygen(tmp_path / "impostor", "impostor")
     old = " ".join((tmp_path / "impostor.pub").read_text().split()[:2])
@@ -447,11 +446,9 @@ def test_unknown_host_key_strict_or_accept_new(
     f = write_lab(tmp_path, sshds, client_key, known_hosts=kh)
     out = lab(f, "hosts", "check", "--hosts", "a")
     assert out.returncode == 2
-    assert f"is not in {kh} and host_key_policy is \"strict\"" in out.stdout
+    assert f'is not in {kh} and host_key_policy is "strict"' in out.stdout
     assert not kh.exists()
-    f = write_lab(
-        tmp_path, sshds, client_key, known_hosts=kh, a={"host_key_policy": "accept-new"}
-    )
+    f = write_lab(tmp_path, sshds, client_key, known_hosts=kh, a={"host_key_policy": "accept-new"})
     out = lab(f, "hosts", "check", "--hosts", "a", "--no-upload")
     assert out.returncode == 0, out.stdout
     assert re.search(r"ok\s+lab bundle\s+absent .*uploaded on first use", out.stdout)
@@ -460,9 +457,7 @@ def test_unknown_host_key_strict_or_accept_new(
     assert out.returncode == 0 and kh.read_text().count("\n") == 1
 
 
-def test_remote_commands_are_quoted(
-    tmp_path: Path, sshds: list[Sshd], client_key: Path
-) -> None:
+def test_remote_commands_are_quoted(tmp_path: Path, sshds: list[Sshd], client_key: Path) -> None:
     """lab.toml values reach the host as single arguments, never as shell syntax."""
     evil = tmp_path / "dir with space;$(touch PWNED-1)'`touch PWNED-2`"
     f = write_lab(
@@ -470,19 +465,120 @@ def test_remote_commands_are_quoted(
         sshds,
         client_key,
         a={"lab_dir": str(evil)},
-        b={"python": "python3 -c 'open(\"PWNED-3\", \"w\")'"},
+        b={"python": 'python3 -c \'open("PWNED-3", "w")\''},
     )
     out = lab(f, "hosts", "check")
     a_out, b_out = host_section(out.stdout, "a"), host_section(out.stdout, "b")
     assert "FAIL" not in a_out, a_out
     assert (evil / "bundles").is_dir()  # the literal directory name
-    assert "cannot run python \"python3 -c 'open(\\\"PWNED-3\\\"" in b_out or (
+    assert 'cannot run python "python3 -c \'open(\\"PWNED-3\\"' in b_out or (
         "cannot run python" in b_out and "status 127" in b_out
     ), b_out
     home = Path.home()
     for n in (1, 2, 3):
         for where in (home, tmp_path, REPO):
             assert not (where / f"PWNED-{n}").exists()
+
+
+# --- fast: the scheduler's fault rules (in-process workers; no QEMU, no SSH) ----------
+
+
+@dataclass
+class FakeWorker:
+    """A runner.Worker that either finishes cells at once or loses its host on the first."""
+
+    name: str
+    arches: tuple[str, ...] = ("x86_64", "arm64")
+    fail: bool = False
+    slots: int = 1
+    ran: list[str] = field(default_factory=list)
+    gone: str = ""
+
+    def serves(self, arch: str) -> bool:
+        return arch in self.arches
+
+    def lost(self) -> str:
+        return self.gone
+
+    def abort(self) -> None:
+        pass
+
+    def run(
+        self, p: Planned, kernel: object, base: object, d: Path, tried: tuple[str, ...]
+    ) -> runner.CellResult:
+        if self.gone:
+            raise runner.HostDown(self.name, self.gone, ran=False)
+        self.ran.append(p.id)
+        if self.fail:
+            time.sleep(0.1)
+            self.gone = "connection closed"
+            raise runner.HostDown(self.name, self.gone)
+        d.mkdir(parents=True)
+        cache.write_json(d / "evidence.json", {"detail": "fake"})
+        record = {"id": p.cell.id, "run_cell_id": p.id, "observed": "pass", "verdict": "expected"}
+        extra = {"requeued_from": list(tried)} if tried else {}
+        cache.write_json(d / "cell.json", {**record, "lab_host": self.name, **extra})
+        return runner.CellResult.from_dir(d)
+
+
+def _plan(arches: list[str], repeat: int) -> tuple[LabConfig, list[Planned]]:
+    cfg = load(REPO / "lab.toml")
+    tcs = testcase.discover(cfg.testcases_dir, classify.CLASSES)
+    cells = matrix.plan(
+        cfg, tcs, matrix.MatrixSpec(), [cfg.variants[0].name], arches, ["api"], repeat
+    )
+    return cfg, cells
+
+
+def _schedule(
+    tmp: Path, cfg: LabConfig, cells: list[Planned], workers: list[FakeWorker]
+) -> tuple[dict[str, dict[str, object]], list[str]]:
+    done: list[str] = []
+    runner.schedule(
+        cfg,
+        cells,
+        tmp,
+        {c.kernel: None for c in cells},  # type: ignore[misc]
+        {c.cell.arch.name: None for c in cells},  # type: ignore[misc]
+        workers,
+        runner.Stop(),
+        on_done=lambda p, _r, _e: done.append(p.id),
+    )
+    # Each planned cell exactly once, in its own directory, and nothing else.
+    assert sorted(done) == sorted(c.id for c in cells)
+    assert sorted(p.name for p in (tmp / "cells").iterdir()) == sorted(c.dirname for c in cells)
+    return _cells(tmp), done
+
+
+def test_lost_host_cells_are_requeued_once(tmp_path: Path) -> None:
+    cfg, cells = _plan([], repeat=3)
+    bad, good = FakeWorker("bad", fail=True, slots=2), FakeWorker("good")
+    got, _ = _schedule(tmp_path, cfg, cells, [bad, good])
+    assert 1 <= len(bad.ran) <= 2  # its slots took a cell each at most; then it was gone
+    for rid, c in got.items():
+        assert c["observed"] == "pass" and c["lab_host"] == "good", rid
+        assert c.get("requeued_from") == (["bad"] if rid in bad.ran else None), rid
+
+
+def test_second_loss_is_an_infra_error_naming_the_host(tmp_path: Path) -> None:
+    cfg, cells = _plan(["x86_64"], repeat=1)
+    b1, b2 = FakeWorker("b1", ("x86_64",), fail=True), FakeWorker("b2", ("x86_64",), fail=True)
+    got, _ = _schedule(tmp_path, cfg, cells, [b1, b2, FakeWorker("arm", ("arm64",))])
+    (c,) = got.values()
+    first, second = (b1, b2) if b1.ran == [c["run_cell_id"]] and len(b2.ran) else (b2, b1)
+    assert c["observed"] == "infra_error" and c["verdict"] == "infra"
+    assert c["lab_host"] == second.name and c["requeued_from"] == [first.name]
+    assert f"lab host {second.name}: connection closed" in str(c["detail"])
+    assert f"re-queued from {first.name}" in str(c["detail"])
+
+
+def test_cell_nobody_can_serve_any_more(tmp_path: Path) -> None:
+    cfg, cells = _plan(["x86_64"], repeat=1)
+    bad = FakeWorker("bad", ("x86_64",), fail=True)
+    got, _ = _schedule(tmp_path, cfg, cells, [bad, FakeWorker("arm", ("arm64",))])
+    (c,) = got.values()
+    assert c["observed"] == "infra_error" and c["requeued_from"] == ["bad"]
+    assert "no usable worker left for x86_64 cells (bad: connection closed)" in str(c["detail"])
 
 
 # --- real: matrices over the hosts ----------------------------------------------------------
@@ -547,7 +643,7 @@ def test_matrix_over_hosts_matches_local(
 @pytest.mark.real
 def test_host_lost_mid_run(tmp_path: Path, client_key: Path) -> None:
     pair = _start_pair(tmp_path, client_key.with_suffix(".pub"))
-    a, b = pair
+    _a, b = pair
     try:
         f = write_lab(tmp_path, pair, client_key, b={"capacity": 2})
         b_dir = str(tmp_path / "remote-b")
@@ -564,7 +660,7 @@ def test_host_lost_mid_run(tmp_path: Path, client_key: Path) -> None:
             time.sleep(0.05)
         killed = b.kill()  # listener and session processes: the host is gone
         assert len(killed) >= 2
-        stdout, stderr = run.communicate(timeout=3600)
+        _out, stderr = run.communicate(timeout=3600)
         assert run.returncode in (0, 1), stderr[-4000:]
         assert "Traceback" not in stderr
         assert "lab: host b lost" in stderr, stderr[-4000:]
@@ -587,9 +683,7 @@ def test_host_lost_mid_run(tmp_path: Path, client_key: Path) -> None:
         assert status["a"]["status"] == "ok" and status["b"]["status"].startswith("lost: ")
         # The host-side labs saw their channels close and killed their QEMU.
         deadline = time.monotonic() + 30
-        while _processes_mentioning(str(tmp_path), "qemu-system") or _processes_mentioning(
-            b_dir
-        ):
+        while _processes_mentioning(str(tmp_path), "qemu-system") or _processes_mentioning(b_dir):
             assert time.monotonic() < deadline, [
                 _cmdline(p) for p in _processes_mentioning(str(tmp_path))
             ]

@@ -80,3 +80,13 @@ def test_find_dependencies_reads_entries_if_blocks_and_skips_help(tmp_path: Path
         "def_bool ARCH_HAS_SET_DIRECT_MAP && !EMBEDDED "
         "[ARCH_HAS_SET_DIRECT_MAP=n, EMBEDDED=y] (mm/Kconfig:15)"
     ]
+
+
+def test_joined_lines_are_caught() -> None:
+    """A template whose whitespace control eats newlines must fail loudly, not half-apply."""
+    with pytest.raises(LabError, match=r"f:1: CONFIG_A: 'yCONFIG_B=y' is not a kconfig value"):
+        kconfig.parse_fragment("CONFIG_A=yCONFIG_B=y\n", "f")
+    with pytest.raises(LabError, match=r"f:2: malformed line '# CONFIG_A is not setCONFIG_B=y'"):
+        kconfig.parse_fragment("CONFIG_C=0x10\n# CONFIG_A is not setCONFIG_B=y\n", "f")
+    ok = kconfig.parse_fragment('CONFIG_S="a \\"b\\""\nCONFIG_N=-3\n', "f")
+    assert [s.value for s in ok] == ['"a \\"b\\""', "-3"]
