@@ -148,6 +148,6 @@ def launch(
 
 def discard_initrd(workdir: Path) -> None:
     """The initrd is a copy of cached data: drop it, keep the logs."""
-    for name in ("initrd.cpio.gz",):
+    for name in ("initrd.cpio.gz", "kvm-probe.result"):
         (workdir / name).unlink(missing_ok=True)
     shutil.rmtree(workdir / "kvm-probe", ignore_errors=True)

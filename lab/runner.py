@@ -327,8 +327,15 @@ class HostDown(LabError):
 class Worker(Protocol):
     """Somewhere cells run: this machine, or one SSH lab host (lab.ssh.RemoteWorker)."""
 
-    name: str  # "local" or the host's name
-    slots: int  # cells it runs at once
+    @property
+    def name(self) -> str:
+        """The worker's name: local, or the lab host's name."""
+        ...
+
+    @property
+    def slots(self) -> int:
+        """Cells it runs at once."""
+        ...
 
     def serves(self, arch: str) -> bool: ...
 
@@ -353,7 +360,7 @@ class Worker(Protocol):
         ...
 
 
-@dataclass
+@dataclass(frozen=True)
 class LocalWorker:
     """This machine: prepare and execute in-process (the behaviour before lab hosts)."""
 

@@ -457,6 +457,74 @@ def test_unknown_host_key_strict_or_accept_new(
     assert out.returncode == 0 and kh.read_text().count("\n") == 1
 
 
+def test_connection_errors_name_host_and_cause(
+    tmp_path: Path, sshds: list[Sshd], client_key: Path
+) -> None:
+    stranger = tmp_path / "stranger"
+    _keygen(stranger, "not authorized")
+    locked = tmp_path / "locked"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "secret", "-f", str(locked)], check=True
+    )
+    f = write_lab(
+        tmp_path,
+        sshds,
+        client_key,
+        a={"key_file": str(stranger)},
+        b={"key_file": str(locked)},
+    )
+    text = f.read_text() + textwrap.dedent(f"""
+        [[hosts]]
+        name = "c"
+        address = "127.0.0.1"
+        port = {_free_port()}
+        key_file = "{client_key}"
+        """)
+    f.write_text(text)
+    out = lab(f, "hosts", "check")
+    assert out.returncode == 2 and "Traceback" not in out.stdout + out.stderr
+    a, b, c = (host_section(out.stdout, n) for n in "abc")
+    assert f"key authentication failed: the server did not accept key_file {stranger}" in a
+    assert f"key_file {locked} is passphrase-protected" in b
+    assert "cannot connect: connection refused" in c
+    for sec in (a, b, c):
+        assert len(sec.strip().splitlines()) == 2, sec  # the header and one FAIL line
+    assert "secret" not in out.stdout + out.stderr
+
+
+def test_silent_host_is_detected_by_heartbeat(
+    tmp_path: Path, sshds: list[Sshd], client_key: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host that stops answering without closing TCP (a partition, a hung machine):
+    unanswered keepalives close the connection, so in-flight cells fail over."""
+    monkeypatch.setattr(ssh, "HEARTBEAT", 0.3)
+    monkeypatch.setattr(ssh, "DEAD_AFTER", 1.5)
+    a = sshds[0]
+    f = write_lab(tmp_path, sshds, client_key)
+    conn = ssh.connect(hosts.parse(load(f).extra["hosts"], f)[0])
+    beat = ssh._Heartbeat(conn)
+    beat.start()
+    assert a.proc is not None
+    frozen: list[int] = []
+    try:
+        time.sleep(1.0)
+        assert not beat.dead and conn.transport.is_active()  # answers while it runs
+        # Sessions of earlier tests may be exiting right now: skip those that are gone.
+        frozen = [p for p in _proc_tree(a.proc.pid) if _comm(p) == "sshd"]
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        beat.join(10)
+        assert beat.dead == "no answer to SSH keepalives for 2s"
+        assert not conn.transport.is_active()
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        beat.stopped.set()
+        conn.close()
+
+
 def test_remote_commands_are_quoted(tmp_path: Path, sshds: list[Sshd], client_key: Path) -> None:
     """lab.toml values reach the host as single arguments, never as shell syntax."""
     evil = tmp_path / "dir with space;$(touch PWNED-1)'`touch PWNED-2`"
