@@ -237,8 +237,6 @@ def execute(
                     m.wait_exit()
     finally:
         boot.discard_initrd(directory)
-    if any(r.get("type") == "result" and r.get("timeout") is True for r in m.results.records):
-        deadline = deadline or "test"
     # Bytes, then decode: the console's CR CR LF must not become extra lines.
     console = (directory / "console.log").read_bytes().decode(errors="replace")
     facts = classify.RunFacts(

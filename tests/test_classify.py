@@ -847,3 +847,33 @@ def test_refused_is_a_test_observation() -> None:
     )
     result = classify("LABREADY b\n", RunFacts(ready=True, records=records))
     assert result.outcome == "refused" and result.rule == "test-observed"
+
+
+@pytest.mark.parametrize("path", CORPUS_FILES, ids=[p.stem for p in CORPUS_FILES])
+def test_corpus_through_lab_classify_json(path: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`lab classify --json` gives each corpus file its class: a bare console log for
+    foreign logs, a cell directory (console.log, result.jsonl, cell.json) when the
+    lab's records are part of the case."""
+    from lab import cli
+
+    case = load_case(path)
+    head, _, body = path.read_bytes().partition(b"\n\n")
+    if case.facts is None:
+        target = tmp_path / "console.log"
+        target.write_bytes(body)
+    else:
+        target = tmp_path / "cell"
+        target.mkdir()
+        (target / "console.log").write_bytes(body)
+        (target / "result.jsonl").write_text(
+            "".join(json.dumps(dict(r)) + "\n" for r in case.facts.records))
+        (target / "cell.json").write_text(json.dumps({
+            "ready": case.facts.ready, "deadline": case.facts.deadline,
+            "qemu_exit": case.facts.qemu_exit,
+            "banner": dict(case.facts.expected_banner) if case.facts.expected_banner else None,
+        }))
+    assert cli.main(["classify", "--json", str(target)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["outcome"] == case.outcome
+    assert all({"line_no", "text"} <= set(e) for e in out["evidence"])
