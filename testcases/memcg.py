@@ -87,11 +87,21 @@ def run(t: lg.Context) -> None:
         memory_events=events,
     )
     if res.status == "timeout":
-        t.observe("fault_livelock", seconds=res.seconds, memory_events=events)
+        t.observe(
+            "fault_livelock",
+            f"the faulter spun for {res.seconds:.0f}s at the cgroup limit until killed",
+            seconds=res.seconds,
+            memory_events=events,
+        )
     elif res.sigbus:
-        t.observe("sigbus", seconds=res.seconds, memory_events=events)
+        t.observe(
+            "sigbus",
+            "the faulter got SIGBUS at the cgroup limit",
+            seconds=res.seconds,
+            memory_events=events,
+        )
     elif res.ok:
-        t.observe("pass", memory_events=events)
+        t.observe("pass", "every fault succeeded despite the limit", memory_events=events)
     else:
-        t.observe("fail", status=res.status, signal=res.signal, error=res.error)
+        t.check(False, f"the faulter ended {res.status} {res.signal} {res.error}")
     _write(f"{CG}/memory.max", "max")

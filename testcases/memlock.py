@@ -72,7 +72,12 @@ def run(t: lg.Context) -> None:
     except OSError:
         progress = -1
     if res.ok and isinstance(res.value, dict) and "refused" in res.value:
-        t.observe("refused", where=res.value["refused"], touched=res.value.get("touched"))
+        t.observe(
+            "refused",
+            f"{res.value['refused']} after {res.value.get('touched')} pages",
+            where=res.value["refused"],
+            touched=res.value.get("touched"),
+        )
     elif res.sigbus:
         t.event("SIGBUS at the budget", faulting_page=progress + 1, limit_pages=LIMIT_PAGES)
         if t.params.get("charge", "page") == "page" and not t.params.get("reserve"):
@@ -80,9 +85,14 @@ def run(t: lg.Context) -> None:
                 progress == LIMIT_PAGES,
                 f"SIGBUS on resident page {progress + 1}, expected page {LIMIT_PAGES + 1}",
             )
-        t.observe("sigbus", faulting_page=progress + 1, limit_pages=LIMIT_PAGES)
+        t.observe(
+            "sigbus",
+            f"SIGBUS on resident page {progress + 1} with a {LIMIT_PAGES}-page RLIMIT_MEMLOCK",
+            faulting_page=progress + 1,
+            limit_pages=LIMIT_PAGES,
+        )
     elif res.ok:
-        t.observe("pass", touched=(res.value or {}).get("touched"))
+        t.observe("pass", "no limit was enforced", touched=(res.value or {}).get("touched"))
     else:
         t.check(False, f"filler ended unexpectedly: {res.status} {res.signal} {res.error}")
     ml = t.task(

@@ -79,12 +79,18 @@ def run(t: lg.Context) -> None:
         stats=lg.secretmem_stats(),
     )
     if res.status == "timeout":
-        t.observe("fault_livelock", hog=hog_fate)
+        t.observe("fault_livelock", f"the faulter spun until killed; hog {hog_fate}", hog=hog_fate)
     elif res.sigbus:
-        t.observe("sigbus", hog=hog_fate)
+        t.observe("sigbus", f"the faulter got SIGBUS; hog {hog_fate}", hog=hog_fate)
     elif res.signal == "SIGKILL":
-        t.observe("oom_kill", killed="faulter", hog=hog_fate)
+        t.observe(
+            "oom_kill", f"the faulter was killed; hog {hog_fate}", killed="faulter", hog=hog_fate
+        )
     elif res.ok:
-        t.observe("oom_kill" if "SIGKILL" in hog_fate else "pass", hog=hog_fate)
+        t.observe(
+            "oom_kill" if "SIGKILL" in hog_fate else "pass",
+            f"the faulter finished; hog {hog_fate}",
+            hog=hog_fate,
+        )
     else:
-        t.observe("fail", status=res.status, error=res.error)
+        t.check(False, f"the faulter ended {res.status} {res.signal} {res.error}")

@@ -858,7 +858,7 @@ def test_corpus_through_lab_classify_json(path: Path, tmp_path: Path,
     from lab import cli
 
     case = load_case(path)
-    head, _, body = path.read_bytes().partition(b"\n\n")
+    _, _, body = path.read_bytes().partition(b"\n\n")
     if case.facts is None:
         target = tmp_path / "console.log"
         target.write_bytes(body)

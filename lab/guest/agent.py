@@ -140,6 +140,8 @@ def _testcase_child(spec: dict[str, Any], job: dict[str, Any], fd: int) -> int:
         verdict = "error"
         message = traceback.format_exception_only(type(exc), exc)[-1].strip()
     observed = ctx.observed if ctx.observed else ("pass" if verdict == "pass" else None)
+    if verdict == "pass" and not message:
+        message = ctx.message
     ctx.send(
         {
             "type": "result",

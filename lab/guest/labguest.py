@@ -237,6 +237,7 @@ class Context:
         self._fd = fd
         self.data: dict[str, Any] = {}
         self.observed: str | None = None
+        self.message = ""
         self.started = time.monotonic()
 
     # reporting
@@ -274,9 +275,11 @@ class Context:
         _, got = try_call(func)
         self.check(got == want, f"{what}: expected {want}, got {got or 'success'}")
 
-    def observe(self, outcome: str, **data: Any) -> None:
-        """What userspace saw (a class name: pass, sigbus, fault_livelock, refused, ...)."""
+    def observe(self, outcome: str, message: str = "", **data: Any) -> None:
+        """What userspace saw (a class name: pass, sigbus, fault_livelock, refused, ...),
+        with one line saying how, for reports."""
         self.observed = outcome
+        self.message = message
         self.data.update(data)
 
     # tasks
