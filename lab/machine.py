@@ -268,6 +268,8 @@ class Machine:
         self._result_pos += len(data)
         new = self.results.feed(data)
         now = time.monotonic() - self.started
+        if self.ended_at is not None:  # read after QEMU ended: it arrived by then
+            now = min(now, self.ended_at - self.started)
         if new and self.first_result_at is None:
             self.first_result_at = now
         for rec in new:

@@ -22,7 +22,8 @@ def test_repo_lab_toml_loads(repo: Path) -> None:
     assert cfg.arch("arm64").qemu.cpu == "cortex-a57"
 
 
-def test_mini_lab_expands_axes(mini_lab: Path) -> None:
+def test_mini_lab_expands_axes(mini_lab: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LAB_CACHE_DIR", raising=False)
     cfg = config.load(mini_lab / "lab.toml")
     assert [v.name for v in cfg.variants] == ["demo-False", "demo-True"]
     assert cfg.cache_dir == mini_lab / "cache"
