@@ -136,3 +136,25 @@ def test_signals_leave_no_qemu(sig: signal.Signals) -> None:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
         p.communicate()
+
+
+def test_interactive_console_and_the_quit_key() -> None:
+    """`lab boot` without --exec hands the console over; Ctrl-] quits and QEMU is gone."""
+    import pexpect
+
+    before = set(qemu_processes())
+    child = pexpect.spawn(sys.executable, ["-m", "lab", "--config", str(REPO / "lab.toml"),
+                                           "boot", "--arch", "x86_64"],
+                          cwd=str(REPO), timeout=300, encoding="utf-8", codec_errors="replace")
+    try:
+        child.expect("Ctrl-] quits")
+        child.expect("#", timeout=60)  # the guest shell's prompt
+        child.sendline("echo $((6*7))x; uname -m")
+        child.expect("42x")
+        child.expect("x86_64")
+        child.send("\x1d")
+        child.expect(pexpect.EOF, timeout=30)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+    assert set(qemu_processes()) <= before
