@@ -31,6 +31,7 @@ from lab import (
     doctor,
     failures,
     hosts,
+    image,
     kconfig,
     machine,
     matrix,
@@ -586,6 +587,13 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             cells = matrix.shard(cells, *matrix.parse_shard(args.shard))
         if not cells:
             raise LabError("the selection holds no cells")
+        if args.list:
+            for c in cells:
+                rule = c.cell.expectation()
+                print(f"{c.id:40} expect {'|'.join(rule.outcomes) if rule else '?':24} "
+                      f"({rule.text if rule else 'no rule matches'})")
+            print(f"{len(cells)} cells, {len(matrix.kernels(cells))} kernels", file=sys.stderr)
+            return 0
         header = {
             "config": {"file": str(cfg.file), "sha256": cache.file_digest(cfg.file)},
             "selection": {
@@ -710,6 +718,20 @@ def cmd_merge(args: argparse.Namespace) -> int:
     merged = report.merge(runs, out)
     print(report.text_summary(merged))
     return results.exit_code(results.load_run(merged), results.read_cells(merged))
+
+
+# --- image ----------------------------------------------------------------------------
+
+def cmd_image(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    recipe = boot.image_recipe(cfg)
+    for arch in selection.arches(cfg, args.arch):
+        img = image.build_base(recipe, arch.deb_arch, cfg.cache_dir, refresh=args.refresh,
+                               log=lambda m: print(f"lab: {m}", file=sys.stderr))
+        state = "cached" if img.cache_hit else f"built in {img.build_seconds:.1f}s"
+        print(f"{arch.name}: {img.path} ({img.compressed_size / 1e6:.2f} MB, "
+              f"{img.file_count} files, {state})")
+    return 0
 
 
 # --- config show -------------------------------------------------------------------
@@ -842,6 +864,8 @@ def _parser() -> argparse.ArgumentParser:
     mx.add_argument("--shard", default="", help="K/N: run the K-th of N deterministic shards")
     mx.add_argument("--resume", default="", metavar="RUN", help="run what RUN is missing")
     mx.add_argument("--results", default="", help="results directory (default: lab.toml's)")
+    mx.add_argument("--list", action="store_true",
+                    help="print the planned cells and their expectations; run nothing")
     mx.add_argument(
         "--hosts",
         default="",
@@ -893,6 +917,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)
+
+    im = sub.add_parser("image", help="build (or show) the guest base image per arch")
+    im.add_argument("--arch", "-a", action="append", default=[])
+    im.add_argument("--refresh", action="store_true",
+                    help="re-resolve Debian package versions and rebuild")
+    im.set_defaults(func=cmd_image)
 
     cl = sub.add_parser("classify", help="classify a saved serial console log offline")
     cl.add_argument("log", help="a console log, or a cell directory (then its records count)")
