@@ -163,8 +163,18 @@ def run(t: lg.Context) -> None:
         meminfo=_mem(),
         stats=lg.secretmem_stats(),
     )
+    how = {
+        "fault_livelock": f"the victim's fault spun for {victim.seconds:.0f}s until killed",
+        "sigbus": "the victim's first touch got SIGBUS",
+        "refused": f"the victim was refused cleanly ({(victim.value or {}).get('refused')})",
+        "oom_kill": "the victim was killed (SIGKILL)",
+        "pass": "the victim's fault succeeded",
+    }.get(outcome, outcome)
     t.observe(
         outcome,
+        f"uid 1000 held {state.get('files', '?')} one-page files "
+        f"({state.get('reason', 'still filling')}); {how}"
+        + ("; a new file works once the attacker has gone" if recovered else ""),
         attacker=state,
         victim_seconds=victim.seconds,
         victim=victim.value,
