@@ -26,6 +26,12 @@ class Patch:
     sha256: str
 
 
+# How patches are applied is part of the result: `patch` applies hunks whose context
+# only roughly matches ("fuzz"), which can silently land a change in the wrong place.
+# The lab refuses fuzz, as `git am` does.
+POLICY = "patch -p1 --fuzz=0"
+
+
 @dataclass(frozen=True)
 class Series:
     patches: tuple[Patch, ...]
@@ -33,7 +39,7 @@ class Series:
     @property
     def digest(self) -> str:
         """Identity of the ordered patch contents (names do not matter, bytes do)."""
-        return cache.digest("\n".join(p.sha256 for p in self.patches))
+        return cache.digest("\n".join([POLICY, *(p.sha256 for p in self.patches)]))
 
     def describe(self) -> list[dict[str, str]]:
         return [{"series": p.series, "patch": p.name, "sha256": p.sha256} for p in self.patches]
@@ -164,7 +170,8 @@ def _apply_one(tree: Path, patch: Patch) -> None:
 
 
 def _run_patch(tree: Path, path: Path, dry_run: bool) -> subprocess.CompletedProcess[str]:
-    argv = ["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-i", str(path)]
+    argv = ["patch", "-p1", "--fuzz=0", "--forward", "--batch", "--no-backup-if-mismatch",
+            "-i", str(path)]
     if dry_run:
         argv.append("--dry-run")
     try:

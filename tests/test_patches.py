@@ -117,3 +117,14 @@ def test_digest_depends_on_content_not_names(tmp_path: Path) -> None:
     b = patches.load_series(_series(tmp_path / "b", GOOD), ("s",))
     c = patches.load_series(_series(tmp_path / "c", SECOND), ("s",))
     assert a.digest == b.digest != c.digest
+
+
+def test_fuzz_is_refused(tmp_path: Path) -> None:
+    """A hunk whose context does not match exactly must not apply 'with fuzz'."""
+    src = _tree(tmp_path)
+    (src.tree / "mm" / "secretmem.c").chmod(0o644)
+    (src.tree / "mm" / "secretmem.c").write_text("line one\nline two\nline three\nline four\n")
+    fuzzy = GOOD.replace(" line one\n", " line 1\n").replace("@@ -1,3 +1,3 @@", "@@ -1,3 +1,3 @@")
+    series = patches.load_series(_series(tmp_path, fuzzy), ("s",))
+    with pytest.raises(LabError, match="does not apply"):
+        patches.apply(src, series, tmp_path / "cache", lambda _m: None)
