@@ -8,6 +8,7 @@ host kernel, QEMU version and guest arch.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -30,7 +31,9 @@ class Choice:
     reason: str
 
 
+@functools.lru_cache(maxsize=8)
 def qemu_version(binary: str) -> str:
+    """`qemu --version`, asked once per process (every boot computes the probe key)."""
     try:
         out = subprocess.run(
             [binary, "--version"], capture_output=True, text=True, timeout=10

@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -370,6 +369,17 @@ def _kernel_provenance(k: build.Kernel) -> dict[str, object]:
     }
 
 
+def _run_header(
+    cfg: config.LabConfig, cells: list[matrix.Planned], selection: dict[str, object]
+) -> dict[str, object]:
+    """What run.json says about a new run before any cell ran."""
+    return {
+        "config": {"file": str(cfg.file), "sha256": cache.file_digest(cfg.file)},
+        "selection": selection,
+        "cells": [{"id": c.id, "dir": f"cells/{c.dirname}", "kernel": c.kernel} for c in cells],
+    }
+
+
 def run_matrix(
     cfg: config.LabConfig,
     cells: list[matrix.Planned],
@@ -546,12 +556,7 @@ def cmd_hosts_check(args: argparse.Namespace) -> int:
     def one(h: hosts.Host) -> None:
         answers[h.name] = ssh.check(cfg, h, upload=not args.no_upload)
 
-    threads = [threading.Thread(target=one, args=(h,), daemon=True) for h in chosen]
-    for t in threads:
-        t.start()
-    for t in threads:
-        while t.is_alive():
-            t.join(0.2)
+    ssh.each_host(chosen, one)
     ok = True
     for h in chosen:
         arches = ", ".join(h.arches) if h.arches else "all"
@@ -590,21 +595,23 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         if args.list:
             for c in cells:
                 rule = c.cell.expectation()
-                print(f"{c.id:40} expect {'|'.join(rule.outcomes) if rule else '?':24} "
-                      f"({rule.text if rule else 'no rule matches'})")
+                print(
+                    f"{c.id:40} expect {'|'.join(rule.outcomes) if rule else '?':24} "
+                    f"({rule.text if rule else 'no rule matches'})"
+                )
             print(f"{len(cells)} cells, {len(matrix.kernels(cells))} kernels", file=sys.stderr)
             return 0
-        header = {
-            "config": {"file": str(cfg.file), "sha256": cache.file_digest(cfg.file)},
-            "selection": {
+        header = _run_header(
+            cfg,
+            cells,
+            {
                 "variants": args.variant,
                 "arches": args.arch,
                 "testcases": args.testcase,
                 "repeat": args.repeat or spec.repeat,
                 "shard": args.shard or None,
             },
-            "cells": [{"id": c.id, "dir": f"cells/{c.dirname}", "kernel": c.kernel} for c in cells],
-        }
+        )
         base = Path(args.results) if args.results else cfg.results_dir
         run_dir = results.new_run(base, "matrix", header)
         print(
@@ -637,9 +644,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             cfg, [tcs[m.testcase]], matrix.MatrixSpec(), list(m.variants), arches, [m.testcase]
         ):
             cells.setdefault(c.id, c)
-    header = {
-        "config": {"file": str(cfg.file), "sha256": cache.file_digest(cfg.file)},
-        "selection": {
+    header = _run_header(
+        cfg,
+        list(cells.values()),
+        {
             "variants": [],
             "arches": args.arch,
             "testcases": [],
@@ -647,10 +655,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             "shard": None,
             "failure_modes": [m.id for m in chosen],
         },
-        "cells": [
-            {"id": c.id, "dir": f"cells/{c.dirname}", "kernel": c.kernel} for c in cells.values()
-        ],
-    }
+    )
     run_dir = results.new_run(cfg.results_dir, "reproduce", header)
     jobs = args.jobs or cfg.jobs or build.default_jobs(cfg)
     code = run_matrix(cfg, list(cells.values()), run_dir, jobs, quiet=True)
@@ -722,15 +727,23 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 # --- image ----------------------------------------------------------------------------
 
+
 def cmd_image(args: argparse.Namespace) -> int:
     cfg = _load(args)
     recipe = boot.image_recipe(cfg)
     for arch in selection.arches(cfg, args.arch):
-        img = image.build_base(recipe, arch.deb_arch, cfg.cache_dir, refresh=args.refresh,
-                               log=lambda m: print(f"lab: {m}", file=sys.stderr))
+        img = image.build_base(
+            recipe,
+            arch.deb_arch,
+            cfg.cache_dir,
+            refresh=args.refresh,
+            log=lambda m: print(f"lab: {m}", file=sys.stderr),
+        )
         state = "cached" if img.cache_hit else f"built in {img.build_seconds:.1f}s"
-        print(f"{arch.name}: {img.path} ({img.compressed_size / 1e6:.2f} MB, "
-              f"{img.file_count} files, {state})")
+        print(
+            f"{arch.name}: {img.path} ({img.compressed_size / 1e6:.2f} MB, "
+            f"{img.file_count} files, {state})"
+        )
     return 0
 
 
@@ -864,8 +877,11 @@ def _parser() -> argparse.ArgumentParser:
     mx.add_argument("--shard", default="", help="K/N: run the K-th of N deterministic shards")
     mx.add_argument("--resume", default="", metavar="RUN", help="run what RUN is missing")
     mx.add_argument("--results", default="", help="results directory (default: lab.toml's)")
-    mx.add_argument("--list", action="store_true",
-                    help="print the planned cells and their expectations; run nothing")
+    mx.add_argument(
+        "--list",
+        action="store_true",
+        help="print the planned cells and their expectations; run nothing",
+    )
     mx.add_argument(
         "--hosts",
         default="",
@@ -920,8 +936,9 @@ def _parser() -> argparse.ArgumentParser:
 
     im = sub.add_parser("image", help="build (or show) the guest base image per arch")
     im.add_argument("--arch", "-a", action="append", default=[])
-    im.add_argument("--refresh", action="store_true",
-                    help="re-resolve Debian package versions and rebuild")
+    im.add_argument(
+        "--refresh", action="store_true", help="re-resolve Debian package versions and rebuild"
+    )
     im.set_defaults(func=cmd_image)
 
     cl = sub.add_parser("classify", help="classify a saved serial console log offline")

@@ -40,7 +40,7 @@ def parse_fragment(text: str, source: str) -> list[Setting]:
             if not _VALUE.match(m[2]):
                 raise LabError(
                     f"{source}:{no}: {m[1]}: {m[2]!r} is not a kconfig value "
-                    "(y, m, n, a number, 0x-hex or a \"quoted string\"); "
+                    '(y, m, n, a number, 0x-hex or a "quoted string"); '
                     "did a template join two lines?"
                 )
             out.append(Setting(m[1], m[2], f"{source}:{no}"))

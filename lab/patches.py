@@ -170,8 +170,16 @@ def _apply_one(tree: Path, patch: Patch) -> None:
 
 
 def _run_patch(tree: Path, path: Path, dry_run: bool) -> subprocess.CompletedProcess[str]:
-    argv = ["patch", "-p1", "--fuzz=0", "--forward", "--batch", "--no-backup-if-mismatch",
-            "-i", str(path)]
+    argv = [
+        "patch",
+        "-p1",
+        "--fuzz=0",
+        "--forward",
+        "--batch",
+        "--no-backup-if-mismatch",
+        "-i",
+        str(path),
+    ]
     if dry_run:
         argv.append("--dry-run")
     try:

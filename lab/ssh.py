@@ -678,6 +678,17 @@ def open_worker(cfg: LabConfig, host: Host, log: Callable[[str], None]) -> Remot
     return worker
 
 
+def each_host(hosts: Sequence[Host], func: Callable[[Host], None]) -> None:
+    """Run func for every host at once (connections are slow, not CPU-bound). The joins
+    poll so that Ctrl-C and SIGTERM still reach the main thread while hosts answer."""
+    threads = [threading.Thread(target=func, args=(h,), daemon=True) for h in hosts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.2)
+
+
 def open_workers(
     cfg: LabConfig, hosts: Sequence[Host], log: Callable[[str], None]
 ) -> tuple[list[RemoteWorker], dict[str, str]]:
@@ -690,12 +701,7 @@ def open_workers(
         except LabError as exc:
             results[h.name] = str(exc)
 
-    threads = [threading.Thread(target=one, args=(h,), daemon=True) for h in hosts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        while t.is_alive():
-            t.join(0.2)
+    each_host(hosts, one)
     workers = [w for h in hosts if isinstance(w := results.get(h.name), RemoteWorker)]
     failed = {h.name: r for h in hosts if isinstance(r := results.get(h.name, "no answer"), str)}
     for name, why in failed.items():

@@ -98,20 +98,12 @@ def run_exec(job: dict[str, Any], channel: Channel) -> int:
     return status if status >= 0 else 128 - status
 
 
-def _set_oom_score_adj(value: int) -> None:
-    try:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write(f"{value}\n")
-    except OSError:
-        pass
+def _labguest() -> Any:
+    """The guest library; the overlay of a test case run always carries it."""
+    sys.path.insert(0, "/lab/lib")
+    import labguest
 
-
-def _kmsg(text: str) -> None:
-    try:
-        with open("/dev/kmsg", "w") as f:
-            f.write(f"<5>lab: {text}\n")
-    except OSError:
-        pass
+    return labguest
 
 
 def _testcase_child(spec: dict[str, Any], job: dict[str, Any], fd: int) -> int:
@@ -119,9 +111,7 @@ def _testcase_child(spec: dict[str, Any], job: dict[str, Any], fd: int) -> int:
     import importlib.util
     import traceback
 
-    sys.path.insert(0, "/lab/lib")
-    import labguest
-
+    labguest = _labguest()
     name = str(spec["name"])
     ctx = labguest.Context(name, dict(job.get("params", {})), str(job.get("arch", "")), fd)
     verdict, message = "pass", ""
@@ -158,19 +148,20 @@ def _testcase_child(spec: dict[str, Any], job: dict[str, Any], fd: int) -> int:
 
 def run_testcases(job: dict[str, Any], channel: Channel, fd: int) -> int:
     """Each test case in its own process group, with its own deadline."""
+    lg = _labguest()
     worst = 0
     for spec in job.get("testcases", []):
         name = str(spec.get("name"))
         timeout = float(spec.get("timeout", 60))
         channel.send({"type": "testcase", "name": name, "phase": "start", "uptime": _uptime()})
-        _kmsg(f"testcase {name} start")
+        lg.kmsg(f"testcase {name} start")
         started = time.monotonic()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 os.setpgid(0, 0)
-                _set_oom_score_adj(0)  # the agent shields itself; test cases must not be
+                lg.set_oom_score_adj(0)  # the agent shields itself; test cases must not be
                 code = _testcase_child(spec, job, fd)
             finally:
                 os._exit(code)
@@ -225,7 +216,7 @@ def run_testcases(job: dict[str, Any], channel: Channel, fd: int) -> int:
                 }
             )
             worst = max(worst, 2)
-        _kmsg(f"testcase {name} end")
+        lg.kmsg(f"testcase {name} end")
     return worst
 
 
@@ -262,7 +253,9 @@ def main() -> int:
             status = run_exec(job, channel)
             channel.send({"type": "exit", "status": status})
         elif mode == "testcases":
-            _set_oom_score_adj(-1000)  # the harness must survive the OOM scenarios it stages
+            # The harness must survive the OOM scenarios it stages.
+            with contextlib.suppress(OSError):
+                _labguest().set_oom_score_adj(-1000)
             status = run_testcases(job, channel, fd)
         else:
             channel.send({"type": "error", "message": f"unknown mode {mode!r}"})

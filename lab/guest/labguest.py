@@ -186,6 +186,11 @@ def kmsg(text: str) -> None:
         pass
 
 
+def set_oom_score_adj(value: int, pid: str = "self") -> None:
+    with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+        f.write(f"{value}\n")
+
+
 def sysctl(name: str, value: str | int) -> None:
     with open("/proc/sys/" + name.replace(".", "/"), "w") as f:
         f.write(f"{value}\n")
@@ -306,8 +311,7 @@ class Context:
                     with open(f"{cgroup}/cgroup.procs", "w") as f:
                         f.write("0\n")
                 if oom_score_adj is not None:
-                    with open("/proc/self/oom_score_adj", "w") as f:
-                        f.write(f"{oom_score_adj}\n")
+                    set_oom_score_adj(oom_score_adj)
                 if memlock is not None:
                     resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock))
                 if user is not None:
