@@ -110,3 +110,15 @@ def test_patch_that_does_not_apply(mini_lab: Path) -> None:
 def test_other_commands_do_not_trace(mini_lab: Path, argv: list[str]) -> None:
     proc = run_lab("--config", str(mini_lab / "lab.toml"), *argv)
     assert "Traceback" not in proc.stderr
+
+
+def test_missing_build_tools_named_with_their_packages(mini_lab: Path, tmp_path: Path) -> None:
+    import os
+
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    proc = run_lab("--config", str(mini_lab / "lab.toml"), "build",
+                   env={**os.environ, "PATH": str(empty)})
+    msg = one_line_error(proc)
+    assert "make, gcc, flex, bison, bc, patch not found" in msg
+    assert "apt-get install -y --no-install-recommends bc bison flex gcc make patch" in msg
