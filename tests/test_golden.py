@@ -1,8 +1,8 @@
 """Golden files: the lab's outputs pinned byte for byte before the package is reshaped.
 
 Each golden under tests/golden/ is what one piece of the lab renders from fixed input:
-  argv/<arch>.txt             the QEMU argv of a real cell (lab.toml's C0/depletion),
-                              `Launch.argv()` under TCG and under KVM, one argument a line;
+  argv/<arch>.txt             the QEMU argv, one argument a line, of a real matrix cell
+                              (C0/depletion) and of `lab boot` (C0), under TCG and KVM;
   config/<arch>-<variant>.txt the variant as lab.toml expands it and its rendered config
                               fragments, as `lab config show` prints them (no kernel tree);
   report/*                    report.html, summary.md, junit.xml and the terminal summary
@@ -34,11 +34,10 @@ from pathlib import Path
 import pytest
 from test_classify import CORPUS_FILES, load_case
 
-from lab import build, cache, cli, config, report, runner, testcase
+from lab import boot, build, cache, cli, config, image, report, runner, testcase
 from lab.cell import Cell
 from lab.classify import CLASSES, classify
 from lab.image import BaseImage
-from lab.qemu import Launch
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -50,7 +49,7 @@ FIXTURE_CACHE = "/home/lab/.cache/lab"
 REGEN = os.environ.get("LAB_REGEN") == "1"
 REGEN_CMD = "LAB_REGEN=1 .venv/bin/python -m pytest tests/test_golden.py"
 ARGV_CELL = ("C0", "depletion")  # a CMA-pool variant: its cmdline has secretmem=64M
-ACCELS = ("tcg", "kvm")  # kvm turns `-cpu max` into `-cpu host`
+ACCELS = ("tcg", "kvm")  # lab.toml's `accel`; kvm turns `-cpu max` into `-cpu host`
 
 Goldens = dict[str, str]  # path under tests/golden -> its text
 
@@ -86,35 +85,60 @@ def _base(cfg: config.LabConfig, arch: str) -> BaseImage:
     return BaseImage(path, "key", deb, "0" * 64, (), 1, 1, 1, 1.0, "", True)
 
 
+def _with_accel(cfg: config.LabConfig, accel: str) -> config.LabConfig:
+    """lab.toml with `[arch.*.qemu] accel` set: "auto" would probe KVM (boot QEMU) and
+    answer differently per host."""
+    arches = {n: dataclasses.replace(a, qemu=dataclasses.replace(a.qemu, accel=accel))
+              for n, a in cfg.arches.items()}  # fmt: skip
+    return dataclasses.replace(cfg, arches=arches)
+
+
+def _cell_argv(cfg: config.LabConfig, cell: Cell, workdir: Path) -> list[str]:
+    """As runner.execute launches a matrix cell, up to the point QEMU would start."""
+    kernel = _kernel(cfg, cell.arch.name, cell.variant.name)
+    base = _base(cfg, cell.arch.name)
+    job, files = runner.prepare_cell(cfg, cell, kernel, base)
+    overlay = image.build_overlay(boot.overlay_files(job.agent_job, "0" * 16, files))
+    prepared = boot.launch(
+        job.arch_spec(), kernel.image, base.path, overlay, "0" * 16, job.cmdline,
+        job.memory_mib, job.smp, workdir, cfg.cache_dir, job.boot_spec(),
+    )  # fmt: skip
+    return prepared.launch.argv()
+
+
+def _boot_argv(cfg: config.LabConfig, cell: Cell, workdir: Path) -> list[str]:
+    """As `lab boot --arch A --variant V` launches its shell, up to QEMU's start."""
+    arch, variant = cell.arch, cell.variant
+    kernel = _kernel(cfg, arch.name, variant.name)
+    req = boot.BootRequest(arch, variant, kernel, _base(cfg, arch.name), {"mode": "shell"})
+    return boot.prepare(cfg, req, workdir).launch.argv()
+
+
 def argv_goldens(tmp: Path) -> Goldens:
-    """The argv of one real cell per arch, composed as a matrix cell composes it: the
-    job (cmdline, memory, smp) from runner.prepare_cell, rendered by Launch.argv()."""
-    cfg = _real_config(tmp / "cache")
-    tcs = {t.name: t for t in testcase.discover(cfg.testcases_dir, CLASSES)}
-    variant, tc = cfg.variant(ARGV_CELL[0]), tcs[ARGV_CELL[1]]
+    """The QEMU argv per arch of one real cell of lab.toml, and of `lab boot` with the
+    same variant, under TCG and KVM: Launch.argv() of what the two boot paths prepare
+    (nothing is started)."""
     out: Goldens = {}
-    for arch in cfg.arches.values():
-        cell = Cell(arch, variant, tc)
-        kernel = _kernel(cfg, arch.name, variant.name)
-        job, _ = runner.prepare_cell(cfg, cell, kernel, _base(cfg, arch.name))
-        workdir = tmp / "results" / "run" / "cells" / cell.dirname
+    for arch_name in config.load(REPO / "lab.toml").arches:
+        paths = {tmp / "cache": "$CACHE", REPO: "$REPO"}
         lines = []
         for accel in ACCELS:
-            launch = Launch(
-                arch=job.arch_spec(),
-                accel=accel,
-                kernel=kernel.image,
-                initrd=workdir / "initrd.cpio.gz",
-                cmdline=job.cmdline,
-                result_file=workdir / "result.jsonl",
-                memory_mib=job.memory_mib,
-                smp=job.smp,
-            )
-            lines += [f"# Launch.argv() of {cell.id} under {accel}", *launch.argv()]
-        text = "\n".join(lines) + "\n"
-        out[f"argv/{arch.name}.txt"] = _normalise(
-            text, {cfg.cache_dir: "$CACHE", workdir: "$CELL_DIR", REPO: "$REPO"}
-        )
+            cfg = _with_accel(_real_config(tmp / "cache"), accel)
+            tcs = {t.name: t for t in testcase.discover(cfg.testcases_dir, CLASSES)}
+            cell = Cell(cfg.arch(arch_name), cfg.variant(ARGV_CELL[0]), tcs[ARGV_CELL[1]])
+            base = _base(cfg, arch_name).path
+            base.parent.mkdir(parents=True, exist_ok=True)
+            base.write_bytes(b"base image")
+            cell_dir = tmp / "results" / "run" / "cells" / cell.dirname
+            boot_dir = tmp / "boots" / f"{arch_name}-{cell.variant.name}"
+            paths |= {cell_dir: "$CELL_DIR", boot_dir: "$BOOT_DIR"}
+            lines += [f"# matrix cell {cell.id}, accel = {accel!r}"]
+            lines += _cell_argv(cfg, cell, cell_dir)
+            lines += [
+                f"# lab boot --arch {arch_name} --variant {cell.variant.name}, accel = {accel!r}"
+            ]
+            lines += _boot_argv(cfg, cell, boot_dir)
+        out[f"argv/{arch_name}.txt"] = _normalise("\n".join(lines) + "\n", paths)
     return out
 
 
