@@ -71,10 +71,10 @@ def _real_config(cache_dir: Path) -> config.LabConfig:
 
 def _kernel(cfg: config.LabConfig, arch: str, variant: str) -> build.Kernel:
     d = cfg.cache_dir / "kernels" / f"key-{arch}-{variant}"
-    image = d / Path(cfg.arch(arch).image).name
+    kernel_image = d / Path(cfg.arch(arch).image).name
     meta = {"image_sha256": "i" * 64, "config_sha256": "c" * 64}
     return build.Kernel(
-        f"key-{arch}-{variant}", d, arch, variant, image, d / "vmlinux", d / "config",
+        f"key-{arch}-{variant}", d, arch, variant, kernel_image, d / "vmlinux", d / "config",
         d / "System.map", d / "build.log", meta, True,
     )  # fmt: skip
 
