@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -288,6 +289,7 @@ def check(goldens: Goldens) -> None:
             if not path.is_file() or path.read_bytes() != new:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(new)
+                warnings.warn(f"LAB_REGEN: rewrote tests/golden/{name}", stacklevel=1)
             continue
         if not path.is_file():
             differ.append(f"tests/golden/{name}: missing")
@@ -322,6 +324,7 @@ def test_no_stale_goldens() -> None:
     if REGEN:
         for name in stale:
             (GOLDEN / name).unlink()
+            warnings.warn(f"LAB_REGEN: removed stale tests/golden/{name}", stacklevel=1)
         return
     assert not stale, f"golden files nothing renders: {stale}; remove them with {REGEN_CMD}"
 
@@ -368,3 +371,23 @@ def test_rendering_is_independent_of_the_hash_seed() -> None:
         outs.append(done.stdout)
     assert outs[0] == outs[1], "the goldens depend on PYTHONHASHSEED"
     assert len(outs[0].splitlines()) == len(_expected_names())
+
+
+@pytest.mark.skipif(REGEN, reason="LAB_REGEN=1 rewrites instead of comparing")
+def test_a_difference_names_the_golden_and_how_to_regenerate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "GOLDEN", tmp_path)
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "summary.md").write_bytes(b"line one\nline two\n")
+    with pytest.raises(pytest.fail.Exception) as failed:
+        check({"report/summary.md": "line one\nline 2\n", "argv/x.txt": "new\n"})
+    msg = str(failed.value)
+    assert "tests/golden/report/summary.md differs" in msg
+    assert "first difference at line 2, column 6" in msg
+    assert "-line two" in msg and "+line 2" in msg
+    assert "tests/golden/argv/x.txt: missing" in msg
+    assert REGEN_CMD in msg
+    # Bytes, not lines: a lost final newline is a difference too.
+    with pytest.raises(pytest.fail.Exception):
+        check({"report/summary.md": "line one\nline two"})
