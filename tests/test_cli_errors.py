@@ -117,8 +117,9 @@ def test_missing_build_tools_named_with_their_packages(mini_lab: Path, tmp_path:
 
     empty = tmp_path / "bin"
     empty.mkdir()
-    proc = run_lab("--config", str(mini_lab / "lab.toml"), "build",
-                   env={**os.environ, "PATH": str(empty)})
+    proc = run_lab(
+        "--config", str(mini_lab / "lab.toml"), "build", env={**os.environ, "PATH": str(empty)}
+    )
     msg = one_line_error(proc)
     assert "make, gcc, flex, bison, bc, patch not found" in msg
     assert "apt-get install -y --no-install-recommends bc bison flex gcc make patch" in msg
