@@ -90,10 +90,11 @@ def test_header_is_complete_and_valid(entry: Entry) -> None:
         assert key in entry.header, f"{entry.name}: missing {key}"
         if key != "NOTE":
             assert len(entry.header[key]) == 1, f"{entry.name}: {key} given more than once"
-    outcome, family = entry.one("OUTCOME"), entry.one("FAMILY")
+    outcome, family, arch = entry.one("OUTCOME"), entry.one("FAMILY"), entry.one("ARCH")
     assert outcome in CLASSES, f"{entry.name}: OUTCOME {outcome!r} is not one of {CLASSES}"
-    assert family in DEFAULT_CLASS, f"{entry.name}: FAMILY {family!r} is not one of {sorted(DEFAULT_CLASS)}"
-    assert entry.one("ARCH") in ARCHES, f"{entry.name}: ARCH {entry.one('ARCH')!r} is not one of {sorted(ARCHES)}"
+    families = sorted(DEFAULT_CLASS)
+    assert family in DEFAULT_CLASS, f"{entry.name}: FAMILY {family!r} is not one of {families}"
+    assert arch in ARCHES, f"{entry.name}: ARCH {arch!r} is not one of {sorted(ARCHES)}"
     assert entry.body.strip(), f"{entry.name}: no log after the header"
 
 
@@ -104,9 +105,12 @@ def test_label_follows_the_family_rule(entry: Entry) -> None:
     panicked = "Kernel panic - not syncing" in entry.body
     allowed = {DEFAULT_CLASS[family], *EXTRA_CLASSES.get(family, set())}
     if panicked:
-        assert outcome in AFTER_PANIC, f"{entry.name}: the excerpt panics but OUTCOME is {outcome!r}"
+        assert outcome in AFTER_PANIC, f"{entry.name}: the log panics but OUTCOME is {outcome!r}"
     else:
-        assert outcome in allowed, f"{entry.name}: {family} without a panic must be {sorted(allowed)}, not {outcome!r}"
+        want = sorted(allowed)
+        assert outcome in allowed, (
+            f"{entry.name}: {family} without a panic is {want}, not {outcome!r}"
+        )
 
 
 def test_corpus_spread() -> None:
