@@ -258,10 +258,13 @@ def execute(
     }
     verdict = verdict_for(result.outcome, expected)
     cache.write_json(directory / "evidence.json", result.to_json())
+    # cell.json marks the cell finished: what it describes must be on disk first.
+    cache.fsync_tree(directory)
     cache.write_json(
         directory / "cell.json",
         {
             **job.record,
+            **recorded_facts(facts),
             "observed": result.outcome,
             "verdict": verdict,
             "detail": result.detail,
@@ -276,6 +279,17 @@ def execute(
         },
     )
     return CellResult.from_dir(directory)
+
+
+def recorded_facts(facts: classify.RunFacts) -> dict[str, Any]:
+    """The run facts classify used, as cell.json keys: with result.jsonl (records,
+    problems) they let `lab classify CELLDIR` re-classify exactly as the runner did."""
+    return {
+        "ready": facts.ready,
+        "deadline": facts.deadline,
+        "qemu_exit": facts.qemu_exit,
+        "banner": dict(facts.expected_banner) if facts.expected_banner else None,
+    }
 
 
 def run_cell(
