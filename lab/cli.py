@@ -354,6 +354,8 @@ def _build_kernels(
     cfg: config.LabConfig, pairs: list[tuple[str, str]], reporter: Reporter, jobs: int = 0
 ) -> tuple[dict[str, build.Kernel], dict[str, str]]:
     """Build each (arch, variant) once; failures are returned, not raised."""
+    if not pairs:
+        return {}, {}  # e.g. resuming a finished run: no toolchain needed
     build.check_host_tools()
     kernels: dict[str, build.Kernel] = {}
     failed: dict[str, str] = {}
