@@ -42,7 +42,7 @@ from lab import (
     source,
     testcase,
 )
-from lab.errors import LabError
+from lab.errors import LabError, printable
 from lab.progress import Reporter
 
 
@@ -1044,10 +1044,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except BuildFailed as exc:
-        print(f"lab: {exc}", file=sys.stderr)
+        print(f"lab: {printable(str(exc))}", file=sys.stderr)
         return 1
     except LabError as exc:
-        print(f"lab: error: {exc}", file=sys.stderr)
+        print(f"lab: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         proc.kill_all()
