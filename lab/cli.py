@@ -607,7 +607,8 @@ def cmd_hosts_check(args: argparse.Namespace) -> int:
         print(f"host {h.name} ({h.target}; capacity {h.capacity}; arches {arches})")
         for line in answers.get(h.name, [ssh.CheckLine("check", False, "no answer")]):
             ok = ok and line.ok
-            print(f"  {'ok  ' if line.ok else 'FAIL'} {line.label:<11} {line.detail}")
+            detail = printable(line.detail, one_line=True)  # holds what the host said
+            print(f"  {'ok  ' if line.ok else 'FAIL'} {line.label:<11} {detail}")
     return 0 if ok else 2
 
 

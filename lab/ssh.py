@@ -376,15 +376,24 @@ def hello(conn: Any, host: Host, binaries: Iterable[str]) -> Hello:
             f"(status {code}: {_tail(err) or 'no output'})"
         )
     try:
-        d = json.loads(out.strip().splitlines()[-1])
+        d = results.loads_bounded(out.strip().splitlines()[-1].encode(), 1 << 20, 4)
+        if not isinstance(d["python"], list) or not isinstance(d["qemu"], dict):
+            raise TypeError
         h = Hello(
             python=tuple(int(x) for x in d["python"]),
-            executable=str(d["executable"]),
+            executable=printable(str(d["executable"]), 300, one_line=True),
             lab_dir=str(d["lab_dir"]),
-            machine=str(d["machine"]),
+            machine=printable(str(d["machine"]), 40, one_line=True),
             kvm_usable=bool(d["kvm_usable"]),
             free_bytes=int(d["free_bytes"]),
-            qemu=d["qemu"],
+            qemu={
+                str(b): {
+                    "path": q["path"] if isinstance(q.get("path"), str) else None,
+                    "version": printable(str(q.get("version") or ""), 200, one_line=True),
+                }
+                for b, q in d["qemu"].items()
+                if isinstance(q, dict)
+            },
         )
     except (ValueError, KeyError, IndexError, TypeError):
         raise LabError(f"{_where(host)}: unexpected answer from python: {_tail(out)}") from None
@@ -1007,7 +1016,11 @@ def check(cfg: LabConfig, host: Host, upload: bool = True) -> list[CheckLine]:
             ]
             code, out, err = run(conn, argv, timeout=60)
             if code == 0:
-                facts = json.loads(out)
+                try:
+                    answer = results.loads_bounded(out.encode(), 1 << 20, 4)
+                except ValueError:
+                    answer = None
+                facts = answer if isinstance(answer, dict) else {}
             else:
                 lines.append(CheckLine("lab", False, f"lab.remote failed: {_tail(err)}"))
         kvm = "yes" if info.kvm_usable else "no"
@@ -1017,7 +1030,7 @@ def check(cfg: LabConfig, host: Host, upload: bool = True) -> list[CheckLine]:
                 lines.append(CheckLine(arch, False, f"{b} not found on the host"))
                 continue
             f = facts.get(arch)
-            accel = f"; accel {f['accel']}: {f['reason']}" if f else ""
+            accel = f"; accel {f.get('accel')}: {f.get('reason')}" if isinstance(f, dict) else ""
             lines.append(
                 CheckLine(
                     arch,

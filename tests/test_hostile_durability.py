@@ -7,6 +7,7 @@ run directory; `--resume` notices a changed lab.toml.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -103,8 +104,9 @@ def test_merge_fsyncs_the_copied_cells_before_the_rename(tmp_path: Path, fsyncs:
 # --- one lab process per run directory -------------------------------------------------
 
 
-def test_a_second_process_on_a_locked_run_fails_with_one_line(tmp_path: Path) -> None:
-    run = make_run(tmp_path, "run", [Spec("x86_64/U0/api", "pass")])
+@contextlib.contextmanager
+def _held(run: Path) -> Iterator[None]:
+    """Another lab process holding the run's lock (as a running `--resume` does)."""
     code = (
         "import pathlib, sys, time; from lab import results\n"
         "with results.locked_run(pathlib.Path(sys.argv[1])):\n"
@@ -115,23 +117,42 @@ def test_a_second_process_on_a_locked_run_fails_with_one_line(tmp_path: Path) ->
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_second_process_on_a_locked_run_fails_with_one_line(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "run", [Spec("x86_64/U0/api", "pass")])
+    with _held(run):
         cfg = config.load(REPO / "lab.toml")
         with pytest.raises(LabError, match="another lab process is running this run") as exc:
             cli.run_matrix(cfg, [], run, 1)
         assert "\n" not in str(exc.value)
-    finally:
-        holder.kill()
-        holder.wait()
     with results.locked_run(run):  # released when its holder died
         pass
+
+
+def test_a_second_resume_fails_with_one_line_and_touches_nothing(
+    mini_lab: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _lab_with_a_run(mini_lab)
+    with _held(run):
+        before = sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*"))
+        code = cli.main(["--config", str(mini_lab / "lab.toml"), "matrix", "--resume", str(run)])
+        after = sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*"))
+    assert code == 2 and after == before
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [x for x in lines if x.startswith("lab: error: ")]
+    assert len(errors) == 1 and "another lab process" in errors[0] and "Traceback" not in lines
 
 
 # --- --resume after lab.toml changed (D8) --------------------------------------------------
 
 
-def _changed_since_run(mini_lab: Path) -> tuple[Path, Path, str]:
-    """mini_lab with the api test case, a finished run of it (every cell done), and
-    lab.toml changed since: (lab.toml, the run, the run's config sha256)."""
+def _lab_with_a_run(mini_lab: Path) -> Path:
+    """mini_lab with the api test case and a finished run of it (every cell done)."""
     (mini_lab / "testcases").mkdir()
     shutil.copy(REPO / "testcases" / "api.py", mini_lab / "testcases")
     cfg = config.load(mini_lab / "lab.toml")
@@ -145,6 +166,12 @@ def _changed_since_run(mini_lab: Path) -> tuple[Path, Path, str]:
             run / "cells" / c.dirname / "cell.json",
             {"id": c.cell.id, "run_cell_id": c.id, "observed": "pass", "verdict": "expected"},
         )
+    return run
+
+
+def _changed_since_run(mini_lab: Path) -> tuple[Path, Path, str]:
+    """_lab_with_a_run, then lab.toml changed: (lab.toml, the run, its config sha256)."""
+    run = _lab_with_a_run(mini_lab)
     toml = mini_lab / "lab.toml"
     toml.write_text(toml.read_text() + "# changed\n")
     return toml, run, json.loads((run / "run.json").read_text())["config"]["sha256"]

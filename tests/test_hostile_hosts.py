@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from lab import bundle, cache, classify, matrix, remote, results, runner, ssh, testcase
+from lab import bundle, cache, classify, hosts, matrix, remote, results, runner, ssh, testcase
 from lab.config import LabConfig, load
 from lab.errors import LabError
 from lab.progress import Reporter
@@ -449,3 +449,62 @@ def test_remote_exec_request_carries_the_image_hashes() -> None:
     assert "kernel_sha256" in remote.request_problem(req)
     ok = {**req, "kernel_sha256": "a" * 64, "base_sha256": "b" * 64}
     assert remote.request_problem(ok) == ""
+
+
+# --- the first answer of a host (hello) and `lab hosts check` ----------------------------
+
+
+class LocalConn:
+    """fabric.Connection.run for a "host" that is this machine (sh -c): the commands
+    ssh.hello builds run for real, with a python3 stand-in that answers what we want."""
+
+    def run(self, command: str, **_kw: Any) -> Any:
+        p = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
+        return type("Result", (), {"exited": p.returncode, "stdout": p.stdout, "stderr": p.stderr})
+
+
+def _host_answering(tmp_path: Path, answer: str) -> Any:
+    fake = tmp_path / "python3"
+    (tmp_path / "answer").write_text(answer + "\n")
+    fake.write_text(f"#!/bin/sh\ncat {tmp_path / 'answer'}\n")
+    fake.chmod(0o755)
+    f = tmp_path / "lab.toml"
+    f.write_text("")
+    (h,) = hosts.parse(
+        [{"name": "evil", "address": "127.0.0.1", "python": str(fake), "key_file": str(f)}], f
+    )
+    return h
+
+
+HONEST = {
+    "python": [3, 11, 2],
+    "executable": "/usr/bin/python3",
+    "lab_dir": "/srv/lab",
+    "machine": "x86_64",
+    "kvm_usable": True,
+    "free_bytes": 10 << 30,
+    "qemu": {"qemu-system-x86_64": {"path": "/usr/bin/qemu-system-x86_64", "version": "8.2"}},
+}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        json.dumps({**HONEST, "qemu": ["qemu-system-x86_64"]}),
+        json.dumps({**HONEST, "python": "3.11"}),
+        "[" * 5000 + "]" * 5000,
+        f"{ESC}not json",
+    ],
+)
+def test_a_hostile_hello_is_one_clean_line(answer: str, tmp_path: Path) -> None:
+    h = _host_answering(tmp_path, answer)
+    with pytest.raises(LabError, match="unexpected answer from python") as exc:
+        ssh.hello(LocalConn(), h, ["qemu-system-x86_64"])
+    assert "\x1b" not in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_host_provided_versions_are_escaped(tmp_path: Path) -> None:
+    qemu = {"qemu-system-x86_64": {"path": "/usr/bin/q", "version": f"8.2{ESC}"}}
+    h = _host_answering(tmp_path, json.dumps({**HONEST, "qemu": qemu}))
+    info = ssh.hello(LocalConn(), h, ["qemu-system-x86_64"])
+    assert "\x1b" not in info.qemu["qemu-system-x86_64"]["version"]
