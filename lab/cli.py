@@ -107,6 +107,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 # --- boot ------------------------------------------------------------------------
 
 BOOT_FAILED = 125  # like timeout(1)/docker: the lab failed, not the command
+MAX_CONSOLE = 1 << 30  # bytes of a cell directory's console.log that `lab classify` reads
 
 
 def _kernel_for(
@@ -326,15 +327,21 @@ def cmd_classify(args: argparse.Namespace) -> int:
     path = Path(args.log)
     facts = None
     if path.is_dir():
-        if not (path / "console.log").is_file():
+        if not os.path.lexists(path / "console.log"):
             raise LabError(f"{path}: neither a console log nor a cell directory (no console.log)")
         facts = _cell_facts(path)
+        try:  # a cell directory may come from anywhere: nothing outside it is read
+            raw = results.read_inside(path, path / "console.log", MAX_CONSOLE, whole=False)
+        except (OSError, ValueError) as exc:
+            raise LabError(f"{path / 'console.log'}: {exc}") from None
         path = path / "console.log"
-    try:
-        # Bytes, then decode: a console's CR CR LF must not turn into extra lines.
-        text = path.read_bytes().decode(errors="replace")
-    except FileNotFoundError:
-        raise LabError(f"{path}: no such console log") from None
+    else:
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise LabError(f"{path}: no such console log") from None
+    # Bytes, then decode: a console's CR CR LF must not turn into extra lines.
+    text = raw.decode(errors="replace")
     result = classify.classify(text, facts)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))

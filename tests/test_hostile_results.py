@@ -326,3 +326,18 @@ def test_merge_run_json_of_odd_shapes_is_one_line(tmp_path: Path) -> None:
     assert (out / "run.json").is_file()
     with pytest.raises(LabError, match="already exists"):
         report.merge([run], out)
+
+
+def test_offline_classify_of_a_cell_dir_reads_nothing_outside_it(
+    tmp_path: Path, mini_lab: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = tmp_path / "passwd"
+    secret.write_text(f"[    1.000000] Kernel panic - not syncing: {SECRET}\n")
+    d = tmp_path / "cell"
+    d.mkdir()
+    (d / "console.log").symlink_to(secret)
+    (d / "cell.json").write_text(json.dumps({"id": "x86_64/C0/api"}))
+    assert _lab(mini_lab, "classify", str(d)) == 2
+    captured = capsys.readouterr()
+    assert "TOPSECRET" not in captured.out + captured.err
+    assert "outside" in _one_line(captured.err)
