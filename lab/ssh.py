@@ -10,11 +10,12 @@ A lab host needs python3 >= 3.11 and QEMU; everything else travels from here:
 
 Uploads go to a temporary name, are checked by sha256 and renamed into place, so a
 file at its final path is complete; a file present with the same sha256 is never sent
-again. What a host sends back is untrusted: bounded, checked against the cell that was
-asked for, and any problem is that cell's infra_error (see store_cell). Per cell, the job and its
-overlay files travel on the SSH channel's stdin as one JSON line, and the finished
-cell directory comes back as a tar.gz on stdout (lab.remote). The channel stays open
-while the cell runs: closing it (Ctrl-C, a lost controller) makes the host kill QEMU.
+again. Per cell, the job and its overlay files travel on the SSH channel's stdin as
+one JSON line, and the finished cell directory comes back as a tar.gz on stdout
+(lab.remote). What a host sends back is untrusted: bounded, checked against the cell
+that was asked for, and any problem is that cell's infra_error (see store_cell). The
+channel stays open while the cell runs: closing it (Ctrl-C, a lost controller) makes
+the host kill QEMU.
 
 Security: key authentication with the configured key only (no agent, no
 ~/.ssh/id_* discovery, no passwords, no ~/.ssh/config), host keys checked against
