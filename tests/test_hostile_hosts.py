@@ -508,3 +508,78 @@ def test_host_provided_versions_are_escaped(tmp_path: Path) -> None:
     h = _host_answering(tmp_path, json.dumps({**HONEST, "qemu": qemu}))
     info = ssh.hello(LocalConn(), h, ["qemu-system-x86_64"])
     assert "\x1b" not in info.qemu["qemu-system-x86_64"]["version"]
+
+
+class LocalSftp:
+    """The paramiko SFTPClient calls _ensure makes, on this machine's files; `damage`
+    flips a byte of every upload (a transfer that went wrong)."""
+
+    def __init__(self, damage: bool = False) -> None:
+        self.damage = damage
+        self.puts: list[str] = []
+
+    def put(self, local: str, remote_path: str, confirm: bool = True) -> None:
+        data = bytearray(Path(local).read_bytes())
+        if self.damage:
+            data[0] ^= 0xFF  # same size: a size check would not notice
+        Path(remote_path).write_bytes(data)
+        self.puts.append(remote_path)
+
+    def posix_rename(self, a: str, b: str) -> None:
+        Path(a).rename(b)
+
+    def remove(self, path: str) -> None:
+        Path(path).unlink()
+
+    def mkdir(self, path: str) -> None:
+        Path(path).mkdir()
+
+    def stat(self, path: str) -> Any:
+        return Path(path).stat()
+
+
+class LocalSshConn(LocalConn):
+    transport = None  # the heartbeat thread sees a closed transport and stops
+
+    def __init__(self, sftp: LocalSftp) -> None:
+        self._sftp = sftp
+
+    def sftp(self) -> LocalSftp:
+        return self._sftp
+
+
+def _worker(tmp_path: Path, sftp: LocalSftp) -> ssh.RemoteWorker:
+    f = tmp_path / "lab.toml"
+    f.write_text("")
+    (h,) = hosts.parse(
+        [{"name": "h", "address": "127.0.0.1", "python": sys.executable, "key_file": str(f)}], f
+    )
+    info = ssh.Hello((3, 11, 2), sys.executable, str(tmp_path / "remote"), "x86_64", True, 1, {})
+    (tmp_path / "remote").mkdir()
+    return ssh.RemoteWorker(load(REPO / "lab.toml"), h, LocalSshConn(sftp), info, "", print)
+
+
+def test_an_upload_is_present_by_sha256_not_by_size(tmp_path: Path) -> None:
+    image = tmp_path / "bzImage"
+    image.write_bytes(b"the real kernel" * 100)
+    there = tmp_path / "remote" / "kernels" / "k" / "bzImage"
+    sftp = LocalSftp()
+    w = _worker(tmp_path, sftp)
+    there.parent.mkdir(parents=True)
+    there.write_bytes(b"X" + image.read_bytes()[1:])  # same size, other bytes
+    path, sha = w._ensure(w._idle[0], "kernels/k/bzImage", image)
+    assert path == str(there) and sha == cache.file_digest(image)
+    assert there.read_bytes() == image.read_bytes() and len(sftp.puts) == 1
+    w._present.clear()  # as in a later run: asked again, by hash
+    w._ensure(w._idle[0], "kernels/k/bzImage", image)
+    assert len(sftp.puts) == 1  # the same bytes are there: not sent again
+
+
+def test_an_upload_that_arrives_damaged_is_refused(tmp_path: Path) -> None:
+    image = tmp_path / "base.cpio.gz"
+    image.write_bytes(b"an initramfs" * 100)
+    w = _worker(tmp_path, LocalSftp(damage=True))
+    with pytest.raises(LabError, match="arrived with sha256"):
+        w._ensure(w._idle[0], "images/x86_64/b/base.cpio.gz", image)
+    left = sorted(p.name for p in (tmp_path / "remote").rglob("*") if p.is_file())
+    assert left == []  # neither the damaged temporary file nor a final one
