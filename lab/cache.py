@@ -66,17 +66,64 @@ def try_lock(lock_file: Path) -> int | None:
     return fd
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for a moment, in
+    every thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+_UMASK = _umask()
+FILE_MODE = 0o666 & ~_UMASK  # what open() gives a new file (0644 under umask 022)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new entry in directory durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every regular file and directory under root (symlinks are not followed):
+    what a marker written after it (cell.json, a rename) promises is then on disk."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            if os.path.islink(p) or not os.path.isfile(p):
+                continue
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file so readers see the old or the new content, never a torn one."""
+    """Write a file so readers see the old or the new content, never a torn one, even
+    after a power loss. Its mode honours the umask (mkstemp alone would give 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -102,6 +149,7 @@ def staging_dir(final: Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp's 0700 would hide a merged run
         yield tmp
         try:
             os.rename(tmp, final)
@@ -109,6 +157,8 @@ def staging_dir(final: Path) -> Iterator[Path]:
             if not final.exists():
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -42,7 +42,7 @@ from lab import (
     source,
     testcase,
 )
-from lab.errors import LabError
+from lab.errors import LabError, printable
 from lab.progress import Reporter
 
 
@@ -107,6 +107,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 # --- boot ------------------------------------------------------------------------
 
 BOOT_FAILED = 125  # like timeout(1)/docker: the lab failed, not the command
+MAX_CONSOLE = 1 << 30  # bytes of a cell directory's console.log that `lab classify` reads
 
 
 def _kernel_for(
@@ -282,36 +283,65 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cell_facts(cell_dir: Path) -> classify.RunFacts:
-    """What the lab knew about a recorded cell: its records and run facts."""
+    """What the lab knew about a recorded cell: its records and the run facts the runner
+    wrote into cell.json (a cell directory may come from anywhere: bounded, confined)."""
     reader = channel.Reader()
-    result_file = cell_dir / "result.jsonl"
-    if result_file.is_file():
-        with open(result_file, "rb") as f:
-            reader.feed(f.read(channel.MAX_TOTAL))
-    info = cache.read_json(cell_dir / "cell.json") if (cell_dir / "cell.json").is_file() else {}
-    return classify.RunFacts(
-        ready=any(r.get("type") == "ready" for r in reader.records) or bool(info.get("ready")),
-        deadline=info.get("deadline"),
-        qemu_exit=info.get("qemu_exit"),
-        records=tuple(reader.records),
-        problems=tuple(reader.problems),
-        expected_banner=info.get("banner"),
-    )
+    try:
+        if os.path.lexists(cell_dir / "result.jsonl"):
+            reader.feed(
+                results.read_inside(
+                    cell_dir, cell_dir / "result.jsonl", channel.MAX_TOTAL, whole=False
+                )
+            )
+        info = (
+            results.loads_bounded(
+                results.read_inside(cell_dir, cell_dir / "cell.json", results.MAX_CELL_JSON),
+                results.MAX_CELL_JSON,
+            )
+            if os.path.lexists(cell_dir / "cell.json")
+            else {}
+        )
+    except (OSError, ValueError) as exc:
+        raise LabError(f"{cell_dir}: unreadable cell: {exc}") from None
+    if not isinstance(info, dict):
+        raise LabError(f"{cell_dir}/cell.json: not a JSON object")
+    records = list(reader.records)
+    # A cell recorded before cell.json kept `ready`: inferred from the agent's records.
+    ready = info.get("ready", any(r.get("type") == "ready" for r in records))
+    try:
+        return classify.RunFacts.from_mapping(
+            {
+                "ready": ready,
+                "deadline": info.get("deadline"),
+                "qemu_exit": info.get("qemu_exit"),
+                "records": records,
+                "problems": list(reader.problems),
+                "expected_banner": info.get("banner"),
+            }
+        )
+    except LabError as exc:
+        raise LabError(f"{cell_dir / 'cell.json'}: {exc}") from None
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
     path = Path(args.log)
     facts = None
     if path.is_dir():
-        if not (path / "console.log").is_file():
+        if not os.path.lexists(path / "console.log"):
             raise LabError(f"{path}: neither a console log nor a cell directory (no console.log)")
         facts = _cell_facts(path)
+        try:  # a cell directory may come from anywhere: nothing outside it is read
+            raw = results.read_inside(path, path / "console.log", MAX_CONSOLE, whole=False)
+        except (OSError, ValueError) as exc:
+            raise LabError(f"{path / 'console.log'}: {exc}") from None
         path = path / "console.log"
-    try:
-        # Bytes, then decode: a console's CR CR LF must not turn into extra lines.
-        text = path.read_bytes().decode(errors="replace")
-    except FileNotFoundError:
-        raise LabError(f"{path}: no such console log") from None
+    else:
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise LabError(f"{path}: no such console log") from None
+    # Bytes, then decode: a console's CR CR LF must not turn into extra lines.
+    text = raw.decode(errors="replace")
     result = classify.classify(text, facts)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
@@ -331,6 +361,8 @@ def _build_kernels(
     cfg: config.LabConfig, pairs: list[tuple[str, str]], reporter: Reporter, jobs: int = 0
 ) -> tuple[dict[str, build.Kernel], dict[str, str]]:
     """Build each (arch, variant) once; failures are returned, not raised."""
+    if not pairs:
+        return {}, {}  # e.g. resuming a finished run: no toolchain needed
     build.check_host_tools()
     kernels: dict[str, build.Kernel] = {}
     failed: dict[str, str] = {}
@@ -387,11 +419,30 @@ def run_matrix(
     jobs: int,
     quiet: bool = False,
     lab_hosts: Sequence[hosts.Host] = (),
+    forced_config: str = "",
 ) -> int:
     """Build, run, report; returns the run's exit code. Shared by matrix/reproduce.
 
-    `lab_hosts`: SSH lab hosts that run cells beside the `jobs` local slots."""
+    `lab_hosts`: SSH lab hosts that run cells beside the `jobs` local slots.
+    `forced_config`: the sha256 of a changed lab.toml a `--resume --force-config` uses."""
+    with results.locked_run(run_dir):
+        return _run_matrix(cfg, cells, run_dir, jobs, quiet, lab_hosts, forced_config)
+
+
+def _run_matrix(
+    cfg: config.LabConfig,
+    cells: list[matrix.Planned],
+    run_dir: Path,
+    jobs: int,
+    quiet: bool,
+    lab_hosts: Sequence[hosts.Host],
+    forced_config: str,
+) -> int:
     run = results.load_run(run_dir)
+    if forced_config:
+        conf = run.get("config")
+        if isinstance(conf, dict):
+            conf["resumed_sha256"] = [*(conf.get("resumed_sha256") or []), forced_config]
     done_ids = results.finished_ids(run_dir)
     todo = [c for c in cells if c.id not in done_ids]
     started = time.monotonic()
@@ -489,8 +540,8 @@ def run_matrix(
         status = "complete"
     finally:
         records = results.read_cells(run_dir)
-        planned = {c["id"] for c in run.get("cells", [])}
-        missing = planned - {r.data.get("run_cell_id", r.id) for r in records}
+        planned = set(results.planned_ids(run))
+        missing = planned - {results.run_cell_id(r) for r in records}
         run["status"] = status if not missing or status != "complete" else "incomplete"
         run["not_run"] = sorted(missing)
         run["finished"] = results.now()
@@ -563,7 +614,8 @@ def cmd_hosts_check(args: argparse.Namespace) -> int:
         print(f"host {h.name} ({h.target}; capacity {h.capacity}; arches {arches})")
         for line in answers.get(h.name, [ssh.CheckLine("check", False, "no answer")]):
             ok = ok and line.ok
-            print(f"  {'ok  ' if line.ok else 'FAIL'} {line.label:<11} {line.detail}")
+            detail = printable(line.detail, one_line=True)  # holds what the host said
+            print(f"  {'ok  ' if line.ok else 'FAIL'} {line.label:<11} {detail}")
     return 0 if ok else 2
 
 
@@ -577,9 +629,28 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     spec = matrix.parse_spec(cfg.extra.get("matrix"), str(cfg.file))
     declared = _hosts(cfg)  # validated on every run: a typo in [[hosts]] is an error
     lab_hosts = hosts.select(declared, args.hosts, cfg.file) if args.hosts else []
+    forced = ""
+    if args.force_config and not args.resume:
+        raise LabError("--force-config applies only to --resume RUN")
     if args.resume:
         run_dir = results.resolve_run(cfg.results_dir, args.resume)
-        sel = results.load_run(run_dir)["selection"]
+        run = results.load_run(run_dir)
+        conf = run.get("config")
+        recorded = conf.get("sha256") if isinstance(conf, dict) else None
+        current = cache.file_digest(cfg.file)
+        if recorded != current:
+            if not args.force_config:
+                raise LabError(
+                    f"{run_dir}: the run used a lab.toml with sha256 {str(recorded)[:12]}, "
+                    f"{cfg.file} now has {current[:12]}: resume with the lab.toml the run "
+                    "used, or add --force-config to mix cells of both (run.json records both)"
+                )
+            forced = current
+        sel = run.get("selection")
+        if not isinstance(sel, dict) or not all(
+            k in sel for k in ("variants", "arches", "testcases", "repeat")
+        ):
+            raise LabError(f"{run_dir / 'run.json'}: no usable 'selection' to resume from")
         cells = matrix.plan(
             cfg, tcs, spec, sel["variants"], sel["arches"], sel["testcases"], sel["repeat"]
         )
@@ -619,7 +690,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     jobs = args.jobs or cfg.jobs or build.default_jobs(cfg)
-    return run_matrix(cfg, cells, run_dir, jobs, lab_hosts=lab_hosts)
+    return run_matrix(cfg, cells, run_dir, jobs, lab_hosts=lab_hosts, forced_config=forced)
 
 
 # --- reproduce ----------------------------------------------------------------------------
@@ -712,6 +783,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     a = results.resolve_run(cfg.results_dir, args.run_a)
     b = results.resolve_run(cfg.results_dir, args.run_b)
     changes = report.compare(a, b)
+    for run_dir in (a, b):
+        for u in results.scan_cells(run_dir)[1]:
+            print(
+                f"lab: warning: {u.dir}: unreadable cell ({u.reason}); compared as not run",
+                file=sys.stderr,
+            )
     print(report.format_compare(changes, a.name, b.name))
     return 1 if any(c.kind == "regression" for c in changes) else 0
 
@@ -876,6 +953,11 @@ def _parser() -> argparse.ArgumentParser:
     mx.add_argument("--repeat", type=int, default=None, help="run each cell N times")
     mx.add_argument("--shard", default="", help="K/N: run the K-th of N deterministic shards")
     mx.add_argument("--resume", default="", metavar="RUN", help="run what RUN is missing")
+    mx.add_argument(
+        "--force-config",
+        action="store_true",
+        help="with --resume: go on although lab.toml changed since RUN started",
+    )
     mx.add_argument("--results", default="", help="results directory (default: lab.toml's)")
     mx.add_argument(
         "--list",
@@ -970,10 +1052,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except BuildFailed as exc:
-        print(f"lab: {exc}", file=sys.stderr)
+        print(f"lab: {printable(str(exc))}", file=sys.stderr)
         return 1
     except LabError as exc:
-        print(f"lab: error: {exc}", file=sys.stderr)
+        print(f"lab: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         proc.kill_all()

@@ -19,6 +19,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from lab.errors import printable
+
 
 class Task:
     """One unit of work (a build, a cell) whose phase and counter are shown."""
@@ -99,6 +101,9 @@ class Reporter:
         return Task(self, label)
 
     def line(self, text: str) -> None:
+        # Lines carry text from guests and lab hosts; rich strips escapes only on a
+        # terminal, and a CI log must not be driven by them either.
+        text = printable(text)
         if self.live is not None:
             self.live.console.print(text, markup=False, highlight=False)
         else:

@@ -5,10 +5,12 @@ with nothing but python3 and QEMU on the host. The controller side is lab.ssh.
 
   exec LAB_DIR   Read one cell request (a JSON line) from stdin, run it with
                  runner.execute, write the finished cell directory to stdout as a
-                 tar.gz. Log lines go to stderr. stdin stays open while the cell runs:
-                 it is the SSH channel, and EOF means the controller is gone (it closed
-                 the channel, died, or sshd was killed), so QEMU is killed, the work
-                 directory removed and the process exits. No orphaned QEMU on a host.
+                 tar.gz, then its sha256 and size as the last stderr line; the kernel
+                 and base image are checked against the sha256 the controller sent
+                 before they boot. Log lines go to stderr. stdin stays open while the
+                 cell runs: it is the SSH channel, and EOF means the controller is gone
+                 (it closed the channel, died, or sshd was killed), so QEMU is killed,
+                 the work directory removed and the process exits. No orphaned QEMU.
   facts JSON     Per arch (JSON: name -> ArchSpec dict): the QEMU binary, its version
                  and the accelerator the runner would pick here (lab hosts check).
 
@@ -21,6 +23,7 @@ malformed request; 5 the controller went away. Anything else (no status at all,
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -38,6 +41,7 @@ EXIT_LAB_ERROR = 3
 EXIT_BAD_REQUEST = 4
 EXIT_GONE = 5
 ERROR_PREFIX = "lab-remote: error: "
+RESULT_PREFIX = "result sha256 "  # after "lab-remote: ": the tar.gz's digest and size
 
 
 def _read_header(fd: int) -> bytes:
@@ -69,6 +73,39 @@ def _inside(root: Path, rel: str) -> Path:
     return p
 
 
+def check_image(path: Path, sha256: str) -> str:
+    """Why the file does not hold the bytes the controller sent ("" if it does). One that
+    differs (a truncated or altered upload) is removed, so the next cell uploads it
+    again instead of booting it."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() == sha256:
+        return ""
+    path.unlink(missing_ok=True)
+    return (
+        f"{path.name} on the lab host has sha256 {h.hexdigest()[:16]}, the controller's "
+        f"{sha256[:16]}: removed; it is uploaded again for the next cell"
+    )
+
+
+def request_problem(req: Any) -> str:
+    """What is wrong with an exec request ("" if nothing)."""
+    if not isinstance(req, dict):
+        return "not a JSON object"
+    if req.get("protocol") != PROTOCOL:
+        return f"protocol {req.get('protocol')!r}, want {PROTOCOL}"
+    for key in ("job", "kernel", "base", "files", "kernel_sha256", "base_sha256"):
+        if key not in req:
+            return f"no {key!r}"
+    for key in ("kernel_sha256", "base_sha256"):
+        v = req[key]
+        if not (isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)):
+            return f"{key!r} is not a sha256 hex digest"
+    return ""
+
+
 def tar_dir(directory: Path) -> bytes:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w:gz") as tar:
@@ -98,8 +135,9 @@ def exec_cell(lab_dir: Path) -> int:
     threading.Thread(target=_watch, args=(0, gone), name="stdin-watch", daemon=True).start()
     try:
         req = json.loads(header)
-        if req.get("protocol") != PROTOCOL:
-            return _fail(EXIT_BAD_REQUEST, f"protocol {req.get('protocol')!r}, want {PROTOCOL}")
+        problem = request_problem(req)
+        if problem:
+            return _fail(EXIT_BAD_REQUEST, f"malformed request: {problem}")
         kernel = _inside(lab_dir, req["kernel"])
         base = _inside(lab_dir, req["base"])
         files = {str(k): (base64.b64decode(v[0]), int(v[1])) for k, v in req["files"].items()}
@@ -115,16 +153,25 @@ def exec_cell(lab_dir: Path) -> int:
 
     try:
         job = runner.CellJob.from_json(req["job"])
-        for p in (kernel, base):
+        for p, sha in ((kernel, req["kernel_sha256"]), (base, req["base_sha256"])):
             if not p.is_file():
                 return _fail(EXIT_LAB_ERROR, f"{p.name} missing on the lab host ({p})")
+            problem = check_image(p, sha)
+            if problem:
+                return _fail(EXIT_LAB_ERROR, problem)
         try:
             runner.execute(job, kernel, base, files, work / "cell", lab_dir / "cache", log)
         except LabError as exc:
             return _fail(EXIT_LAB_ERROR, str(exc))
+        except Exception as exc:  # one cell's failure: an infra result, the host stays usable
+            return _fail(
+                EXIT_LAB_ERROR, f"the lab failed on this cell: {type(exc).__name__}: {exc}"
+            )
         data = tar_dir(work / "cell")
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
+        # The controller checks what it received against this (the last stderr line).
+        log(f"{RESULT_PREFIX}{hashlib.sha256(data).hexdigest()} {len(data)}")
         return EXIT_OK
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -23,6 +23,7 @@ import collections
 import functools
 import html
 import json
+import os
 import re
 import shutil
 import textwrap
@@ -51,6 +52,7 @@ MAX_FRAGMENT = 256 * 1024  # bytes of fragment.config embedded per kernel
 MAX_EXCERPT = 40  # console lines shown around the evidence of one run cell
 EXCERPT_CONTEXT = 2  # lines either side of an evidence line in the excerpt
 MAX_LINE = 500  # characters of one console line in an excerpt
+MAX_CONSOLE = 256 << 20  # bytes of a console.log read for excerpts
 LIST_LIMIT = 20  # cells listed per category in the terminal summary
 MD_WIDTH = 76  # summary.md: aimed-at line width (mail clients wrap at ~78)
 
@@ -305,6 +307,7 @@ class Run:
     variants: tuple[str, ...]
     testcases: tuple[str, ...]
     fragments: Mapping[str, str]  # kernel label -> rendered fragment.config text
+    unreadable: tuple[tuple[str, str], ...] = ()  # (cells/ dir name, why) of unusable cells
 
     @property
     def id(self) -> str:
@@ -403,15 +406,19 @@ def _evidence(ev: Mapping[str, Any]) -> tuple[Evidence, ...]:
     return tuple(out)
 
 
-def _excerpt(console: Path, numbers: Iterable[int]) -> tuple[tuple[int, str, bool], ...]:
-    """The console lines around the evidence lines, gaps as (0, "", False)."""
+def _excerpt(
+    run_dir: Path, console: Path, numbers: Iterable[int]
+) -> tuple[tuple[int, str, bool], ...]:
+    """The console lines around the evidence lines, gaps as (0, "", False). Only a
+    console.log inside the run directory is read (never a symlink's target outside)."""
     marks = sorted({n for n in numbers if n > 0})
-    if not marks or not console.is_file():
+    if not marks or not os.path.lexists(console):
         return ()
     try:
-        lines = console.read_bytes().decode("utf-8", "replace").split("\n")
-    except OSError:
+        raw = results.read_inside(run_dir, console, MAX_CONSOLE, whole=False)
+    except (OSError, ValueError):
         return ()
+    lines = raw.decode("utf-8", "replace").split("\n")
     wanted: list[int] = []
     for n in marks:
         for i in range(max(1, n - EXCERPT_CONTEXT), min(len(lines), n + EXCERPT_CONTEXT) + 1):
@@ -426,7 +433,7 @@ def _excerpt(console: Path, numbers: Iterable[int]) -> tuple[tuple[int, str, boo
     return tuple(out)
 
 
-def _run_cell(rec: results.CellRecord) -> RunCell:
+def _run_cell(run_dir: Path, rec: results.CellRecord) -> RunCell:
     data, ev = rec.data, rec.evidence
     rid = _line(data.get("run_cell_id") or data.get("id") or rec.dir.name, 300)
     arch, variant, testcase, repeat = _split_id(rid)
@@ -447,8 +454,8 @@ def _run_cell(rec: results.CellRecord) -> RunCell:
         data=data,
         ev=ev,
         evidence=evidence,
-        files=tuple(f for f in CELL_FILES if (rec.dir / f).is_file()),
-        excerpt=_excerpt(rec.dir / "console.log", (e.line_no for e in evidence)),
+        files=tuple(f for f in CELL_FILES if results.regular_file(run_dir, rec.dir / f)),
+        excerpt=_excerpt(run_dir, rec.dir / "console.log", (e.line_no for e in evidence)),
     )
 
 
@@ -464,18 +471,12 @@ def _ordered(items: Iterable[_T]) -> tuple[_T, ...]:
 def load(run_dir: Path) -> Run:
     """Read a run directory (the only I/O of rendering)."""
     meta = results.load_run(run_dir)
-    if not isinstance(meta, dict):
-        raise LabError(f"{run_dir / 'run.json'}: not a JSON object")
-    planned = [
-        c["id"]
-        for c in meta.get("cells") or []
-        if isinstance(c, dict) and isinstance(c.get("id"), str)
-    ]
+    planned = results.planned_ids(meta)
     found: dict[str, RunCell] = {}
-    for rec in results.read_cells(run_dir):
-        if isinstance(rec.data, dict):
-            rc = _run_cell(rec)
-            found.setdefault(rc.run_cell_id, rc)
+    records, unreadable = results.scan_cells(run_dir)
+    for rec in records:
+        rc = _run_cell(run_dir, rec)
+        found.setdefault(rc.run_cell_id, rc)
     order = {rid: i for i, rid in enumerate(planned)}
     cells = sorted(
         found.values(), key=lambda c: (order.get(c.run_cell_id, len(order)), c.run_cell_id)
@@ -525,6 +526,7 @@ def load(run_dir: Path) -> Run:
         variants=_ordered(v for _, v, _ in ids),
         testcases=_ordered(t for _, _, t in ids),
         fragments=fragments,
+        unreadable=tuple((_line(u.dir.name, 200), _line(u.reason, 300)) for u in unreadable),
     )
 
 
@@ -833,6 +835,17 @@ def _problems_html(run: Run) -> str:
     if run.not_run:
         items = ", ".join(f"<code>{_h(r)}</code>" for r in run.not_run)
         out.append(f'<h2 id="not-run">Not run ({len(run.not_run)})</h2><p>{items}</p>')
+    if run.unreadable:
+        rows = "".join(
+            f"<tr><td><code>cells/{_h(d)}</code></td><td>{_h(why)}</td></tr>"
+            for d, why in run.unreadable
+        )
+        out.append(
+            f'<h2 id="unreadable">Unreadable cells ({len(run.unreadable)})</h2>'
+            "<p>These cell directories hold a cell.json the lab cannot use; their cells "
+            "count as not run (<code>--resume</code> runs them again).</p>"
+            f'<table class="list"><tr><th>directory</th><th>problem</th></tr>{rows}</table>'
+        )
     return "".join(out)
 
 
@@ -841,8 +854,10 @@ def _evidence_html(c: RunCell) -> str:
         return '<p class="muted">No evidence lines.</p>'
     rows = []
     for e in c.evidence:
-        if e.line_no:
+        if e.line_no and "console.log" in c.files:
             where = f'<a href="{_h(c.link("console.log"))}">console.log:{e.line_no}</a>'
+        elif e.line_no:
+            where = f"console.log:{e.line_no}"
         elif e.signature.startswith("agent"):
             where = f'<a href="{_h(c.link("result.jsonl"))}">agent</a>'
         else:
@@ -1090,6 +1105,23 @@ def render_html(run: Run) -> str:
 # --- Markdown (plain text) ----------------------------------------------------------------
 
 
+# Names that read the same as Markdown and as plain text: no markup, HTML, autolink
+# ("www." or "://") or emphasis (an underscore only between alphanumerics).
+_MD_PLAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.:/#+=-]|(?<=[A-Za-z0-9])_(?=[A-Za-z0-9]))*")
+
+
+def _md(value: object, limit: int = 0) -> str:
+    """An untrusted value for a summary.md prose line (a heading, the host line): as is
+    when plainly a name, otherwise in a code span, where Markdown and HTML are inert
+    (the file is appended to $GITHUB_STEP_SUMMARY)."""
+    text = _line(value, limit)
+    if _MD_PLAIN.fullmatch(text) and "www." not in text.lower() and "://" not in text:
+        return text
+    fence = "`" * (max((len(r) for r in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def _md_cell(s: Slot | None, xarch: bool) -> str:
     if s is None:
         return MD_NOT_PLANNED
@@ -1140,7 +1172,7 @@ def render_markdown(run: Run) -> str:
     m = run.meta
     cfg = _dict(m.get("config"))
     repeats = max((r.repeat for r in run.cells), default=1)
-    lines = [f"# lab run {run.id}: {run.status}", ""]
+    lines = [f"# lab run {_md(run.id)}: {_md(run.status)}", ""]
     lines.append(
         f"{len(run.cells) + len(run.not_run)} cells: {c['expected']} as expected, "
         f"{c['unexpected']} unexpected, {c['infra']} infra, {c['not_run']} not run"
@@ -1148,17 +1180,17 @@ def render_markdown(run: Run) -> str:
     )
     sha = _line(cfg.get("sha256"), 64)
     lines.append(
-        f"lab {_line(m.get('lab_version'), 40)}, config "
-        f"{_line(Path(str(cfg.get('file') or '?')).name, 80)} (sha256 {sha[:12]})"
+        f"lab {_md(m.get('lab_version'), 40)}, config "
+        f"{_md(Path(str(cfg.get('file') or '?')).name, 80)} (sha256 {_md(sha[:12])})"
     )
     host = _dict(m.get("host"))
     lines.append(
-        f"host {_line(host.get('node') or '?', 60)} ({_line(host.get('machine'), 20)}, "
-        f"{_line(host.get('cpus'), 6)} cpus), {_line(m.get('created'), 40)} .. "
-        f"{_line(m.get('finished') or '-', 40)}"
+        f"host {_md(host.get('node') or '?', 60)} ({_md(host.get('machine'), 20)}, "
+        f"{_md(host.get('cpus'), 6)} cpus), {_md(m.get('created'), 40)} .. "
+        f"{_md(m.get('finished') or '-', 40)}"
     )
     if isinstance(m.get("merged_from"), list):
-        lines.append("merged from: " + ", ".join(_line(x, 80) for x in m["merged_from"]))
+        lines.append("merged from: " + ", ".join(_md(x, 80) for x in m["merged_from"]))
     xarch = run.xarch()
     params = run.key_params()
     used: set[str] = set()
@@ -1178,7 +1210,7 @@ def render_markdown(run: Run) -> str:
                     used.add(s.observed)
                 cells.append(_md_cell(s, (v, t) in xarch))
             rows.append([v, *cells])
-        lines += ["", f"## {arch}", "", *_md_table(rows)]
+        lines += ["", f"## {_md(arch)}", "", *_md_table(rows)]
     if params and any(params.values()):
         lines += ["", "## Variants", "", *_md_table([[v, p] for v, p in params.items()])]
         const = run.constant_params()
@@ -1200,7 +1232,11 @@ def render_markdown(run: Run) -> str:
         for s in bad:
             first = next(r for r in s.runs if r.verdict == "unexpected")
             exp = "|".join(first.expected) or "none declared"
-            lines += ["", f"### {first.run_cell_id}: {first.observed} (expected {exp})", ""]
+            lines += [
+                "",
+                f"### {_md(first.run_cell_id)}: {_md(first.observed)} (expected {_md(exp)})",
+                "",
+            ]
             lines += _md_kv("detail", first.detail)
             if len(s.runs) > 1:
                 n = sum(r.verdict == "unexpected" for r in s.runs)
@@ -1236,7 +1272,13 @@ def render_markdown(run: Run) -> str:
         lines += _md_table([[s.id, s.distribution()] for s in unstable], width=10_000)
     if run.not_run:
         lines += ["", f"## Not run ({len(run.not_run)})", ""]
-        lines += ["    " + x for x in textwrap.wrap(", ".join(run.not_run), MD_WIDTH - 4)]
+        lines += [
+            "    " + x for x in textwrap.wrap(", ".join(map(_line, run.not_run)), MD_WIDTH - 4)
+        ]
+    if run.unreadable:
+        lines += ["", f"## Unreadable cells ({len(run.unreadable)})", ""]
+        for d, why in run.unreadable:
+            lines += _md_kv(f"cells/{d}", why, label_width=0)
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
@@ -1387,6 +1429,7 @@ def text_summary(run_dir: Path) -> str:
     lines += _listing("UNEXPECTED", unexpected)
     lines += _listing("INFRA     ", infra)
     lines += _listing("NOT RUN   ", list(run.not_run))
+    lines += _listing("UNREADABLE", [f"cells/{d}: {why}" for d, why in run.unreadable])
     unstable = [f"{s.id}: {s.distribution()}" for s in run.slots if s.unstable]
     lines += _listing("UNSTABLE  ", unstable)
     lines += [f"reports: {run_dir / REPORTS[0]}"]
@@ -1511,6 +1554,24 @@ def _merge_keyed(into: dict[str, Any], label: str, value: Any, what: str, src: P
         )
 
 
+def _copy_cell(run_dir: Path, src: Path, dest: Path) -> None:
+    """Copy a cell directory's regular files and subdirectories; a symlink is left out
+    (a copied results tree must not pull e.g. /etc/passwd into the merged run)."""
+    dest.mkdir()
+    for path in sorted(src.iterdir()):
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            _copy_cell(run_dir, path, dest / path.name)
+        elif path.is_file():
+            try:
+                f = results.open_inside(run_dir, path)
+            except ValueError as exc:
+                raise LabError(f"merge: {path}: {exc}") from None
+            with f, open(dest / path.name, "wb") as out:
+                shutil.copyfileobj(f, out)
+
+
 def merge(runs: Sequence[Path], out: Path) -> Path:
     """Merge shard runs of one config into a new run directory `out`, then render it.
 
@@ -1538,14 +1599,21 @@ def merge(runs: Sequence[Path], out: Path) -> Path:
         for c in m["cells"]:
             if isinstance(c, dict) and isinstance(c.get("id"), str):
                 planned.setdefault(c["id"], c)
-        for label, k in (m.get("kernels") or {}).items():
+        for label, k in _dict(m.get("kernels")).items():
             _merge_keyed(kernels, label, k, "kernel", r)
-        for arch, i in (m.get("images") or {}).items():
+        for arch, i in _dict(m.get("images")).items():
             _merge_keyed(images, arch, i, "image", r)
-        for label, msg in (m.get("build_failures") or {}).items():
+        for label, msg in _dict(m.get("build_failures")).items():
             failures.setdefault(label, msg)
-        for rec in results.read_cells(r):
-            rid = str(rec.data.get("run_cell_id", rec.id))
+        records, unreadable = results.scan_cells(r)
+        if unreadable:
+            u = unreadable[0]
+            raise LabError(
+                f"merge: {u.dir}: unreadable cell ({_line(u.reason, 300)}); run "
+                f"`lab matrix --resume {r}` to run it again, or remove the directory"
+            )
+        for rec in records:
+            rid = results.run_cell_id(rec)
             if rid in cells:
                 other, data = cells[rid]
                 if data != rec.data:
@@ -1560,9 +1628,9 @@ def merge(runs: Sequence[Path], out: Path) -> Path:
         raise LabError(f"merge: two different cells use the directory cells/{clash[0]}")
 
     first = metas[0]
-    sel = {k: v for k, v in (first.get("selection") or {}).items() if k != "shard"}
+    sel = {k: v for k, v in _dict(first.get("selection")).items() if k != "shard"}
     if all(
-        {k: v for k, v in (m.get("selection") or {}).items() if k != "shard"} == sel for m in metas
+        {k: v for k, v in _dict(m.get("selection")).items() if k != "shard"} == sel for m in metas
     ):
         selection: dict[str, Any] = {**sel, "shard": None}
     else:
@@ -1570,14 +1638,17 @@ def merge(runs: Sequence[Path], out: Path) -> Path:
         # union of the patterns, which is a superset when the runs differ in more than
         # one dimension; the originals are kept for the record.
         def union(key: str) -> list[Any]:
-            vals = [v for m in metas for v in ((m.get("selection") or {}).get(key) or [])]
-            return list(dict.fromkeys(vals))
+            vals = [v for m in metas for v in _list(_dict(m.get("selection")).get(key))]
+            return list(dict.fromkeys(v for v in vals if isinstance(v, str)))
 
         selection = {
             "variants": union("variants"),
             "arches": union("arches"),
             "testcases": union("testcases"),
-            "repeat": max(int((m.get("selection") or {}).get("repeat") or 1) for m in metas),
+            "repeat": max(
+                n if isinstance(n := _dict(m.get("selection")).get("repeat"), int) else 1
+                for m in metas
+            ),
             "shard": None,
             "merged_selections": [m.get("selection") for m in metas],
         }
@@ -1608,7 +1679,8 @@ def merge(runs: Sequence[Path], out: Path) -> Path:
     with cache.staging_dir(out) as tmp:
         (tmp / "cells").mkdir()
         for src, _ in cells.values():
-            shutil.copytree(src, tmp / "cells" / src.name)
+            _copy_cell(src.parent.parent, src, tmp / "cells" / src.name)
+        cache.fsync_tree(tmp / "cells")
         results.write_run(tmp, meta)
     render(out)
     return out

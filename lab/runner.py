@@ -257,11 +257,12 @@ def execute(
         "cell": time.monotonic() - started,
     }
     verdict = verdict_for(result.outcome, expected)
-    cache.write_json(directory / "evidence.json", result.to_json())
-    cache.write_json(
-        directory / "cell.json",
+    finish_cell(
+        directory,
+        result.to_json(),
         {
             **job.record,
+            **recorded_facts(facts),
             "observed": result.outcome,
             "verdict": verdict,
             "detail": result.detail,
@@ -276,6 +277,25 @@ def execute(
         },
     )
     return CellResult.from_dir(directory)
+
+
+def finish_cell(directory: Path, evidence: Mapping[str, Any], record: Mapping[str, Any]) -> None:
+    """evidence.json, then cell.json, the marker of a finished cell: what the marker
+    vouches for (the logs, the evidence) is on disk before it is."""
+    cache.write_json(directory / "evidence.json", evidence)
+    cache.fsync_tree(directory)
+    cache.write_json(directory / "cell.json", record)
+
+
+def recorded_facts(facts: classify.RunFacts) -> dict[str, Any]:
+    """The run facts classify used, as cell.json keys: with result.jsonl (records,
+    problems) they let `lab classify CELLDIR` re-classify exactly as the runner did."""
+    return {
+        "ready": facts.ready,
+        "deadline": facts.deadline,
+        "qemu_exit": facts.qemu_exit,
+        "banner": dict(facts.expected_banner) if facts.expected_banner else None,
+    }
 
 
 def run_cell(
@@ -595,8 +615,9 @@ def _infra_cell(
 
     `extra`: more cell.json fields (lab_host, requeued_from for a lab host's cell)."""
     d.mkdir(parents=True, exist_ok=True)
-    cache.write_json(
-        d / "evidence.json",
+    rule = p.cell.expectation()
+    finish_cell(
+        d,
         {
             "outcome": "infra_error",
             "detail": message,
@@ -606,10 +627,6 @@ def _infra_cell(
             "matched": [],
             "fields": {},
         },
-    )
-    rule = p.cell.expectation()
-    cache.write_json(
-        d / "cell.json",
         {
             "id": p.cell.id,
             "run_cell_id": p.id,

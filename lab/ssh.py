@@ -8,11 +8,14 @@ A lab host needs python3 >= 3.11 and QEMU; everything else travels from here:
   <lab_dir>/cache/                          the host's own probes (KVM)
   <lab_dir>/work/<token>/                   one running cell (removed when it ends)
 
-Uploads go to a temporary name and are renamed into place, so a file at its final
-path is complete; a present file is never sent again. Per cell, the job and its
-overlay files travel on the SSH channel's stdin as one JSON line, and the finished
-cell directory comes back as a tar.gz on stdout (lab.remote). The channel stays open
-while the cell runs: closing it (Ctrl-C, a lost controller) makes the host kill QEMU.
+Uploads go to a temporary name, are checked by sha256 and renamed into place, so a
+file at its final path is complete; a file present with the same sha256 is never sent
+again. Per cell, the job and its overlay files travel on the SSH channel's stdin as
+one JSON line, and the finished cell directory comes back as a tar.gz on stdout
+(lab.remote). What a host sends back is untrusted: bounded, checked against the cell
+that was asked for, and any problem is that cell's infra_error (see store_cell). The
+channel stays open while the cell runs: closing it (Ctrl-C, a lost controller) makes
+the host kill QEMU.
 
 Security: key authentication with the configured key only (no agent, no
 ~/.ssh/id_* discovery, no passwords, no ~/.ssh/config), host keys checked against
@@ -27,9 +30,11 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -37,19 +42,21 @@ import socket
 import tarfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 import fabric
 import invoke.exceptions
 import paramiko
 
-from lab import __version__, bundle, cache, matrix, remote, runner
+from lab import __version__, bundle, cache, matrix, remote, results, runner
 from lab.build import Kernel
+from lab.cell import verdict_for
 from lab.config import LabConfig
-from lab.errors import LabError
+from lab.errors import LabError, printable
 from lab.hosts import Host
 from lab.image import BaseImage
 
@@ -59,6 +66,13 @@ HEARTBEAT = 10  # seconds between checks that the host still answers
 DEAD_AFTER = 30.0  # a keepalive unanswered this long: the connection is dead
 MIN_PYTHON = (3, 11)
 CELL_SLACK = 120.0  # seconds beyond a cell's own deadlines (initrd, upload of results)
+# What a host may send back for one cell (its data is untrusted: bounded on arrival).
+MAX_RESULT = 256 << 20  # bytes of the cell's tar.gz on stdout
+MAX_STDERR = 64 << 10  # bytes of stderr kept (the tail)
+MAX_MEMBER = 256 << 20  # bytes of one file in the cell (console.log is the big one)
+MAX_EXTRACTED = 512 << 20  # bytes of all its files
+MAX_MEMBERS = 64  # files and directories in it
+MAX_FIELD = 64 << 10  # characters of one string field of its cell.json
 
 # Errors of a broken or closed connection (paramiko, sockets, invoke's runner).
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
@@ -81,6 +95,26 @@ def version(binary):
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.strip().splitlines()[0] if out.strip() else ""
+def sha256(path):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+def verify(dest, want):
+    # "" when dest holds the bundle whose BUNDLE manifest has sha256 `want`.
+    manifest = os.path.join(dest, "BUNDLE")
+    if not os.path.isfile(manifest) or sha256(manifest) != want:
+        return "its BUNDLE manifest is missing or not this lab's"
+    with open(manifest) as f:
+        for line in f.read().splitlines()[1:]:
+            digest, _, name = line.partition("  ")
+            path = os.path.join(dest, name)
+            bad = name.startswith("/") or ".." in name.split("/")
+            if bad or not os.path.isfile(path) or sha256(path) != digest:
+                return "file " + name + " differs from the manifest"
+    return ""
 cmd = sys.argv[1]
 if cmd == "hello":
     lab = os.path.realpath(os.path.expanduser(sys.argv[2]))
@@ -95,22 +129,36 @@ if cmd == "hello":
         "lab_dir": lab, "machine": platform.machine(), "node": platform.node(),
         "kvm_usable": os.access("/dev/kvm", os.R_OK | os.W_OK),
         "free_bytes": shutil.disk_usage(lab).free, "qemu": qemu}))
+elif cmd == "sha256":
+    print(sha256(sys.argv[2]) if os.path.isfile(sys.argv[2]) else "-")
+elif cmd == "verify":
+    problem = verify(sys.argv[2], sys.argv[3])
+    if problem:
+        sys.exit(problem)
 elif cmd == "unpack":
-    src, dest = sys.argv[2], sys.argv[3]
+    src, dest, want = sys.argv[2], sys.argv[3], sys.argv[4]
     tmp = dest + ".tmp-" + str(os.getpid())
-    with tarfile.open(src) as t:
-        for m in t.getmembers():
-            if m.name.startswith("/") or ".." in m.name.split("/") or not (m.isfile() or m.isdir()):
-                sys.exit("refusing tar member " + repr(m.name))
-        kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-        t.extractall(tmp, **kw)
     try:
-        os.rename(tmp, dest)
-    except OSError:
-        if not os.path.isdir(dest):
-            raise
-        shutil.rmtree(tmp)
-    os.unlink(src)
+        with tarfile.open(src) as t:
+            for m in t.getmembers():
+                bad = m.name.startswith("/") or ".." in m.name.split("/")
+                if bad or not (m.isfile() or m.isdir()):
+                    sys.exit("refusing tar member " + repr(m.name))
+            kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            t.extractall(tmp, **kw)
+        problem = verify(tmp, want)
+        if problem:
+            sys.exit("the uploaded bundle is not the one sent: " + problem)
+        if os.path.isdir(dest) and verify(dest, want):
+            shutil.rmtree(dest)  # a damaged copy: replaced
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not os.path.isdir(dest):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.unlink(src)
 else:
     sys.exit("unknown bootstrap command " + cmd)
 """
@@ -290,7 +338,10 @@ def run(conn: Any, argv: Sequence[str], timeout: float) -> tuple[int, str, str]:
 
 
 def _tail(text: str, lines: int = 3) -> str:
-    return " | ".join(x.strip() for x in text.strip().splitlines()[-lines:] if x.strip())
+    """The last lines of a host's output for a message: one line, control characters
+    escaped (a host must not drive the terminal or CI log that shows it)."""
+    tail = [x.strip() for x in text.strip().splitlines()[-lines:] if x.strip()]
+    return " | ".join(printable(x, 300, one_line=True) for x in tail)
 
 
 # --- what is on the host ---------------------------------------------------------------
@@ -326,15 +377,24 @@ def hello(conn: Any, host: Host, binaries: Iterable[str]) -> Hello:
             f"(status {code}: {_tail(err) or 'no output'})"
         )
     try:
-        d = json.loads(out.strip().splitlines()[-1])
+        d = results.loads_bounded(out.strip().splitlines()[-1].encode(), 1 << 20, 4)
+        if not isinstance(d["python"], list) or not isinstance(d["qemu"], dict):
+            raise TypeError
         h = Hello(
             python=tuple(int(x) for x in d["python"]),
-            executable=str(d["executable"]),
+            executable=printable(str(d["executable"]), 300, one_line=True),
             lab_dir=str(d["lab_dir"]),
-            machine=str(d["machine"]),
+            machine=printable(str(d["machine"]), 40, one_line=True),
             kvm_usable=bool(d["kvm_usable"]),
             free_bytes=int(d["free_bytes"]),
-            qemu=d["qemu"],
+            qemu={
+                str(b): {
+                    "path": q["path"] if isinstance(q.get("path"), str) else None,
+                    "version": printable(str(q.get("version") or ""), 200, one_line=True),
+                }
+                for b, q in d["qemu"].items()
+                if isinstance(q, dict)
+            },
         )
     except (ValueError, KeyError, IndexError, TypeError):
         raise LabError(f"{_where(host)}: unexpected answer from python: {_tail(out)}") from None
@@ -346,24 +406,29 @@ def hello(conn: Any, host: Host, binaries: Iterable[str]) -> Hello:
     return h
 
 
-def bundle_present(conn: Any, lab_dir: str) -> bool:
+def _manifest_sha256(b: bundle.Bundle) -> str:
+    return hashlib.sha256(b.manifest()).hexdigest()
+
+
+def bundle_present(conn: Any, host: Host, lab_dir: str) -> bool:
+    """The bundle is on the host with every file's sha256 as in its manifest (a file
+    of the right name, or even of the right size, is not enough)."""
     b = bundle.build()
-    try:
-        conn.sftp().stat(f"{lab_dir}/bundles/{b.digest}/{bundle.MANIFEST}")
-    except FileNotFoundError:
-        return False
-    return True
+    argv = [host.python, "-c", BOOTSTRAP, "verify", f"{lab_dir}/bundles/{b.digest}"]
+    code, _out, _err = run(conn, [*argv, _manifest_sha256(b)], 120)
+    return code == 0
 
 
 def ensure_bundle(conn: Any, host: Host, lab_dir: str) -> tuple[str, bool]:
     """The bundle's directory on the host, and whether it was uploaded just now."""
     b = bundle.build()
     dest = f"{lab_dir}/bundles/{b.digest}"
-    if bundle_present(conn, lab_dir):
+    if bundle_present(conn, host, lab_dir):
         return dest, False
     tmp = f"{lab_dir}/bundles/.{b.digest}.{secrets.token_hex(4)}.tar.gz"
     conn.sftp().putfo(io.BytesIO(b.tar_gz()), tmp, confirm=True)
-    code, _out, err = run(conn, [host.python, "-c", BOOTSTRAP, "unpack", tmp, dest], 120)
+    argv = [host.python, "-c", BOOTSTRAP, "unpack", tmp, dest, _manifest_sha256(b)]
+    code, _out, err = run(conn, argv, 120)
     if code != 0:
         raise LabError(f"{_where(host)}: unpacking the lab bundle failed: {_tail(err)}")
     return dest, True
@@ -379,24 +444,213 @@ def _sftp_makedirs(sftp: Any, root: str, rel: PurePosixPath) -> None:
             sftp.stat(path)  # raises if it still does not exist
 
 
-def _safe_extract(data: bytes, dest: Path) -> None:
-    """A cell directory from a host: regular files and directories inside dest only."""
+def extract_cell(src: Path, dest: Path, host: str) -> None:
+    """A cell directory from a host: regular files and directories inside dest only,
+    streamed to disk with a cap per file, in total and on the number of files (a small
+    gzip bomb must not fill the controller's memory or disk)."""
     dest.mkdir(parents=True)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        for m in tar:
-            rel = PurePosixPath(m.name)
-            if rel.is_absolute() or ".." in rel.parts:
-                raise LabError(f"refusing path {m.name!r} in a cell from a lab host")
-            target = dest / rel
-            if m.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-            elif m.isfile():
-                src = tar.extractfile(m)
-                if src is None:
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(src.read())
-            # anything else (links, devices) is not part of a cell: skipped
+    where = f"the cell directory from lab host {host}"
+    total = 0
+    try:
+        with tarfile.open(src, mode="r:gz") as tar:
+            for i, m in enumerate(tar):
+                if i >= MAX_MEMBERS:
+                    raise LabError(f"{where} has more than {MAX_MEMBERS} files; refused")
+                rel = PurePosixPath(m.name)
+                if rel.is_absolute() or ".." in rel.parts:
+                    raise LabError(f"refusing path {printable(m.name, 200, True)} in {where}")
+                target = dest / rel
+                if m.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                elif m.isfile() and (f := tar.extractfile(m)) is not None:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    size = 0
+                    with open(target, "wb") as out:
+                        while block := f.read(1 << 16):
+                            size += len(block)
+                            total += len(block)
+                            if size > MAX_MEMBER:
+                                raise LabError(
+                                    f"{where}: {printable(m.name, 200, True)} is larger than "
+                                    f"{MAX_MEMBER} bytes; refused"
+                                )
+                            if total > MAX_EXTRACTED:
+                                raise LabError(f"{where} holds more than {MAX_EXTRACTED} bytes")
+                            out.write(block)
+                # anything else (links, devices) is not part of a cell: skipped
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise LabError(f"{where} is unreadable: {printable(str(exc), 300, True)}") from None
+
+
+def pump(chan: Any, sink: BinaryIO, budget: float, host: str) -> tuple[int, str, str]:
+    """Read a running cell's channel until the host-side lab exits: stdout (the cell's
+    tar.gz) to sink, at most MAX_RESULT bytes; the last MAX_STDERR bytes of stderr.
+    Returns (exit status, stderr tail, sha256 of stdout)."""
+    digest = hashlib.sha256()
+    size = 0
+    err = bytearray()
+    deadline = time.monotonic() + budget
+    while True:
+        busy = False
+        if chan.recv_ready():
+            data = chan.recv(1 << 16)
+            size += len(data)
+            if size > MAX_RESULT:
+                raise LabError(
+                    f"lab host {host} sent more than {MAX_RESULT >> 20} MiB for one cell; refused"
+                )
+            sink.write(data)
+            digest.update(data)
+            busy = True
+        if chan.recv_stderr_ready():
+            err += chan.recv_stderr(1 << 16)
+            del err[:-MAX_STDERR]  # the tail is what tells
+            busy = True
+        if not busy and chan.exit_status_ready():
+            break  # data sent before the exit status is already buffered
+        if time.monotonic() > deadline:
+            raise runner.HostDown(host, f"the cell did not finish within {budget:.0f}s")
+        if not busy:
+            time.sleep(0.05)
+    return int(chan.exit_status), err.decode(errors="replace"), f"{digest.hexdigest()} {size}"
+
+
+def exit_problem(host: str, status: int, err: str) -> LabError:
+    """What a failed host-side lab means: the cell could not run there (LabError: an
+    infra result), or the host is unusable (HostDown). Host text is escaped."""
+    last = err.strip().splitlines()[-1] if err.strip() else ""
+    if status in (remote.EXIT_LAB_ERROR, remote.EXIT_BAD_REQUEST) and last.startswith(
+        remote.ERROR_PREFIX
+    ):
+        message = printable(last.removeprefix(remote.ERROR_PREFIX), 500, one_line=True)
+        return LabError(f"{message} (on lab host {host})")
+    return runner.HostDown(
+        host, f"the host-side lab exited with status {status}: {_tail(err) or 'no output'}"
+    )
+
+
+def result_problem(err: str, received: str) -> str:
+    """Why the tar.gz received is not the one the host sent ("" if it is): the host's
+    last stderr line names its sha256 and size."""
+    lines = err.strip().splitlines()
+    if lines and lines[-1] == f"lab-remote: {remote.RESULT_PREFIX}{received}":
+        return ""
+    return f"arrived damaged or incomplete (received sha256 and size {received})"
+
+
+# What runner.execute on a host reports about the run, with the JSON types allowed;
+# everything else in cell.json is the controller's (job.record) or recomputed here.
+_NONE = type(None)
+HOST_FIELDS: dict[str, tuple[type, ...]] = {
+    "observed": (str,),
+    "detail": (str,),
+    "accel": (str,),
+    "accel_reason": (str,),
+    "cmdline": (str,),
+    "timings": (dict,),
+    "qemu_exit": (int, _NONE),
+    "qemu_killed": (bool,),
+    "host": (str,),
+    "finished": (str,),
+    "ready": (bool,),
+    "deadline": (str, _NONE),
+    "banner": (dict, _NONE),
+}
+IDENTITY = ("id", "run_cell_id", "arch", "variant", "testcase")
+_CLASS_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+def _shown(value: object) -> str:
+    return printable(json.dumps(value)[:80] if not isinstance(value, str) else repr(value[:80]))
+
+
+def _host_record(data: Any, asked: Mapping[str, Any]) -> dict[str, Any]:
+    """cell.json from a host, checked against the cell that was asked for; the stored
+    record takes identity, expectation and display fields (reproducer) from `asked`
+    and recomputes the verdict. Raises ValueError naming the first problem."""
+    if not isinstance(data, dict):
+        raise ValueError(f"cell.json is a JSON {type(data).__name__}, not an object")
+    for key in IDENTITY:
+        if data.get(key) != asked.get(key):
+            raise ValueError(
+                f"cell.json {key!r} is {_shown(data.get(key))}, "
+                f"but the cell asked for is {asked.get(key)!r}"
+            )
+    out: dict[str, Any] = {}
+    for key, types in HOST_FIELDS.items():
+        if key not in data:
+            continue
+        v = data[key]
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            raise ValueError(f"cell.json {key!r} has the wrong type ({type(v).__name__})")
+        if isinstance(v, str) and len(v) > MAX_FIELD:
+            raise ValueError(f"cell.json {key!r} is longer than {MAX_FIELD} characters")
+        out[key] = v
+    observed = out.get("observed")
+    if not isinstance(observed, str) or not _CLASS_NAME.fullmatch(observed):
+        raise ValueError(f"cell.json 'observed' is {_shown(observed)}, not an outcome class")
+    timings = out.get("timings", {})
+    if len(timings) > 16 or not all(
+        isinstance(t, int | float | _NONE) and not isinstance(t, bool) for t in timings.values()
+    ):
+        raise ValueError("cell.json 'timings' is not a small object of numbers")
+    banner = out.get("banner") or {}
+    if len(banner) > 32 or not all(isinstance(v, str) for v in banner.values()):
+        raise ValueError("cell.json 'banner' is not a small object of strings")
+    expected = tuple(asked.get("expected") or ())
+    return {**out, **asked, "verdict": verdict_for(observed, expected)}
+
+
+def _host_evidence(ev: Any, observed: str) -> Mapping[str, Any]:
+    if not isinstance(ev, dict):
+        raise ValueError(f"evidence.json is a JSON {type(ev).__name__}, not an object")
+    if ev.get("outcome", observed) != observed:
+        raise ValueError(f"evidence.json says {_shown(ev.get('outcome'))}, cell.json {observed}")
+    for key in ("detail", "rule", "rule_text"):
+        if not isinstance(ev.get(key, ""), str):
+            raise ValueError(f"evidence.json {key!r} is not a string")
+    items = ev.get("evidence", [])
+    if not isinstance(items, list) or not all(isinstance(e, dict) for e in items):
+        raise ValueError("evidence.json 'evidence' is not a list of objects")
+    return ev
+
+
+def _read_json(root: Path, name: str) -> Any:
+    return results.loads_bounded(
+        results.read_inside(root, root / name, results.MAX_CELL_JSON), results.MAX_CELL_JSON
+    )
+
+
+def store_cell(
+    host: str,
+    src: Path,
+    directory: Path,
+    requeued_from: tuple[str, ...],
+    asked: Mapping[str, Any],
+) -> runner.CellResult:
+    """Check a cell fetched from a host (tar.gz at src) against `asked` (the job
+    record), stage it outside cells/, mark it, then rename it into place: a half
+    fetched or unusable cell never lands in cells/. Raises LabError (one line)."""
+    staging = directory.parent.parent / ".staging" / f"{directory.name}.{secrets.token_hex(4)}"
+    try:
+        extract_cell(src, staging, host)
+        try:
+            record = _host_record(_read_json(staging, "cell.json"), asked)
+            ev = _host_evidence(_read_json(staging, "evidence.json"), record["observed"])
+        except (OSError, ValueError) as exc:
+            why = printable(str(exc), 300, one_line=True)
+            raise LabError(f"the cell from lab host {host} is unusable: {why}") from None
+        record["lab_host"] = host
+        if requeued_from:
+            record["requeued_from"] = list(requeued_from)
+        runner.finish_cell(staging, ev, record)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.rename(staging, directory)
+        cache.fsync_dir(directory.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return runner.CellResult.from_dir(directory)
 
 
 # --- running cells on a host ------------------------------------------------------------
@@ -432,6 +686,7 @@ class RemoteWorker:
         self._local = threading.local()
         self._items: dict[str, threading.Lock] = {}
         self._present: set[str] = set()
+        self._sha256: dict[str, str] = {}  # rel -> sha256 of the local file
         self._lost = ""
         self._aborted = False
         self._track(conn)
@@ -470,35 +725,50 @@ class RemoteWorker:
         if self._lost:
             raise runner.HostDown(self.name, self._lost, ran=False)
         job, files = runner.prepare_cell(self.cfg, p.cell, kernel, base, p.id, p.repeat)
+        images = (
+            f"kernels/{kernel.key}/{kernel.image.name}",
+            f"images/{p.cell.arch.name}/{base.key}/base.cpio.gz",
+        )
+        staging = directory.parent.parent / ".staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        fetched = staging / f"{directory.name}.{secrets.token_hex(4)}.tar.gz"
         try:
-            conn = self._conn()
-            k = self._ensure(conn, f"kernels/{kernel.key}/{kernel.image.name}", kernel.image)
-            b = self._ensure(conn, f"images/{p.cell.arch.name}/{base.key}/base.cpio.gz", base.path)
-            status, out, err = self._exec(conn, job, files, k, b)
-        except runner.HostDown as exc:
-            self._mark_lost(exc.reason)
-            raise
-        except LabError:
-            raise
-        except TRANSPORT_ERRORS as exc:
-            reason = self._reason(exc)
-            self._mark_lost(reason)
-            raise runner.HostDown(self.name, reason) from None
-        if status == remote.EXIT_OK:
-            with self._lock:
-                self.cells += 1
-            return self._store(out, directory, requeued_from)
-        last = err.strip().splitlines()[-1] if err.strip() else ""
-        if status in (remote.EXIT_LAB_ERROR, remote.EXIT_BAD_REQUEST) and last.startswith(
-            remote.ERROR_PREFIX
-        ):
-            raise LabError(f"{last.removeprefix(remote.ERROR_PREFIX)} (on lab host {self.name})")
+            try:
+                conn = self._conn()
+                k = self._ensure(conn, images[0], kernel.image)
+                b = self._ensure(conn, images[1], base.path)
+                with open(fetched, "wb") as sink:
+                    status, err, received = self._exec(conn, job, files, k, b, sink)
+            except runner.HostDown as exc:
+                self._mark_lost(exc.reason)
+                raise
+            except LabError:
+                raise
+            except TRANSPORT_ERRORS as exc:
+                reason = self._reason(exc)
+                self._mark_lost(reason)
+                raise runner.HostDown(self.name, reason) from None
+            if status == remote.EXIT_OK:
+                problem = result_problem(err, received)
+                if problem:
+                    raise LabError(f"the cell from lab host {self.name} {problem}")
+                with self._lock:
+                    self.cells += 1
+                return store_cell(self.name, fetched, directory, requeued_from, job.record)
+        finally:
+            fetched.unlink(missing_ok=True)
         if status < 0:
-            reason = self._reason(None) or "the connection closed while the cell ran"
+            failure: LabError = runner.HostDown(
+                self.name, self._reason(None) or "the connection closed while the cell ran"
+            )
         else:
-            reason = f"the host-side lab exited with status {status}: {_tail(err) or 'no output'}"
-        self._mark_lost(reason)
-        raise runner.HostDown(self.name, reason)
+            failure = exit_problem(self.name, status, err)
+        if isinstance(failure, runner.HostDown):
+            self._mark_lost(failure.reason)
+        else:
+            with self._lock:  # e.g. an image removed there for its sha256: check again
+                self._present.difference_update(images)
+        raise failure
 
     # -- internals --
 
@@ -539,33 +809,46 @@ class RemoteWorker:
             raise runner.HostDown(self.name, self._reason(None) or "the connection closed")
         return conn
 
-    def _ensure(self, conn: Any, rel: str, local: Path) -> str:
-        """Upload a content-addressed file once (temp name, then rename); its remote path."""
+    def _remote_sha256(self, conn: Any, path: str) -> str:
+        argv = [self.host.python, "-c", BOOTSTRAP, "sha256", path]
+        code, out, err = run(conn, argv, timeout=300)
+        if code != 0:
+            raise LabError(f"{_where(self.host)}: cannot hash {path}: {_tail(err) or code}")
+        return out.strip()
+
+    def _ensure(self, conn: Any, rel: str, local: Path) -> tuple[str, str]:
+        """Upload a content-addressed file once (temp name, checked, then renamed): its
+        remote path and sha256. Present means the same sha256 there, not the same size."""
         final = f"{self.lab_dir}/{rel}"
         with self._lock:
             item = self._items.setdefault(rel, threading.Lock())
         with item:  # one upload per host even when several slots need the file at once
+            want = self._sha256.get(rel) or cache.file_digest(local)
+            self._sha256[rel] = want
             if rel in self._present:
-                return final
-            sftp = conn.sftp()
-            size = local.stat().st_size
-            try:
-                present = sftp.stat(final).st_size == size
-            except FileNotFoundError:
-                present = False
-            if not present:
+                return final, want
+            if self._remote_sha256(conn, final) != want:
                 started = time.monotonic()
+                sftp = conn.sftp()
                 parent = PurePosixPath(rel).parent
                 _sftp_makedirs(sftp, self.lab_dir, parent)
                 tmp = f"{self.lab_dir}/{parent}/.{local.name}.{secrets.token_hex(4)}.tmp"
                 sftp.put(str(local), tmp, confirm=True)
+                got = self._remote_sha256(conn, tmp)
+                if got != want:
+                    sftp.remove(tmp)
+                    raise LabError(
+                        f"{_where(self.host)}: the upload of {rel} arrived with sha256 "
+                        f"{printable(got[:16], one_line=True)}, sent {want[:16]}"
+                    )
                 sftp.posix_rename(tmp, final)
                 self.log(
                     f"lab: host {self.name}: uploaded {rel} "
-                    f"({size / 2**20:.1f} MiB, {time.monotonic() - started:.1f}s)"
+                    f"({local.stat().st_size / 2**20:.1f} MiB, "
+                    f"{time.monotonic() - started:.1f}s)"
                 )
             self._present.add(rel)
-        return final
+        return final, want
 
     def _budget(self, job: runner.CellJob) -> float:
         b = job.boot
@@ -582,14 +865,17 @@ class RemoteWorker:
         conn: Any,
         job: runner.CellJob,
         files: Mapping[str, tuple[bytes, int]],
-        kernel: str,
-        base: str,
-    ) -> tuple[int, bytes, str]:
+        kernel: tuple[str, str],
+        base: tuple[str, str],
+        sink: BinaryIO,
+    ) -> tuple[int, str, str]:
         request = {
             "protocol": remote.PROTOCOL,
             "job": job.to_json(),
-            "kernel": os.path.relpath(kernel, self.lab_dir),
-            "base": os.path.relpath(base, self.lab_dir),
+            "kernel": os.path.relpath(kernel[0], self.lab_dir),
+            "kernel_sha256": kernel[1],
+            "base": os.path.relpath(base[0], self.lab_dir),
+            "base_sha256": base[1],
             "files": {k: [base64.b64encode(d).decode(), m] for k, (d, m) in files.items()},
         }
         argv = [
@@ -606,54 +892,9 @@ class RemoteWorker:
             chan.exec_command(shlex.join(argv))
             chan.sendall(json.dumps(request).encode() + b"\n")
             # stdin stays open: it is how the host knows we are still here.
-            out, err = bytearray(), bytearray()
-            budget = self._budget(job)
-            deadline = time.monotonic() + budget
-            while True:
-                busy = False
-                if chan.recv_ready():
-                    out += chan.recv(1 << 16)
-                    busy = True
-                if chan.recv_stderr_ready():
-                    err += chan.recv_stderr(1 << 16)
-                    busy = True
-                if busy:
-                    continue
-                if chan.exit_status_ready():
-                    break  # data sent before the exit status is already buffered
-                if time.monotonic() > deadline:
-                    raise runner.HostDown(
-                        self.name, f"the cell did not finish within {budget:.0f}s"
-                    )
-                time.sleep(0.05)
-            return int(chan.exit_status), bytes(out), err.decode(errors="replace")
+            return pump(chan, sink, self._budget(job), self.name)
         finally:
             chan.close()
-
-    def _store(
-        self, data: bytes, directory: Path, requeued_from: tuple[str, ...]
-    ) -> runner.CellResult:
-        """Stage the fetched cell outside cells/, mark it, then rename it into place:
-        a half-fetched cell never looks finished."""
-        staging = directory.parent.parent / ".staging" / f"{directory.name}.{secrets.token_hex(4)}"
-        try:
-            try:
-                _safe_extract(data, staging)
-                record = cache.read_json(staging / "cell.json")
-            except (tarfile.TarError, OSError, ValueError) as exc:
-                raise LabError(
-                    f"the cell directory from lab host {self.name} is unreadable: {exc}"
-                ) from None
-            record["lab_host"] = self.name
-            if requeued_from:
-                record["requeued_from"] = list(requeued_from)
-            cache.write_json(staging / "cell.json", record)
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.rename(staging, directory)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return runner.CellResult.from_dir(directory)
 
 
 def open_worker(cfg: LabConfig, host: Host, log: Callable[[str], None]) -> RemoteWorker:
@@ -751,7 +992,7 @@ def check(cfg: LabConfig, host: Host, upload: bool = True) -> list[CheckLine]:
             lines.append(CheckLine("lab bundle", True, f"{state}: lab {__version__}, {bundle_dir}"))
             present = True
         else:
-            present = bundle_present(conn, info.lab_dir)
+            present = bundle_present(conn, host, info.lab_dir)
             lines.append(
                 CheckLine(
                     "lab bundle",
@@ -776,7 +1017,11 @@ def check(cfg: LabConfig, host: Host, upload: bool = True) -> list[CheckLine]:
             ]
             code, out, err = run(conn, argv, timeout=60)
             if code == 0:
-                facts = json.loads(out)
+                try:
+                    answer = results.loads_bounded(out.encode(), 1 << 20, 4)
+                except ValueError:
+                    answer = None
+                facts = answer if isinstance(answer, dict) else {}
             else:
                 lines.append(CheckLine("lab", False, f"lab.remote failed: {_tail(err)}"))
         kvm = "yes" if info.kvm_usable else "no"
@@ -786,7 +1031,7 @@ def check(cfg: LabConfig, host: Host, upload: bool = True) -> list[CheckLine]:
                 lines.append(CheckLine(arch, False, f"{b} not found on the host"))
                 continue
             f = facts.get(arch)
-            accel = f"; accel {f['accel']}: {f['reason']}" if f else ""
+            accel = f"; accel {f.get('accel')}: {f.get('reason')}" if isinstance(f, dict) else ""
             lines.append(
                 CheckLine(
                     arch,

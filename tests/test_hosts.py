@@ -387,7 +387,7 @@ def test_bundle_uploaded_once_then_skipped(
     try:
         info = ssh.hello(conn, h, [])
         assert info.lab_dir == str(tmp_path / "remote-a")
-        assert not ssh.bundle_present(conn, info.lab_dir)
+        assert not ssh.bundle_present(conn, h, info.lab_dir)
         where, uploaded = ssh.ensure_bundle(conn, h, info.lab_dir)
         assert uploaded and where == f"{info.lab_dir}/bundles/{bundle.build().digest}"
         marker = Path(where) / bundle.MANIFEST
