@@ -287,7 +287,7 @@ def _cell_facts(cell_dir: Path) -> classify.RunFacts:
     result_file = cell_dir / "result.jsonl"
     if result_file.is_file():
         with open(result_file, "rb") as f:
-            reader.feed(f.read(channel.MAX_TOTAL))
+            reader.feed_file(f)
     info = cache.read_json(cell_dir / "cell.json") if (cell_dir / "cell.json").is_file() else {}
     return classify.RunFacts(
         ready=any(r.get("type") == "ready" for r in reader.records) or bool(info.get("ready")),
