@@ -52,6 +52,10 @@ class BootError(LabError):
 
 TAIL_LINES = 200  # console lines kept in memory for messages (the files keep all)
 TAIL_CHARS = 4096  # characters of one such line kept in memory
+# Bytes of console kept on disk. The runner reads the whole console.log to classify it,
+# and a guest can print without end: like the result channel, the console is bounded.
+# A real cell prints kilobytes to a few MiB.
+MAX_CONSOLE = 64 << 20
 
 
 class ConsoleLog:
@@ -60,8 +64,10 @@ class ConsoleLog:
     Linear in the output and bounded in memory whatever the guest prints (one endless
     line included): each byte is written once, as it arrives, and only the last
     TAIL_LINES lines (each capped at TAIL_CHARS) stay in memory, for boot-failure
-    messages. The classifier reads console.log from disk, which holds every byte.
-    A line of console.timed.log carries the host time at which its first byte came.
+    messages. The classifier reads console.log from disk, which holds every byte up to
+    MAX_CONSOLE; what comes after is counted in `dropped`, and close() ends both files
+    with a line that says so. A line of console.timed.log carries the host time at
+    which its first byte came.
     """
 
     def __init__(self, raw_path: Path, timed_path: Path, started: float) -> None:
@@ -76,9 +82,15 @@ class ConsoleLog:
         self._cr = b""  # CRs at the end of what came so far: dropped if the line ends
         self._current: list[str] = []  # the start of the open line, up to TAIL_CHARS
         self._current_len = 0
+        self.written = 0  # bytes in console.log
+        self.dropped = 0  # bytes beyond MAX_CONSOLE, not written
 
     def write(self, data: bytes) -> None:
-        self._raw.write(data)
+        room = MAX_CONSOLE - self.written
+        if room > 0:
+            self._raw.write(data[:room])
+            self.written += min(room, len(data))
+        self.dropped += len(data) - max(0, min(room, len(data)))
         stamp = time.monotonic() - self.started
         start = 0
         while start < len(data):
@@ -91,15 +103,19 @@ class ConsoleLog:
 
     def _piece(self, piece: bytes, stamp: float) -> None:
         if not self._open:
-            self._timed.write(f"[{stamp:11.6f}] ")
+            self._timed_write(f"[{stamp:11.6f}] ")
             self._open = True
         piece = self._cr + piece
         body = piece.rstrip(b"\r")
         self._cr = piece[len(body) :]
         self._text(self._decoder.decode(body))
 
+    def _timed_write(self, text: str) -> None:
+        if not self.dropped:  # the timed copy stops where console.log stops
+            self._timed.write(text)
+
     def _text(self, text: str) -> None:
-        self._timed.write(text)
+        self._timed_write(text)
         room = TAIL_CHARS - self._current_len
         if room > 0 and text:
             self._current.append(text[:room])
@@ -109,7 +125,7 @@ class ConsoleLog:
         if not self._open:  # an empty line
             self._piece(b"", time.monotonic() - self.started)
         self._text(self._decoder.decode(b"", final=True))
-        self._timed.write("\n")
+        self._timed_write("\n")
         self.lines.append("".join(self._current))
         self._open, self._cr, self._current, self._current_len = False, b"", [], 0
 
@@ -120,6 +136,10 @@ class ConsoleLog:
     def close(self) -> None:
         if self._open:
             self._end_line()
+        if self.dropped:
+            note = f"lab: console capped at {MAX_CONSOLE} bytes; {self.dropped} more were dropped"
+            self._raw.write(f"\n{note}\n".encode())
+            self._timed.write(f"\n{note}\n")
         self._raw.close()
         self._timed.close()
 

@@ -135,3 +135,24 @@ def test_only_this_boots_marker_counts_among_others(
         assert m.foreign_ready == ["deadbeef", f"{BOOT_ID}0"]
         before = (tmp_path / "w" / "console.log").read_bytes()
     assert f"LABREADY {BOOT_ID}\r".encode() in before
+
+
+def test_console_files_are_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guest that never stops printing fills neither the disk nor, later, the memory
+    of the classifier that reads console.log: both files stop at MAX_CONSOLE and say
+    how much was dropped; the in-memory tail keeps following the guest."""
+    monkeypatch.setattr(machine, "MAX_CONSOLE", MIB)
+    log = _log(tmp_path)
+    for i in range(3 * 1024):
+        log.write(b"line %06d " % i + b"x" * 1000 + b"\n")
+    assert log.tail(1)[0].startswith("line 003071 ")
+    dropped = log.dropped
+    log.close()
+    raw = (tmp_path / "console.log").read_bytes()
+    assert dropped == 3 * 1024 * len(b"line 000000 " + b"x" * 1000 + b"\n") - MIB
+    assert raw.endswith(
+        f"\nlab: console capped at {MIB} bytes; {dropped} more were dropped\n".encode()
+    )
+    assert len(raw) < MIB + 100
+    timed = (tmp_path / "console.timed.log").read_text()
+    assert len(timed) < MIB + 30_000 and timed.endswith(f"{dropped} more were dropped\n")
