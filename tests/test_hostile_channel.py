@@ -130,3 +130,17 @@ def test_new_types_after_the_cap_are_bounded_too() -> None:
     r.feed(b'{"type":"x"}\n' * channel.MAX_RECORDS)
     r.feed(b"".join(b'{"type":"t%d"}\n' % i for i in range(10 * channel.MAX_KINDS)))
     assert len(r.records) == channel.MAX_RECORDS + channel.MAX_KINDS
+
+
+def test_lab_classify_of_a_cell_with_a_deep_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lab classify CELLDIR` reads result.jsonl through the same Reader: no traceback."""
+    from lab import cli
+
+    (tmp_path / "console.log").write_text("[    0.600000] Run /init as init process\nLABREADY b\n")
+    (tmp_path / "result.jsonl").write_bytes(b"[" * 100_000 + b"\n" + DONE)
+    (tmp_path / "cell.json").write_text(json.dumps({"ready": True, "qemu_exit": 0}))
+    assert cli.main(["classify", "--json", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["outcome"] == "infra_error" and out["rule"] == "protocol-problems"
