@@ -79,6 +79,7 @@ def choose(
     launch: Launch,
     workdir: Path,
     timeout: float,
+    boot_id: str,
     log: Callable[[str], None] = lambda _m: None,
 ) -> Choice:
     """KVM if proven to boot a guest on this host, else TCG; remembered per host."""
@@ -92,18 +93,19 @@ def choose(
     except (FileNotFoundError, ValueError, KeyError):
         pass
     log(f"probing KVM for {arch.name} (once per host and QEMU version)")
-    choice = _probe(launch, workdir, timeout)
+    choice = _probe(launch, workdir, timeout, boot_id)
     log(choice.reason)
     cache.write_json(memo, {"accel": choice.accel, "reason": choice.reason})
     return choice
 
 
-def _probe(launch: Launch, workdir: Path, timeout: float) -> Choice:
+def _probe(launch: Launch, workdir: Path, timeout: float, boot_id: str) -> Choice:
+    """Boot `launch` (its initrd holds `boot_id`, which the ready marker must carry)."""
     from lab.machine import BootError, Machine  # the probe is the one place that boots
 
     probe = replace(launch, accel="kvm", result_file=workdir / "kvm-probe.result")
     try:
-        with Machine(probe, workdir / "kvm-probe", "probe", timeout, 1.0) as m:
+        with Machine(probe, workdir / "kvm-probe", boot_id, timeout, 1.0) as m:
             seconds = m.wait_ready()
     except BootError as exc:
         return Choice("tcg", f"KVM probe failed ({exc.kind}: {exc}); using TCG")

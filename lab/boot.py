@@ -140,7 +140,9 @@ def launch(
     )
     choice = accel.static_choice(arch)
     if choice is None:
-        choice = accel.choose(arch, cache_root, plan, workdir, timeouts.kvm_probe_timeout, log)
+        choice = accel.choose(
+            arch, cache_root, plan, workdir, timeouts.kvm_probe_timeout, boot_id, log
+        )
     plan = replace(plan, accel=choice.accel)
     machine = Machine(plan, workdir, boot_id, timeouts.ready_timeout, timeouts.shutdown_timeout)
     return Prepared(machine, choice, plan)

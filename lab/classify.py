@@ -48,6 +48,7 @@ CLASSES: tuple[str, ...] = (
 
 MAX_EVIDENCE = 40  # evidence lines per classification
 MAX_TEXT = 2000  # characters of one console line kept in evidence
+MAX_MATCH = 4096  # characters of one console line the classifier reads (printk: < 1024)
 MAX_STRING = 200  # characters of a string copied from a record or a field
 MAX_DETAIL = 300
 MAX_RECORDS = 10_000  # records looked at; the host already bounds their size
@@ -183,7 +184,9 @@ class Hit:
 
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[()*+][0-~]|[@-~])")
 _CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # C0 (but tab), DEL and C1 controls
+# C0 (but tab), DEL and C1 controls, and the bidi controls that reorder what a reader
+# sees (Trojan Source): embeddings/overrides, isolates, LRM/RLM and the Arabic mark.
+_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _TOKEN = re.compile(
     r"<(?P<level>\d{1,3})>|\[\s*(?P<stamp>\d{1,12}\.\d{1,9})\]|\[\s*(?P<caller>[TC]\d{1,10})\]"
 )
@@ -191,9 +194,15 @@ _INNER = re.compile(r"\[\s*(\d{1,12}\.\d{6})\]\s?")
 
 
 def shown(text: str) -> str:
-    """A console line as evidence shows it: control characters as `\\xNN` escapes, so
-    that a guest cannot drive the terminal of whoever reads the evidence."""
-    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    """A console line as evidence shows it: control characters as `\\xNN` escapes and
+    bidi controls as `\\uNNNN`, so that a guest can neither drive the terminal of
+    whoever reads the evidence nor reorder what they see."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def _escape(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def _prefix(message: str) -> tuple[list[tuple[str, str]], int]:
@@ -228,9 +237,11 @@ def normalise(console: str) -> tuple[Line, ...]:
     parsed = []
     timed = False
     for text in raw_lines:
-        clean = text
-        if "\x1b" in text or _CTRL.search(text):
-            clean = _CTRL.sub("", _ANSI.sub("", text))
+        # Only the start of a line is read: kernel messages are short, and one endless
+        # guest line must cost no more than this.
+        clean = text[:MAX_MATCH]
+        if "\x1b" in clean or _CTRL.search(clean):
+            clean = _CTRL.sub("", _ANSI.sub("", clean))
         tokens, pos = _prefix(clean)
         if sum(k == "stamp" for k, _ in tokens) >= 2 and tokens[0][0] == "stamp":
             timed = True
@@ -495,27 +506,47 @@ def _parse_records(records: Sequence[Any], problems: Sequence[Any]) -> _Agent:
 
 
 class _Findings:
+    """The hits of one console, and what the rules ask about them.
+
+    Kernel lines carry a printk stamp: lab kernels are built with CONFIG_PRINTK_TIME
+    (kernels/config/base.config.j2). In a lab cell (facts given) a kernel signature on
+    an unstamped line is userspace text (a test, the agent, init), not a finding: it
+    is dropped. A foreign log keeps its tolerance, since logs without printk stamps
+    exist; but when it has stamped lines, an unstamped kernel-signature line is
+    "weak": stamped hits come first wherever a rule picks one, and a weak line never
+    ends the log in order.
+    """
+
     def __init__(self, lines: tuple[Line, ...], facts: RunFacts | None) -> None:
         self.lines = lines
         self.facts = facts
         self.first: dict[str, list[Hit]] = {}
-        self.last: dict[str, Hit] = {}
+        self.last: dict[str, Hit] = {}  # the last stamped hit, else the last weak one
         self.count: dict[str, int] = {}
+        self.stamped = any(line.ktime is not None for line in lines)
         for hit in scan(lines):
+            if facts is not None and hit.sig.kernel and hit.ktime is None:
+                continue
             name = hit.sig.name
             self.count[name] = self.count.get(name, 0) + 1
             kept = self.first.setdefault(name, [])
             if len(kept) < MAX_HITS:
                 kept.append(hit)
-            self.last[name] = hit
+            if not self.weak(hit) or name not in self.last or self.weak(self.last[name]):
+                self.last[name] = hit
         self.matched = tuple(self.first)  # dicts keep first-insertion order
         self.agent = (
             _parse_records(facts.records, facts.problems) if facts is not None else _Agent()
         )
 
+    def weak(self, hit: Hit) -> bool:
+        """An unstamped kernel-signature line in a foreign log that has stamps."""
+        return self.stamped and hit.sig.kernel and hit.ktime is None
+
     def hits(self, *names: str) -> list[Hit]:
+        """In line order, stamped (not weak) hits first."""
         out = [h for n in names for h in self.first.get(n, [])]
-        return sorted(out, key=lambda h: h.index)
+        return sorted(out, key=lambda h: (self.weak(h), h.index))
 
     def by_class(self, outcome: str, role: str = "report") -> list[Hit]:
         names = [s.name for s in SIGNATURES if s.outcome == outcome and s.role == role]
@@ -546,7 +577,11 @@ class _Findings:
 
     def orderly_end(self) -> Hit | None:
         """The last restart/power-down line, if nothing from the kernel follows it."""
-        ends = [self.last[s.name] for s in SIGNATURES if s.role == "end" and s.name in self.last]
+        ends = [
+            self.last[s.name]
+            for s in SIGNATURES
+            if s.role == "end" and s.name in self.last and not self.weak(self.last[s.name])
+        ]
         if not ends:
             return None
         end = max(ends, key=lambda h: h.index)

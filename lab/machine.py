@@ -11,14 +11,16 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import re
 import shutil
 import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -29,7 +31,8 @@ from lab import channel, proc
 from lab.errors import InfraError, LabError
 from lab.qemu import Launch
 
-READY = re.compile(rb"LABREADY (\S+)")
+# Any ready marker; only the one with this boot's id counts (see Machine.wait_ready).
+READY = re.compile(rb"LABREADY (\S+)\s")
 PANIC = re.compile(rb"Kernel panic - not syncing[^\r\n]*")
 TROUBLE = re.compile(
     rb"(?:BUG: [^\r\n]*|Oops[:\s][^\r\n]*|Unable to handle kernel[^\r\n]*|"
@@ -47,43 +50,103 @@ class BootError(LabError):
         self.lines = lines
 
 
-@dataclass
+TAIL_LINES = 200  # console lines kept in memory for messages (the files keep all)
+TAIL_CHARS = 4096  # characters of one such line kept in memory
+# Bytes of console kept on disk. The runner reads the whole console.log to classify it,
+# and a guest can print without end: like the result channel, the console is bounded.
+# A real cell prints kilobytes to a few MiB.
+MAX_CONSOLE = 64 << 20
+
+
 class ConsoleLog:
-    """pexpect's logfile_read: raw bytes to one file, host-timestamped lines to another."""
+    """pexpect's logfile_read: raw bytes to one file, host-timestamped lines to another.
 
-    raw_path: Path
-    timed_path: Path
-    started: float
-    lines: list[str] = field(default_factory=list)  # decoded, without line ends
-    _partial: bytes = b""
+    Linear in the output and bounded in memory whatever the guest prints (one endless
+    line included): each byte is written once, as it arrives, and only the last
+    TAIL_LINES lines (each capped at TAIL_CHARS) stay in memory, for boot-failure
+    messages. The classifier reads console.log from disk, which holds every byte up to
+    MAX_CONSOLE; what comes after is counted in `dropped`, and close() ends both files
+    with a line that says so. A line of console.timed.log carries the host time at
+    which its first byte came.
+    """
 
-    def __post_init__(self) -> None:
-        self._raw = open(self.raw_path, "ab")  # noqa: SIM115 - closed in close()
-        self._timed = open(self.timed_path, "a")  # noqa: SIM115
+    def __init__(self, raw_path: Path, timed_path: Path, started: float) -> None:
+        self.raw_path = raw_path
+        self.timed_path = timed_path
+        self.started = started
+        self.lines: deque[str] = deque(maxlen=TAIL_LINES)  # decoded, without line ends
+        self._raw = open(raw_path, "ab")  # noqa: SIM115 - closed in close()
+        self._timed = open(timed_path, "a")  # noqa: SIM115
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._open = False  # a line has started and not ended
+        self._cr = b""  # CRs at the end of what came so far: dropped if the line ends
+        self._current: list[str] = []  # the start of the open line, up to TAIL_CHARS
+        self._current_len = 0
+        self.written = 0  # bytes in console.log
+        self.dropped = 0  # bytes beyond MAX_CONSOLE, not written
 
     def write(self, data: bytes) -> None:
-        self._raw.write(data)
-        buf = self._partial + data
-        *done, self._partial = buf.split(b"\n")
+        room = MAX_CONSOLE - self.written
+        if room > 0:
+            self._raw.write(data[:room])
+            self.written += min(room, len(data))
+        self.dropped += len(data) - max(0, min(room, len(data)))
         stamp = time.monotonic() - self.started
-        for raw in done:
-            text = raw.rstrip(b"\r").decode(errors="replace")
-            self.lines.append(text)
-            self._timed.write(f"[{stamp:11.6f}] {text}\n")
+        start = 0
+        while start < len(data):
+            end = data.find(b"\n", start)
+            self._piece(data[start:] if end < 0 else data[start:end], stamp)
+            if end < 0:
+                break
+            self._end_line()
+            start = end + 1
+
+    def _piece(self, piece: bytes, stamp: float) -> None:
+        if not self._open:
+            self._timed_write(f"[{stamp:11.6f}] ")
+            self._open = True
+        piece = self._cr + piece
+        body = piece.rstrip(b"\r")
+        self._cr = piece[len(body) :]
+        self._text(self._decoder.decode(body))
+
+    def _timed_write(self, text: str) -> None:
+        if not self.dropped:  # the timed copy stops where console.log stops
+            self._timed.write(text)
+
+    def _text(self, text: str) -> None:
+        self._timed_write(text)
+        room = TAIL_CHARS - self._current_len
+        if room > 0 and text:
+            self._current.append(text[:room])
+            self._current_len += min(room, len(text))
+
+    def _end_line(self) -> None:
+        if not self._open:  # an empty line
+            self._piece(b"", time.monotonic() - self.started)
+        self._text(self._decoder.decode(b"", final=True))
+        self._timed_write("\n")
+        self.lines.append("".join(self._current))
+        self._open, self._cr, self._current, self._current_len = False, b"", [], 0
 
     def flush(self) -> None:
         self._raw.flush()
         self._timed.flush()
 
     def close(self) -> None:
-        if self._partial:
-            self.write(b"\n")
+        if self._open:
+            self._end_line()
+        if self.dropped:
+            note = f"lab: console capped at {MAX_CONSOLE} bytes; {self.dropped} more were dropped"
+            self._raw.write(f"\n{note}\n".encode())
+            self._timed.write(f"\n{note}\n")
         self._raw.close()
         self._timed.close()
 
     def tail(self, n: int = 15) -> list[str]:
-        extra = [self._partial.decode(errors="replace")] if self._partial.strip() else []
-        return (self.lines + extra)[-n:]
+        current = "".join(self._current)
+        extra = [current] if self._open and current.strip() else []
+        return (list(self.lines) + extra)[-n:]
 
 
 @dataclass(frozen=True)
@@ -120,6 +183,7 @@ class Machine:
         self.ended_at: float | None = None
         self.exit_status: int | None = None
         self.killed = False
+        self.foreign_ready: list[str] = []  # ids of ready markers not this boot's
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -171,7 +235,7 @@ class Machine:
         else:
             proc.unregister(child.pid)
         self._reap()
-        self._read_results()
+        self._drain_results()
         if self.console is not None:
             self.console.close()
         if self.ended_at is None:
@@ -191,10 +255,14 @@ class Machine:
     def _pump(self, timeout: float) -> bool:
         """Read console output for up to `timeout` s; False once QEMU has exited."""
         assert self.child is not None
-        idx = self.child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=timeout)
-        # Nothing is matched on this buffer after boot; the ConsoleLog saw every byte.
-        self.child.buffer = self.child.string_type()
-        if idx == 0:
+        # A plain read, not expect(): nothing is matched after boot, and expect() keeps
+        # (and copies on every timeout) all output since its last match, which for a
+        # guest that floods the console is all of it. The ConsoleLog sees every byte.
+        try:
+            self.child.read_nonblocking(65536, timeout)
+        except pexpect.TIMEOUT:
+            pass
+        except pexpect.EOF:
             self.ended_at = time.monotonic()
             return False
         return True
@@ -203,21 +271,43 @@ class Machine:
         """Seconds to the ready marker; BootError for a panic, oops, exit or hang."""
         assert self.child is not None and self.console is not None
         deadline = self.started + self.ready_timeout
+        # The marker must carry this boot's id, a fresh random token that only this
+        # guest's overlay holds. A marker with another id (the kernel echoing a command
+        # line, a test printing one, a stale image) is not this guest's init saying it
+        # is ready: it is ignored, the wait goes on, and a hang names it. Ignored rather
+        # than an error, so that text a guest prints cannot end a boot early either way.
+        ready = re.compile(rb"LABREADY " + re.escape(self.boot_id.encode()) + rb"\s")
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                foreign = (
+                    f"; ignored ready marker(s) with another boot id: {self.foreign_ready}"
+                    if self.foreign_ready
+                    else ""
+                )
                 raise BootError(
                     "hang",
                     f"no ready marker within {self.ready_timeout:.0f}s (boot hang); "
-                    f"last console line: {self._last_line()!r}",
+                    f"last console line: {self._last_line()!r}{foreign}",
                     self.console.tail(),
                 )
             idx = self.child.expect(
-                [READY, PANIC, TROUBLE, pexpect.EOF, pexpect.TIMEOUT], timeout=min(remaining, 1.0)
+                [ready, PANIC, TROUBLE, pexpect.EOF, pexpect.TIMEOUT, READY],
+                timeout=min(remaining, 1.0),
             )
             if idx == 0:
                 self.ready_at = time.monotonic() - self.started
                 return self.ready_at
+            if idx == 5:
+                if len(self.foreign_ready) < 5:
+                    self.foreign_ready.append(
+                        self.child.match.group(1)[:64].decode(errors="replace")
+                    )
+                continue
+            if idx == 4:
+                # expect() keeps all output since its last match and copies it on each
+                # timeout; the ConsoleLog has it, and the search window is kept apart.
+                self.child._before = self.child.buffer_type()
             if idx == 1:
                 line = self.child.after.decode(errors="replace").strip()
                 self._drain(SETTLE)
@@ -258,23 +348,33 @@ class Machine:
 
     # --- result channel ---------------------------------------------------------------
 
-    def _read_results(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.launch.result_file, "rb") as f:
-                f.seek(self._result_pos)
-                data = f.read(channel.MAX_TOTAL)
-        except FileNotFoundError:
-            return []
-        self._result_pos += len(data)
-        new = self.results.feed(data)
-        now = time.monotonic() - self.started
-        if self.ended_at is not None:  # read after QEMU ended: it arrived by then
-            now = min(now, self.ended_at - self.started)
-        if new and self.first_result_at is None:
-            self.first_result_at = now
-        for rec in new:
-            self.arrivals.setdefault(rec["type"], now)
-        return new
+    def _read_results(self) -> Iterator[dict[str, Any]]:
+        """The records that arrived since the last call, read one chunk at a time so
+        that a flood is never held at once. A caller may stop early: what it did not
+        consume is read by the next call."""
+        while self.results.total < channel.MAX_TOTAL:
+            try:
+                with open(self.launch.result_file, "rb") as f:
+                    f.seek(self._result_pos)
+                    data = f.read(channel.CHUNK)
+            except FileNotFoundError:
+                return
+            if not data:
+                return
+            self._result_pos += len(data)
+            new = self.results.feed(data)
+            now = time.monotonic() - self.started
+            if self.ended_at is not None:  # read after QEMU ended: it arrived by then
+                now = min(now, self.ended_at - self.started)
+            if new and self.first_result_at is None:
+                self.first_result_at = now
+            for rec in new:
+                self.arrivals.setdefault(rec["type"], now)
+            yield from new
+
+    def _drain_results(self) -> None:
+        for _rec in self._read_results():
+            pass
 
     def follow(
         self,
@@ -314,7 +414,7 @@ class Machine:
                 return False
             if not self._pump(min(remaining, 0.2)):
                 break
-        self._read_results()
+        self._drain_results()
         return True
 
     def timings(self) -> Timings:

@@ -89,7 +89,11 @@ MARK_UNEXPECTED, MARK_UNSTABLE, MARK_XARCH = "*", "~", "!"
 MD_NOT_RUN, MD_NOT_PLANNED = "-", "."
 
 _T = TypeVar("_T")
-_BAD_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+# Controls, surrogates, non-characters and the bidi controls (Trojan Source reordering).
+_BAD_CHARS = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+    "\ud800-\udfff\ufffe\uffff]"
+)
 
 
 # --- untrusted values -----------------------------------------------------------------

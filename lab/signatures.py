@@ -20,6 +20,8 @@ Accepted format of an entry:
 - `source`: kernel file:line in the 6.1.192 tree (spec section 3.8 where listed
   there), or the lab file that prints the line.
 - `words`: the pattern in words, for the documentation table.
+- `kernel`: the line comes from the kernel log (the default). In a lab cell such a
+  line counts only with a printk stamp; see `lab.classify._Findings`.
 
 Order matters: a line takes the first entry whose pattern matches, so specific
 entries come before catch-alls (e.g. `x86_page_fault_oops` before `kernel_bug_other`,
@@ -81,10 +83,23 @@ class Signature:
     source: str
     words: str
     context: Context | None = None
+    # Printed by the kernel (printk), so a lab console shows it with a printk stamp;
+    # False for lines from userspace (the lab's init) or QEMU. See lab.classify.
+    kernel: bool = True
 
 
 def _re(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
+
+
+# Every pattern must take linear time on one long line (a guest controls the console):
+# no unbounded lazy or greedy run may be followed by something that rescans the rest of
+# the line (`.*?\s*$`, `.+?\s+x`), and a field between two literals is bounded. A task
+# name is at most 15 characters (TASK_COMM_LEN), printed as `%s`; other free text in
+# the middle of a line (an OOM message, a CMA area name, a task/pid prefix) at most 128.
+COMM = ".{1,64}"
+COMM0 = ".{0,64}"
+TEXT = ".{1,128}"
 
 
 # The task line of dump_stack()/show_regs() (lib/dump_stack.c dump_stack_print_info).
@@ -128,7 +143,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "kernel_panic",
         "panic",
         "report",
-        _re(r"Kernel panic - not syncing: ?(?P<reason>.*?)\s*$"),
+        _re(r"Kernel panic - not syncing: ?(?P<reason>.*\S)?"),
         "kernel/panic.c:333",
         "`Kernel panic - not syncing: <reason>`; reason is the rest of the line "
         "(`Fatal exception` when an oops panicked)",
@@ -157,7 +172,9 @@ SIGNATURES: tuple[Signature, ...] = (
         "arm64_paging_oops",
         "oops",
         "report",
-        _re(r"Unable to handle kernel (?P<what>.+?) at virtual address (?P<address>[0-9a-fx]+)"),
+        _re(
+            rf"Unable to handle kernel (?P<what>{TEXT}?) at virtual address (?P<address>[0-9a-fx]+)"
+        ),
         "arch/arm64/mm/fault.c:305",
         "`Unable to handle kernel paging request|NULL pointer dereference at virtual "
         "address <addr>`",
@@ -213,7 +230,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "bad_page_state",
         "bug",
         "report",
-        _re(r"BUG: Bad page state in process (?P<comm>.+?)\s+pfn:(?P<pfn>[0-9a-f]+)"),
+        _re(rf"BUG: Bad page state in process (?P<comm>{COMM}?)\s{{1,8}}pfn:(?P<pfn>[0-9a-f]+)"),
         "mm/page_alloc.c:721 (reasons :1288-1301)",
         "`BUG: Bad page state in process <comm>  pfn:<pfn>`",
         BUG_CONTEXT,
@@ -232,7 +249,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "report",
         _re(
             r"BUG: soft lockup - CPU#(?P<cpu>\d+) stuck for (?P<seconds>\d+)s! "
-            r"\[(?P<comm>.+):(?P<pid>\d+)\]"
+            rf"\[(?P<comm>{COMM}):(?P<pid>\d+)\]"
         ),
         "kernel/watchdog.c:434",
         "`BUG: soft lockup - CPU#<n> stuck for <s>s! [<comm>:<pid>]`",
@@ -261,7 +278,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "bug",
         "report",
         _re(
-            r"INFO: task (?P<comm>.+):(?P<pid>\d+) blocked for more than (?P<seconds>\d+) "
+            rf"INFO: task (?P<comm>{COMM}):(?P<pid>\d+) blocked for more than (?P<seconds>\d+) "
             r"seconds\."
         ),
         "kernel/hung_task.c:133",
@@ -319,8 +336,8 @@ SIGNATURES: tuple[Signature, ...] = (
         "oom_kill",
         "supporting",
         _re(
-            r"(?P<comm>.+?) invoked oom-killer: gfp_mask=(?P<gfp_mask>0x[0-9a-f]+)"
-            r"(?:\((?P<gfp_flags>[^)]*)\))?, order=(?P<order>-?\d+), "
+            rf"(?P<comm>{COMM}?) invoked oom-killer: gfp_mask=(?P<gfp_mask>0x[0-9a-f]+)"
+            r"(?:\((?P<gfp_flags>[^)]{0,512})\))?, order=(?P<order>-?\d+), "
             r"oom_score_adj=(?P<oom_score_adj>-?\d+)"
         ),
         "mm/oom_kill.c:461",
@@ -332,7 +349,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "oom_kill",
         "supporting",
         _re(
-            r"oom-kill:constraint=(?P<constraint>[^,]+),.*?task=(?P<comm>.+?),"
+            rf"oom-kill:constraint=(?P<constraint>[^,]+),.*?task=(?P<comm>{COMM}?),"
             r"pid=(?P<pid>\d+),uid=(?P<uid>\d+)"
         ),
         "mm/oom_kill.c:450-456",
@@ -344,7 +361,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "report",
         _re(
             r"Out of memory(?P<allocating> \(oom_kill_allocating_task\))?: Killed process "
-            r"(?P<pid>\d+) \((?P<comm>.*?)\)(?= total-vm:|\s*$)"
+            rf"(?P<pid>\d+) \((?P<comm>{COMM0}?)\)(?= total-vm:|\s*$)"
         ),
         "mm/oom_kill.c:959 (messages :1166, :1184)",
         "`Out of memory[ (oom_kill_allocating_task)]: Killed process <pid> (<comm>) ...`",
@@ -355,7 +372,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "report",
         _re(
             r"Memory cgroup out of memory: Killed process (?P<pid>\d+) "
-            r"\((?P<comm>.*?)\)(?= total-vm:|\s*$)"
+            rf"\((?P<comm>{COMM0}?)\)(?= total-vm:|\s*$)"
         ),
         "mm/oom_kill.c:959 (message :1185)",
         "`Memory cgroup out of memory: Killed process <pid> (<comm>) ...`",
@@ -364,7 +381,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "oom_reaped",
         "oom_kill",
         "supporting",
-        _re(r"oom_reaper: reaped process (?P<pid>\d+) \((?P<comm>.*?)\)(?=, now |\s*$)"),
+        _re(rf"oom_reaper: reaped process (?P<pid>\d+) \((?P<comm>{COMM0}?)\)(?=, now |\s*$)"),
         "mm/oom_kill.c:602",
         "`oom_reaper: reaped process <pid> (<comm>), now anon-rss:...`",
     ),
@@ -372,7 +389,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "oom_reap_failed",
         "oom_kill",
         "supporting",
-        _re(r"oom_reaper: unable to reap pid:(?P<pid>\d+) \((?P<comm>.*)\)"),
+        _re(rf"oom_reaper: unable to reap pid:(?P<pid>\d+) \((?P<comm>{COMM0})\)"),
         "mm/oom_kill.c:629",
         "`oom_reaper: unable to reap pid:<pid> (<comm>)`",
     ),
@@ -380,7 +397,10 @@ SIGNATURES: tuple[Signature, ...] = (
         "oom_victim_exiting",
         "oom_kill",
         "supporting",
-        _re(r"(?P<message>.+?): OOM victim (?P<pid>\d+) \((?P<comm>.*)\) is already exiting\."),
+        _re(
+            rf"(?P<message>{TEXT}?): OOM victim (?P<pid>\d+) \((?P<comm>{COMM0})\) "
+            r"is already exiting\."
+        ),
         "mm/oom_kill.c:934",
         "`<message>: OOM victim <pid> (<comm>) is already exiting. Skip killing the task`",
     ),
@@ -414,7 +434,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "fatal_sigbus",
         "sigbus",
         "report",
-        _re(r"(?:(?P<prefix>.*?): )?potentially unexpected fatal signal 7\."),
+        _re(rf"(?:(?P<prefix>{TEXT}?): )?potentially unexpected fatal signal 7\."),
         "kernel/signal.c:1268 (needs print-fatal-signals=1)",
         "`potentially unexpected fatal signal 7.` (+ the `CPU: PID: Comm:` line of show_regs)",
         TASK_CONTEXT,
@@ -423,7 +443,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "arm64_unhandled_exception",
         "sigbus",
         "supporting",
-        _re(r"(?P<comm>.+)\[(?P<pid>\d+)\]: unhandled exception: (?P<what>.*)"),
+        _re(rf"(?P<comm>{COMM})\[(?P<pid>\d+)\]: unhandled exception: (?P<what>.*)"),
         "arch/arm64/kernel/traps.c:255; arch/arm64/mm/fault.c:747",
         "`<comm>[<pid>]: unhandled exception: ... level 3 translation fault` (SIGBUS or "
         "SIGSEGV; needs debug.exception-trace=1)",
@@ -432,7 +452,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "fatal_signal_other",
         None,
         "info",
-        _re(r"(?:.*?: )?potentially unexpected fatal signal (?P<signo>\d+)\."),
+        _re(rf"(?:{TEXT}?: )?potentially unexpected fatal signal (?P<signo>\d+)\."),
         "kernel/signal.c:1268",
         "`potentially unexpected fatal signal <n>.` for a signal other than 7",
         REGS_CONTEXT,
@@ -441,7 +461,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "x86_segfault",
         None,
         "info",
-        _re(r"(?P<comm>.+?)\[(?P<pid>\d+)\]: segfault at (?P<address>[0-9a-f]+)"),
+        _re(rf"(?P<comm>{COMM}?)\[(?P<pid>\d+)\]: segfault at (?P<address>[0-9a-f]+)"),
         "arch/x86/mm/fault.c:771",
         "`<comm>[<pid>]: segfault at <addr> ...` (SIGSEGV only, never SIGBUS)",
     ),
@@ -451,7 +471,7 @@ SIGNATURES: tuple[Signature, ...] = (
         None,
         "info",
         _re(
-            r"cma: cma_alloc: (?P<area>.+?): alloc failed, req-size: (?P<pages>\d+) pages, "
+            rf"cma: cma_alloc: (?P<area>{TEXT}?): alloc failed, req-size: (?P<pages>\d+) pages, "
             r"ret: (?P<ret>-?\d+)"
         ),
         "mm/cma.c:503-504",
@@ -478,7 +498,7 @@ SIGNATURES: tuple[Signature, ...] = (
         None,
         "info",
         _re(
-            r"(?P<comm>.+?): page allocation failure: order:(?P<order>\d+), "
+            rf"(?P<comm>{COMM}?): page allocation failure: order:(?P<order>\d+), "
             r"mode:(?P<gfp_mask>0x[0-9a-f]+)"
         ),
         "mm/page_alloc.c:4424, :5401",
@@ -488,7 +508,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "secretmem_banner",
         None,
         "info",
-        _re(r"secretmem: lab variant (?P<attrs>.*?)\s*$"),
+        _re(r"secretmem: lab variant (?P<attrs>.*\S)?"),
         "mm/secretmem.c (lab patch, secretmem_lab_init)",
         "`secretmem: lab variant pool=<p> fallback=<0|1> reserve=<0|1> fault=<oom|sigbus> "
         "charge=<page|chunk> v16lit=<0|1> enabled=<0|1>`",
@@ -538,7 +558,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "callbacks_suppressed",
         None,
         "info",
-        _re(r"(?P<function>\w+): (?P<count>\d+) callbacks suppressed"),
+        _re(r"(?P<function>\w{1,128}): (?P<count>\d+) callbacks suppressed"),
         "lib/ratelimit.c:57",
         "`<function>: <n> callbacks suppressed` for any other rate-limited message",
     ),
@@ -549,6 +569,7 @@ SIGNATURES: tuple[Signature, ...] = (
         _re(r"qemu-system-(?P<arch>[\w-]+): (?P<message>.+)"),
         "QEMU's own stderr, which shares the console pty",
         "`qemu-system-<arch>: <message>` (decides only when the kernel printed nothing)",
+        kernel=False,
     ),
     # --- userspace and the orderly end -------------------------------------
     Signature(
@@ -566,6 +587,7 @@ SIGNATURES: tuple[Signature, ...] = (
         _re(r"LABREADY (?P<boot_id>\S+)"),
         "images/init (the lab's ready marker)",
         "`LABREADY <boot id>`",
+        kernel=False,
     ),
     Signature(
         "lab_testcase",
@@ -582,6 +604,7 @@ SIGNATURES: tuple[Signature, ...] = (
         _re(r"LABAGENT-EXIT (?P<status>-?\d+)"),
         "images/init (after the agent exits)",
         "`LABAGENT-EXIT <status>`",
+        kernel=False,
     ),
     Signature(
         "reboot_restart",

@@ -44,7 +44,8 @@ def test_ready_then_results(repo: Path, tmp_path: Path, monkeypatch: pytest.Monk
         {"type": "done"},
     ]
     monkeypatch.setenv("LAB_REPLAY_RESULTS", "".join(json.dumps(r) + "\n" for r in records))
-    with Machine(_launch(repo, tmp_path), tmp_path, "b", 10, 5) as m:
+    # The boot id of the recorded console: only this boot's marker counts.
+    with Machine(_launch(repo, tmp_path), tmp_path, "947a504757972843", 10, 5) as m:
         assert m.wait_ready() > 0
         seen: list[dict[str, object]] = []
         assert m.follow(lambda r: r["type"] == "done", 10, seen.append) == "record"

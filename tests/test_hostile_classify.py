@@ -1,0 +1,210 @@
+"""Hostile console text through the classifier (issue 15: D3, D14, D16).
+
+D3: every signature is linear on one long line, and the classifier bounds the line
+length it matches, so that one guest line cannot stall a run.
+D14: in lab cells only lines with a printk stamp are kernel lines (lab kernels have
+CONFIG_PRINTK_TIME); foreign logs keep their tolerance but prefer stamped lines.
+D16: bidi controls in console lines are shown as escapes, never raw.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from test_classify import BANNER, CORPUS_FILES, EXAMPLES, load_case
+
+from lab import classify as cl
+from lab import report
+from lab.classify import RunFacts, classify
+from lab.signatures import SIGNATURES
+
+# --- D3: linear signatures ----------------------------------------------------------
+
+N = 20_000  # a quadratic pattern needs seconds here, a linear one a millisecond
+FILLERS = (" ", "a", "a ", "(", ")", ",", ":", "[", "]", "#", "0", "=", ": ", ") ", "\t")
+CUTS = set(" :,()[]=#!-")
+
+
+def _adversarial(sample: str) -> list[str]:
+    """The sample with a long run inserted at each token boundary: generic fillers and
+    pieces of the sample itself (e.g. `task=` repeated after `oom-kill:constraint=`)."""
+    cuts = sorted({0, len(sample)} | {i + 1 for i, c in enumerate(sample) if c in CUTS})
+    out = []
+    for p in cuts:
+        pieces = {*FILLERS, sample[p : p + 6], sample[max(0, p - 6) : p], sample[:p]}
+        for piece in pieces - {""}:
+            run = piece * (N // len(piece))
+            out.append(sample[:p] + run + sample[p:])
+            out.append(sample[:p] + run)
+    return out
+
+
+@pytest.mark.parametrize("sig", SIGNATURES, ids=[s.name for s in SIGNATURES])
+def test_signature_is_linear_on_long_lines(sig: object) -> None:
+    assert isinstance(sig, cl.Signature)
+    lines = _adversarial(EXAMPLES[sig.name])
+    patterns = [sig.pattern]
+    if sig.context is not None:
+        patterns += list(sig.context.fields)
+    for line in lines:
+        started = time.perf_counter()
+        for pat in patterns:
+            pat.match(line)
+        if sig.context is not None:
+            for pat in sig.context.fields:
+                pat.search(line)
+        took = time.perf_counter() - started
+        # Generous for a loaded machine: linear takes about 1 ms here.
+        assert took < 0.25, f"{took:.2f}s on {line[:60]!r}... ({len(line)} chars)"
+
+
+REVIEW_LINES = {
+    "panic-30k": "Kernel panic - not syncing: " + " " * 30_000 + "x",
+    "banner-20k": "secretmem: lab variant" + " " * 20_000 + "x",
+    "oom-task-40k": "oom-kill:constraint=a," + "task=b," * 40_000,
+    "oom-victim-80k": "m: OOM victim 1 (" * 80_000,
+    "1mb-spaces-panic": "Kernel panic - not syncing: " + " " * (1 << 20) + "x",
+    "1mb-spaces-banner": "secretmem: lab variant " + " " * (1 << 20) + "x",
+    "1mb-bad-page": "BUG: Bad page state in process " + " " * (1 << 20) + "x",
+    "1mb-stamps": "[ " * (1 << 19),
+    "1mb-escapes": "\x1b[" * (1 << 19),
+    "1mb-letters": "a" * (1 << 20),
+}
+
+
+@pytest.mark.parametrize("line", REVIEW_LINES.values(), ids=list(REVIEW_LINES))
+@pytest.mark.parametrize("lab", [False, True], ids=["foreign", "lab"])
+def test_one_long_line_classifies_quickly(line: str, lab: bool) -> None:
+    facts = RunFacts(ready=True, records=({"type": "done"},)) if lab else None
+    for stamp in ("", "[    1.000000] "):
+        started = time.perf_counter()
+        c = classify(stamp + line + "\n", facts)
+        took = time.perf_counter() - started
+        assert took < 1.0, f"{took:.2f}s"
+        assert all(len(e.text) <= cl.MAX_TEXT for e in c.evidence)
+
+
+def test_a_long_kernel_line_still_matches_on_its_start() -> None:
+    c = classify("[    1.000000] Kernel panic - not syncing: Fatal exception" + " x" * 600_000)
+    assert c.outcome == "boot_failure"  # a panic, and no userspace before it
+    assert str(c.fields["reason"]).startswith("Fatal exception x x")
+
+
+# --- D14: kernel lines carry a printk stamp in lab cells ----------------------------
+
+LAB_BOOT = (
+    "[    0.400000] Linux version 6.1.192\n"
+    "[    0.600000] Run /init as init process\n"
+    "LABREADY 1234abcd\n"
+    "[    0.700000] lab: testcase api start\n"
+)
+LAB_END = (
+    "[    0.900000] lab: testcase api end\nLABAGENT-EXIT 0\n[    1.000000] reboot: Power down\n"
+)
+PASSED = RunFacts(
+    ready=True,
+    records=(
+        {"type": "result", "testcase": "api", "verdict": "pass"},
+        {"type": "done"},
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    "fake",
+    [
+        "WARNING: deprecated option",
+        "BUG: x",
+        "Kernel panic - not syncing: x",
+        "Out of memory: Killed process 40 (python3)",
+        "BUG: Bad page state in process a  pfn:1234",
+        "potentially unexpected fatal signal 7.",
+        "general protection fault: 0000 [#1] SMP",
+    ],
+)
+def test_unstamped_kernel_text_in_a_lab_cell_is_userspace(fake: str) -> None:
+    c = classify(LAB_BOOT + fake + "\n" + LAB_END, PASSED)
+    assert c.outcome == "pass", c.detail
+    # the same line with a printk stamp is the kernel's
+    stamped = classify(LAB_BOOT + "[    0.800000] " + fake + "\n" + LAB_END, PASSED)
+    assert stamped.outcome != "pass"
+
+
+def test_unstamped_banner_does_not_hide_a_missing_kernel_banner() -> None:
+    want = {"pool": "cma", "fallback": "0"}
+    facts = RunFacts(ready=True, records=PASSED.records, expected_banner=want)
+    fake = "secretmem: lab variant pool=cma fallback=0\n"
+    c = classify(LAB_BOOT + fake + LAB_END, facts)
+    assert (c.outcome, c.rule) == ("infra_error", "banner-mismatch")
+    assert "missing" in c.detail
+    real = "[    0.300000] secretmem: lab variant pool=cma fallback=0\n"
+    assert classify(real + LAB_BOOT + LAB_END, facts).outcome == "pass"
+    # a stamped banner is the kernel's even when an unstamped one disagrees
+    odd = "secretmem: lab variant pool=none fallback=1\n"
+    assert classify(real + LAB_BOOT + odd + LAB_END, facts).outcome == "pass"
+
+
+LIVELOCK = "".join(
+    f"[   {10 + i}.000000] Huh VM_FAULT_OOM leaked out to the #PF handler. Retrying PF\n"
+    for i in range(20)
+)
+
+
+def test_unstamped_power_down_does_not_end_a_foreign_livelock() -> None:
+    foreign = BANNER + "[    0.600000] Run /init as init process\n" + LIVELOCK
+    assert classify(foreign).outcome == "fault_livelock"
+    assert classify(foreign + "reboot: Power down\n").outcome == "fault_livelock"
+    # the kernel's own (stamped) power-down line still ends the log in order
+    ended = classify(foreign + "[   40.000000] reboot: Power down\n")
+    assert (ended.outcome, ended.rule) == ("pass", "orderly-end")
+
+
+def test_foreign_logs_without_stamps_keep_their_tolerance() -> None:
+    c = classify("Run /init as init process\nBUG: Bad page state in process a  pfn:1234\n")
+    assert c.outcome == "bug"
+    assert classify("Run /init as init process\nhello\nreboot: Power down\n").outcome == "pass"
+
+
+def test_foreign_logs_prefer_the_stamped_line() -> None:
+    """An unstamped panic line before the kernel's does not give the panic's reason."""
+    log = (
+        "[    0.600000] Run /init as init process\n"
+        "Kernel panic - not syncing: fake from userspace\n"
+        "[    2.000000] Kernel panic - not syncing: real reason\n"
+    )
+    c = classify(log)
+    assert c.outcome == "panic" and c.fields["reason"] == "real reason"
+
+
+@pytest.mark.parametrize("path", CORPUS_FILES, ids=[p.stem for p in CORPUS_FILES])
+def test_corpus_kernel_hits_are_stamped(path: object) -> None:
+    """Every recorded console is stamped: the stamp rule changes none of them (their
+    classes are checked in test_classify)."""
+    case = load_case(path)  # type: ignore[arg-type]
+    lines = cl.normalise(case.console)
+    kernel = [h for h in cl.scan(lines) if h.sig.kernel]
+    assert kernel and all(h.ktime is not None for h in kernel)
+
+
+# --- D16: bidi controls -------------------------------------------------------------
+
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+
+
+def test_bidi_controls_are_escaped_in_evidence() -> None:
+    line = "[    1.000000] BUG: evil \u202etxt.exe\u2066 \u200f end"
+    c = classify(line + "\n")
+    text = next(e.text for e in c.evidence if "BUG" in e.text)
+    assert not any(ch in text for ch in BIDI)
+    assert "\\u202e" in text and "\\u2066" in text and "\\u200f" in text
+    assert not any(ch in c.detail for ch in BIDI)
+    assert all(f"\\u{ord(ch):04x}" in cl.shown(ch) for ch in BIDI)
+
+
+def test_bidi_controls_are_escaped_by_report_clean() -> None:
+    out = report._clean("a" + BIDI + "b")
+    assert not any(ch in out for ch in BIDI)
+    assert out == "a" + "".join(f"\\u{ord(ch):04x}" for ch in BIDI) + "b"
+    # ordinary text, including non-Latin scripts, stays as it is
+    assert report._clean("ok \u00e9 \u05d0\u05d1 \u0627") == "ok \u00e9 \u05d0\u05d1 \u0627"
