@@ -48,8 +48,11 @@ def valid_name(name: str) -> bool:
 
 
 def check_cmdline(value: str, where: str) -> str:
-    """A kernel command line travels as one argv element: NUL cannot, other controls must not."""
-    if any(unicodedata.category(c) == "Cc" for c in value):
+    """A kernel command line travels as one argv element: NUL cannot, other controls must not.
+
+    Whitespace (newlines, tabs) is fine: the command line is split into words later.
+    """
+    if any(unicodedata.category(c) == "Cc" for c in " ".join(value.split())):
         raise LabError(
             f"{where}: {value!r} contains a control character; "
             "a kernel command line is printable text"

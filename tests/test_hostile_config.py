@@ -332,3 +332,8 @@ def test_cli_matrix_list_gives_one_line_and_exit_2(
     lines = [x for x in proc.stderr.splitlines() if x.startswith("lab:")]
     assert len(lines) == 1 and lines[0].startswith("lab: error: "), proc.stderr
     assert expected in lines[0]
+
+
+def test_boot_cmdline_may_span_lines(mini_lab: Path) -> None:
+    f = _edit(mini_lab, "[lab]", '[boot]\ncmdline = """quiet\nloglevel=3"""\n[lab]')
+    assert config.load(f).boot.cmdline.split() == ["quiet", "loglevel=3"]
