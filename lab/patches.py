@@ -30,6 +30,9 @@ class Patch:
 # only roughly matches ("fuzz"), which can silently land a change in the wrong place.
 # The lab refuses fuzz, as `git am` does.
 POLICY = "patch -p1 --fuzz=0"
+# A patch is read whole to find the files it touches; the largest kernel patch sets
+# are a few MiB, so this only stops a runaway or hostile file.
+MAX_PATCH_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,14 @@ def load_series(patches_dir: Path, names: tuple[str, ...]) -> Series:
             entry = line.split("#", 1)[0].strip()
             if not entry:
                 continue
-            path = series_file.parent / entry.split()[0]
+            rel = entry.split()[0]
+            # The series file lists patches beside it (quilt's layout), nothing else.
+            if rel.startswith("/") or ".." in rel.split("/"):
+                raise LabError(
+                    f"{series_file}:{no}: {rel!r} is outside the series directory; "
+                    "list patch files that sit beside the series file"
+                )
+            path = series_file.parent / rel
             if not path.is_file():
                 raise LabError(f"{series_file}:{no}: patch {entry!r} not found")
             patches.append(Patch(name, entry, path, cache.file_digest(path)))
@@ -146,22 +156,24 @@ def touched_files(patch_text: str) -> list[str]:
     text in a commit message is prose, and must not name files for the lab to touch.
     """
     lines = patch_text.splitlines()
-    out: list[str] = []
+    out: dict[str, None] = {}  # ordered, and linear in the number of files
 
     def add(name: str | None) -> None:
-        if name is not None and name not in out:
-            out.append(name)
+        if name is not None:
+            out.setdefault(name)
 
     for i, line in enumerate(lines):
         nxt = lines[i + 1] if i + 1 < len(lines) else ""
         if line.startswith("diff --git ") and _GIT_EXTENDED.match(nxt):
             for name in _git_names(line[len("diff --git ") :]):
                 add(_strip1(name))
-            for ext in lines[i + 1 :]:
-                if not _GIT_EXTENDED.match(ext) or ext.startswith("--- "):
+            j = i + 1
+            while j < len(lines) and _GIT_EXTENDED.match(lines[j]):
+                if lines[j].startswith("--- "):
                     break
-                if m := _GIT_NAMED.match(ext):
+                if m := _GIT_NAMED.match(lines[j]):
                     add(_unquote(m[1]))
+                j += 1
         elif (
             line.startswith("--- ")
             and nxt.startswith("+++ ")
@@ -171,7 +183,7 @@ def touched_files(patch_text: str) -> list[str]:
             for header in (line, nxt):
                 if m := _HEADER.match(header):
                     add(_strip1(m[1]))
-    return out
+    return list(out)
 
 
 def outside_reason(tree: Path, rel: str) -> str | None:
@@ -263,8 +275,12 @@ def apply(source: Source, series: Series, cache_root: Path, log: Log) -> Path:
 
 
 def _apply_one(tree: Path, patch: Patch) -> None:
-    text = patch.path.read_text(errors="replace")
     label = f"{patch.series}/{patch.name}"
+    with patch.path.open("rb") as f:
+        raw = f.read(MAX_PATCH_BYTES + 1)
+    if len(raw) > MAX_PATCH_BYTES:
+        raise LabError(f"patch {label} ({patch.path}): larger than {MAX_PATCH_BYTES >> 20} MiB")
+    text = raw.decode(errors="replace")
     # Checked before `patch` runs at all: nothing from a patch may reach outside the tree.
     touched = touched_files(text)
     for rel in touched:

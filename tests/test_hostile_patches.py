@@ -156,3 +156,32 @@ def test_git_mode_change_leaves_pristine_tree_alone(tmp_path: Path) -> None:
     assert stat.S_IMODE((out / "mm" / "secretmem.c").stat().st_mode) & 0o111
     pristine = src.tree / "mm" / "secretmem.c"
     assert stat.S_IMODE(pristine.stat().st_mode) == 0o444
+
+
+def test_many_headers_take_linear_time() -> None:
+    """A patch naming 100k files (or 100k git headers) is read in well under a second or two."""
+    import time
+
+    plain = "".join(f"--- a/d/f{i}\n+++ b/d/f{i}\n@@ -1 +1 @@\n-a\n+b\n" for i in range(100_000))
+    git = "".join(f"diff --git a/g{i} b/g{i}\nindex 1..2 100644\n" for i in range(100_000))
+    start = time.monotonic()
+    assert len(patches.touched_files(plain)) == 100_000
+    assert len(patches.touched_files(git)) == 100_000
+    assert time.monotonic() - start < 5
+
+
+def test_patch_size_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(patches, "MAX_PATCH_BYTES", 1000)
+    src = _tree(tmp_path)
+    with pytest.raises(LabError, match=r"0001-x\.patch.*larger than"):
+        _apply(tmp_path, src, LEGIT_HUNK + "\n" * 2000)
+
+
+@pytest.mark.parametrize("entry", ["../../victim", "/etc/hostname", "sub/../../x.patch"])
+def test_series_entries_stay_in_their_directory(tmp_path: Path, entry: str) -> None:
+    d = tmp_path / "patches" / "s"
+    d.mkdir(parents=True)
+    (tmp_path / "victim").write_text("secret\n")
+    (d / "series").write_text(f"{entry}\n")
+    with pytest.raises(LabError, match=r"series:1: .*outside"):
+        patches.load_series(tmp_path / "patches", ("s",))
