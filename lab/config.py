@@ -7,8 +7,10 @@ See docs/lab-toml.md for the reference.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,43 @@ from lab.tomlread import Scalar, Table
 
 SOURCE_KINDS = ("debian", "tarball", "tree", "git")
 ACCELS = ("auto", "kvm", "tcg")
+
+# Upper bounds: far above any real lab, low enough that a typo (an extra zero or
+# three) is an error here rather than a QEMU failure in every cell or a hang.
+MAX_FILE_BYTES = 4 << 20
+MAX_MEMORY_MIB = 1 << 20  # 1 TiB
+MAX_SMP = 1024
+MAX_JOBS = 4096
+MAX_SECONDS = 86400.0  # one day
+# A family's axis product is counted before it is built: 12 axes of 10 values would
+# otherwise be materialised (10**12 dicts) before any exclude could remove them.
+MAX_COMBINATIONS = 10_000
+NAME_RULE = "use letters, digits, '-', '_', '.', '+', not starting with '-', not '.' or '..'"
+
+
+def valid_name(name: str) -> bool:
+    """Arch and variant names become path components, CLI arguments and glob targets."""
+    return (
+        bool(name)
+        and not name.startswith("-")
+        and name not in (".", "..")
+        and not any(
+            c.isspace() or c in "/\\,*?[]" or unicodedata.category(c) in ("Cc", "Cf") for c in name
+        )
+    )
+
+
+def check_cmdline(value: str, where: str) -> str:
+    """A kernel command line travels as one argv element: NUL cannot, other controls must not.
+
+    Whitespace (newlines, tabs) is fine: the command line is split into words later.
+    """
+    if any(unicodedata.category(c) == "Cc" for c in " ".join(value.split())):
+        raise LabError(
+            f"{where}: {value!r} contains a control character; "
+            "a kernel command line is printable text"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -152,21 +191,48 @@ def default_cache_dir() -> Path:
 def load(file: Path) -> LabConfig:
     """Read and validate lab.toml."""
     try:
-        text = file.read_text()
+        with file.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise LabError(
             f"{file}: not found (pass --config PATH or run from the lab directory)"
         ) from None
     except OSError as exc:
         raise LabError(f"{file}: cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise LabError(f"{file}: larger than {MAX_FILE_BYTES >> 20} MiB; not a lab.toml")
     try:
-        data = tomllib.loads(text)
+        data = tomllib.loads(raw.decode())
+    except UnicodeDecodeError as exc:
+        raise LabError(f"{file}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise LabError(f"{file}: malformed TOML: {exc}") from None
+    except RecursionError:
+        raise LabError(f"{file}: malformed TOML: arrays or tables nested too deeply") from None
     return parse(data, file)
 
 
+def _check_values(data: dict[str, object], file: Path) -> None:
+    """Every number finite, no NUL in any string, wherever it is in the file.
+
+    NaN compares false with everything (`nan <= 0` passes a range check) and inf
+    never times out; a NUL cannot go into a path or an argv element.
+    """
+    stack: list[tuple[str, object]] = list(data.items())
+    while stack:
+        key, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise LabError(f"{file}: {key}: {value} is not a finite number")
+        if isinstance(value, str) and "\0" in value:
+            raise LabError(f"{file}: {key}: {value!r} contains a control character (NUL)")
+        if isinstance(value, dict):
+            stack += [(f"{key}.{k}", v) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+
+
 def parse(data: dict[str, object], file: Path) -> LabConfig:
+    _check_values(data, file)
     top = Table(file, "", dict(data))
     root = file.resolve().parent
 
@@ -179,7 +245,7 @@ def parse(data: dict[str, object], file: Path) -> LabConfig:
     kernels_dir = _path(root, lab.string("kernels_dir", "kernels"))
     images_dir = _path(root, lab.string("images_dir", "images"))
     testcases_dir = _path(root, lab.string("testcases_dir", "testcases"))
-    jobs = lab.integer("jobs", 0, minimum=0)
+    jobs = lab.integer("jobs", 0, minimum=0, maximum=MAX_JOBS)
     lab.done()
 
     source = _source(top.table("source", required=True))
@@ -189,13 +255,16 @@ def parse(data: dict[str, object], file: Path) -> LabConfig:
 
     arch_table = top.table("arch", required=True)
     arches = {name: _arch(name, t) for name, t in arch_table.subtables()}
+    for name in arches:
+        if not valid_name(name):
+            arch_table.fail(f"[arch.NAME]: arch name {name!r} is not valid; {NAME_RULE}")
     if not arches:
         arch_table.fail(f"{arch_table.path}: declare at least one [arch.NAME] table")
 
     vtable = top.table("variants", required=True)
     all_variants: list[Variant] = []
     for family, t in vtable.subtables():
-        all_variants.extend(_family(family, t))
+        all_variants.extend(_family(family, t, root))
     seen: dict[str, str] = {}
     for v in all_variants:
         if v.name in seen:
@@ -257,7 +326,7 @@ def _build(t: Table) -> BuildSpec:
     configs = t.strings("configs", ())
     make_vars = t.scalar_map("make_vars")
     timestamp = t.string("timestamp", "Thu Jan 21 12:27:23 UTC 2021")
-    jobs = t.integer("jobs", 0, minimum=0)
+    jobs = t.integer("jobs", 0, minimum=0, maximum=MAX_JOBS)
     t.done()
     return BuildSpec(
         base=base,
@@ -270,8 +339,15 @@ def _build(t: Table) -> BuildSpec:
 
 def _seconds(t: Table, name: str, default: float) -> float:
     value = t.raw(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        t.fail_key(name, f"expected a positive number of seconds, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        t.fail_key(name, f"expected a positive, finite number of seconds, got {value!r}")
+    if value > MAX_SECONDS:
+        t.fail_key(name, f"{value!r} is too large; must be <= {MAX_SECONDS:g} seconds")
     return float(value)
 
 
@@ -280,7 +356,7 @@ def _boot(t: Table) -> BootSpec:
         ready_timeout=_seconds(t, "ready_timeout", 60.0),
         shutdown_timeout=_seconds(t, "shutdown_timeout", 15.0),
         kvm_probe_timeout=_seconds(t, "kvm_probe_timeout", 8.0),
-        cmdline=t.string("cmdline", ""),
+        cmdline=check_cmdline(t.string("cmdline", ""), f"{t.file}: {t.key('cmdline')}"),
     )
     t.done()
     return spec
@@ -308,8 +384,8 @@ def _arch(name: str, t: Table) -> ArchSpec:
         machine=q.string("machine"),
         cpu=q.string("cpu", ""),
         console=q.string("console"),
-        memory_mib=q.integer("memory_mib", 512, minimum=64),
-        smp=q.integer("smp", 2, minimum=1),
+        memory_mib=q.integer("memory_mib", 512, minimum=64, maximum=MAX_MEMORY_MIB),
+        smp=q.integer("smp", 2, minimum=1, maximum=MAX_SMP),
         accel=q.string("accel", "auto", choices=ACCELS),
         extra_args=q.strings("extra_args", ()),
     )
@@ -323,7 +399,7 @@ def _arch(name: str, t: Table) -> ArchSpec:
         image=t.string("image"),
         deb_arch=t.string("deb_arch"),
         configs=t.strings("configs", ()),
-        cmdline=t.string("cmdline", ""),
+        cmdline=check_cmdline(t.string("cmdline", ""), f"{t.file}: {t.key('cmdline')}"),
         qemu=qemu,
     )
     t.done()
@@ -360,7 +436,7 @@ def _entries(t: Table, name: str) -> list[dict[str, Scalar]]:
     return out
 
 
-def _family(family: str, t: Table) -> list[Variant]:
+def _family(family: str, t: Table, root: Path) -> list[Variant]:
     where = f"{t.file}: [{t.path}]"
     axes = _scalar_list_map(t, "axes")
     include = _entries(t, "include")
@@ -375,31 +451,47 @@ def _family(family: str, t: Table) -> list[Variant]:
     configs = t.strings("configs", ())
     t.done()
 
+    product = math.prod(len(v) for v in axes.values())
+    if product > MAX_COMBINATIONS:
+        raise LabError(
+            f"{where} axes: {' x '.join(str(len(v)) for v in axes.values())} = {product} "
+            f"combinations; at most {MAX_COMBINATIONS} (split the family)"
+        )
+    expanded = variants.expand(axes, include, exclude, constants)
+    if not expanded:
+        raise LabError(
+            f"{where}: every combination is excluded ({len(exclude)} exclude entries) "
+            "and no include adds one"
+        )
     out = []
-    for params in variants.expand(axes, include, exclude, constants):
+    for params in expanded:
         ctx = {**params, "family": family}
         combo = ", ".join(f"{k}={v!r}" for k, v in params.items())
-        name = templates.render_string(name_tpl, ctx, f"{where} name (for {combo})").strip()
-        if not name or any(c.isspace() or c in "/,*?[]" for c in name):
+
+        def render(
+            key: str, template: str, ctx: dict[str, Scalar] = ctx, combo: str = combo
+        ) -> str:
+            return templates.render_string(template, ctx, f"{where} {key} (for {combo})", root)
+
+        name = render("name", name_tpl).strip()
+        if not valid_name(name):
             raise LabError(
-                f"{where} name: {name!r} (for {combo}) is not a valid variant name; "
-                "use letters, digits, '-', '_', '.', '+'"
+                f"{where} name: {name!r} (for {combo}) is not a valid variant name; {NAME_RULE}"
             )
         ctx["variant"] = name
         out.append(
             Variant(
                 name=name,
                 family=family,
-                description=templates.render_string(desc_tpl, ctx, f"{where} description").strip(),
+                description=render("description", desc_tpl).strip(),
                 params=params,
                 series=series,
                 configs=configs,
-                cmdline=" ".join(
-                    templates.render_string(cmdline_tpl, ctx, f"{where} cmdline").split()
+                cmdline=check_cmdline(
+                    " ".join(render("cmdline", cmdline_tpl).split()),
+                    f"{where} cmdline (for {combo})",
                 ),
-                banner=" ".join(
-                    templates.render_string(banner_tpl, ctx, f"{where} banner").split()
-                ),
+                banner=" ".join(render("banner", banner_tpl).split()),
             )
         )
     return out

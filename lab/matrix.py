@@ -18,6 +18,11 @@ from lab.errors import LabError
 from lab.testcase import TestCase
 from lab.tomlread import Table
 
+MAX_REPEAT = 1000
+# Far above a real matrix (the repo's is a few hundred cells), and low enough that
+# `--list` answers at once instead of building millions of cells.
+MAX_CELLS = 100_000
+
 
 @dataclass(frozen=True)
 class MatrixSpec:
@@ -68,7 +73,7 @@ def parse_spec(raw: object, file: str) -> MatrixSpec:
         arches=t.strings("arches", ("*",)),
         testcases=t.strings("testcases", ("*",)),
         exclude=tuple(excludes),
-        repeat=t.integer("repeat", 1, minimum=1),
+        repeat=t.integer("repeat", 1, minimum=1, maximum=MAX_REPEAT),
     )
     t.done()
     return spec
@@ -85,7 +90,20 @@ def _match(name: str, patterns: Sequence[str]) -> bool:
 def _check(names: Sequence[str], patterns: Sequence[str], what: str, file: str) -> None:
     for p in patterns:
         if not any(fnmatch.fnmatchcase(n, p) for n in names):
-            raise LabError(f"{file}: {what} {p!r} matches nothing; valid: {', '.join(names)}")
+            raise LabError(
+                f"{file}: {what} {p!r} matches nothing; valid: {', '.join(names) or '(none)'}"
+            )
+
+
+def _check_testcase_arches(testcases: Sequence[TestCase], arches: Sequence[str]) -> None:
+    """A misspelt arch in a test case would silently run it nowhere."""
+    for tc in testcases:
+        for a in tc.arches:
+            if a != "*" and a not in arches:
+                raise LabError(
+                    f"{tc.path}: TESTCASE['arches']: unknown arch {a!r}; "
+                    f"valid: {', '.join(arches)}, or '*'"
+                )
 
 
 def plan(
@@ -110,6 +128,15 @@ def plan(
     _check(v_names, cli_v, "variant", file)
     _check(a_names, cli_a, "arch", file)
     _check(t_names, cli_t, "test case", file)
+    # A typo in [matrix] would otherwise drop cells without a word.
+    _check(v_names, spec.variants, "[matrix] variants:", file)
+    _check(a_names, spec.arches, "[matrix] arches:", file)
+    _check(t_names, spec.testcases, "[matrix] testcases:", file)
+    _check_testcase_arches(testcases, a_names)
+    repeats = repeat or spec.repeat
+    if not 1 <= repeats <= MAX_REPEAT:
+        size = "too large" if repeats > MAX_REPEAT else "too small"
+        raise LabError(f"--repeat {repeats} is {size}; must be 1..{MAX_REPEAT}")
     cells: list[Planned] = []
     for arch_name in a_names:
         if not _match(arch_name, spec.arches) or (cli_a and not _match(arch_name, cli_a)):
@@ -131,7 +158,12 @@ def plan(
                     for ex in spec.exclude
                 ):
                     continue
-                for r in range(1, (repeat or spec.repeat) + 1):
+                if len(cells) + repeats > MAX_CELLS:
+                    raise LabError(
+                        f"{file}: the selection holds more than {MAX_CELLS} cells; at most "
+                        f"{MAX_CELLS} (narrow it with --variant, --arch, --testcase or [matrix])"
+                    )
+                for r in range(1, repeats + 1):
                     cells.append(Planned(Cell(arch, variant, tc), r))
     return cells
 

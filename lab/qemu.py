@@ -53,7 +53,7 @@ class Launch:
             "-device",
             "virtio-serial-device",
             "-chardev",
-            f"file,id=result,path={self.result_file}",
+            f"file,id=result,path={_option_value(self.result_file)}",
             "-device",
             f"virtserialport,chardev=result,name={RESULT_PORT}",
             "-kernel",
@@ -65,6 +65,12 @@ class Launch:
             *q.extra_args,
         ]
         return args
+
+
+def _option_value(value: object) -> str:
+    """QEMU splits option strings at ',' and reads ',,' as a literal comma: a results or
+    cache path holding a comma must not end the value or inject another option."""
+    return str(value).replace(",", ",,")
 
 
 def kernel_cmdline(arch: ArchSpec, *extra: str) -> str:

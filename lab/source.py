@@ -196,7 +196,8 @@ def _git(args: list[str], cwd: Path | None = None) -> str:
     except FileNotFoundError:
         raise LabError("git not found; install it with: sudo apt-get install git") from None
     if proc.returncode != 0:
-        raise LabError(f"git {' '.join(args[:2])} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise LabError(f"git {args[0]} failed: {last}")
     return proc.stdout
 
 
@@ -213,11 +214,13 @@ def _git_resolve(spec: SourceSpec, cache_root: Path, log: Log) -> str:
     if known is not None:
         return known
     log(f"resolving {spec.url} {spec.ref}")
-    out = _git(["ls-remote", spec.url, spec.ref, f"{spec.ref}^{{}}"])
+    out = _git(["ls-remote", "--", spec.url, spec.ref, f"{spec.ref}^{{}}"])
     lines = [line.split() for line in out.splitlines() if line.strip()]
     if not lines:
         raise LabError(f"lab.toml [source] ref: {spec.ref!r} not found at {spec.url}")
     commit = lines[-1][0]  # the peeled tag (^{}) sorts last when present
+    if not _SHA.match(commit):  # it becomes a git argument: a commit, never an option
+        raise LabError(f"git ls-remote {spec.url}: {commit[:60]!r} is not a commit id")
     cache.memo_put(memo, cache_root / "locks" / "src-git-refs.lock", key, commit)
     return commit
 
@@ -231,11 +234,11 @@ def _git_export(spec: SourceSpec, cache_root: Path, commit: str, dest: Path) -> 
     if not (repo / "HEAD").exists():
         repo.parent.mkdir(parents=True, exist_ok=True)
         _git(["init", "--bare", "-q", str(repo)])
-    _git(["fetch", "-q", "--depth", "1", spec.url, spec.ref], cwd=repo)
+    _git(["fetch", "-q", "--depth", "1", "--", spec.url, spec.ref], cwd=repo)
     try:
         _git(["cat-file", "-e", f"{commit}^{{commit}}"], cwd=repo)
     except LabError:  # the branch moved since it was resolved: ask for the commit itself
-        _git(["fetch", "-q", "--depth", "1", spec.url, commit], cwd=repo)
+        _git(["fetch", "-q", "--depth", "1", "--", spec.url, commit], cwd=repo)
     dest.mkdir(parents=True)
     archive = subprocess.Popen(
         ["git", "archive", "--format=tar", commit], cwd=repo, stdout=subprocess.PIPE

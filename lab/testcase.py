@@ -9,13 +9,20 @@ code on the host.
 from __future__ import annotations
 
 import ast
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lab import expect
+from lab.config import MAX_MEMORY_MIB, MAX_SECONDS, check_cmdline
 from lab.errors import LabError
+
+# A test case is a few kilobytes of Python; the bound keeps a stray file from
+# costing the host its memory (ast trees are ~10x the source).
+MAX_FILE_BYTES = 1 << 20
+_MUTATORS = {"update", "setdefault", "pop", "popitem", "clear", "__setitem__", "__delitem__"}
 
 KEYS = {
     "name": "the file's stem",
@@ -47,28 +54,78 @@ class TestCase:
         return "*" in self.arches or arch in self.arches
 
 
-def _literal(path: Path) -> dict[str, Any]:
+def _read(path: Path) -> str:
     try:
-        tree = ast.parse(path.read_text(), filename=str(path))
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise LabError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise LabError(f"{path}: larger than {MAX_FILE_BYTES >> 10} KiB; not a test case")
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        raise LabError(
+            f"{path}: not UTF-8 text (byte {exc.start}); test cases are Python source"
+        ) from None
+
+
+def _changes(node: ast.AST) -> bool:
+    """Does `node` bind or modify the name TESTCASE (`TESTCASE = `, `TESTCASE[k] = `, `.update`)?"""
+    if isinstance(node, ast.Name):
+        return node.id == "TESTCASE" and not isinstance(node.ctx, ast.Load)
+    if isinstance(node, ast.Subscript | ast.Attribute):
+        target = node.value
+        return (
+            isinstance(target, ast.Name)
+            and target.id == "TESTCASE"
+            and not isinstance(node.ctx, ast.Load)
+        )
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        base = node.func.value
+        return isinstance(base, ast.Name) and base.id == "TESTCASE" and node.func.attr in _MUTATORS
+    return False
+
+
+def _literal(path: Path) -> dict[str, Any]:
+    text = _read(path)
+    try:
+        tree = ast.parse(text, filename=str(path))
     except SyntaxError as exc:
-        raise LabError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+        line = f":{exc.lineno}" if exc.lineno else ""
+        raise LabError(f"{path}{line}: syntax error: {exc.msg}") from None
+    except (MemoryError, RecursionError):
+        raise LabError(f"{path}: too complex to parse (nesting too deep)") from None
+    # The host reads the first binding, the guest's module ends up with the last: they
+    # must be the same one, so TESTCASE is bound once and never changed.
+    changes = [getattr(n, "lineno", 0) for n in ast.walk(tree) if _changes(n)]
+    if len(changes) > 1:
+        lines = ", ".join(str(n) for n in sorted(changes)[:5])
+        raise LabError(
+            f"{path}: TESTCASE is bound or changed more than once (lines {lines}); "
+            "assign it once, as a literal dict"
+        )
     for node in tree.body:
-        if (
-            isinstance(node, ast.Assign)
-            and len(node.targets) == 1
-            and isinstance(node.targets[0], ast.Name)
-            and node.targets[0].id == "TESTCASE"
-        ):
-            try:
-                value = ast.literal_eval(node.value)
-            except ValueError:
-                raise LabError(
-                    f"{path}:{node.lineno}: TESTCASE must be a literal dict "
-                    "(strings, numbers, booleans, lists)"
-                ) from None
-            if not isinstance(value, dict):
-                raise LabError(f"{path}:{node.lineno}: TESTCASE must be a dict")
-            return value
+        value_node: ast.expr | None
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value_node = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign):
+            target, value_node = node.target, node.value
+        else:
+            continue
+        if not (isinstance(target, ast.Name) and target.id == "TESTCASE") or value_node is None:
+            continue
+        try:
+            value = ast.literal_eval(value_node)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            # TypeError: an unhashable key or set member, e.g. {["k"]: 1}.
+            raise LabError(
+                f"{path}:{node.lineno}: TESTCASE must be a literal dict "
+                "(strings, numbers, booleans, lists)"
+            ) from None
+        if not isinstance(value, dict):
+            raise LabError(f"{path}:{node.lineno}: TESTCASE must be a dict")
+        return value
     raise LabError(f"{path}: no module-level TESTCASE = {{...}} literal")
 
 
@@ -95,8 +152,16 @@ def load(path: Path, classes: Sequence[str] = ()) -> TestCase:
         if not all(isinstance(x, str) for x in items):
             raise LabError(f"{where}[{key!r}]: expected a list of strings")
     timeout = float(get("timeout", (int, float), 60))
-    if timeout <= 0:
-        raise LabError(f"{where}['timeout']: must be positive")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise LabError(f"{where}['timeout']: {timeout!r} must be a positive, finite number")
+    if timeout > MAX_SECONDS:
+        raise LabError(f"{where}['timeout']: {timeout:g} is too large; at most {MAX_SECONDS:g}")
+    memory_mib = get("memory_mib", int, 0)
+    if memory_mib != 0 and not 64 <= memory_mib <= MAX_MEMORY_MIB:
+        raise LabError(
+            f"{where}['memory_mib']: {memory_mib} is not valid; "
+            f"0 (the arch default) or 64..{MAX_MEMORY_MIB}"
+        )
     return TestCase(
         name=name,
         path=path,
@@ -104,8 +169,8 @@ def load(path: Path, classes: Sequence[str] = ()) -> TestCase:
         arches=tuple(arches),
         timeout=timeout,
         destructive=get("destructive", bool, False),
-        cmdline=get("cmdline", str, ""),
-        memory_mib=get("memory_mib", int, 0),
+        cmdline=check_cmdline(get("cmdline", str, ""), f"{where}['cmdline']"),
+        memory_mib=memory_mib,
         rules=tuple(expect.parse_rule(r, f"{where}['expect']", classes) for r in rules_text),
         needs=tuple(needs),
     )

@@ -68,12 +68,20 @@ class Table:
             self.fail_key(name, f"{value!r} is not valid; choose one of: {', '.join(choices)}")
         return value
 
-    def integer(self, name: str, default: Any = _MISSING, minimum: int | None = None) -> int:
+    def integer(
+        self,
+        name: str,
+        default: Any = _MISSING,
+        minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> int:
         value = self._get(name, default)
         if isinstance(value, bool) or not isinstance(value, int):
             self.fail_key(name, f"expected an integer, got {_type_name(value)}")
         if minimum is not None and value < minimum:
             self.fail_key(name, f"{value} is too small; must be >= {minimum}")
+        if maximum is not None and value > maximum:
+            self.fail_key(name, f"{value} is too large; must be <= {maximum}")
         return value
 
     def boolean(self, name: str, default: Any = _MISSING) -> bool:
