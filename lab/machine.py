@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from typing import Any
 
 import pexpect
 
-from lab import channel, proc
+from lab import channel, prereqs, proc
 from lab.errors import InfraError, LabError
 from lab.qemu import Launch
 
@@ -133,10 +132,8 @@ class Machine:
         self.stop()
 
     def start(self) -> None:
-        q = self.launch.arch.qemu
-        if shutil.which(q.binary) is None:
-            package = q.package or q.binary
-            raise LabError(f"{q.binary} not found; install it with: sudo apt-get install {package}")
+        arch = self.launch.arch
+        prereqs.require((prereqs.qemu(arch), *prereqs.firmware(arch)), f"boot {arch.name}")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.launch.result_file.write_bytes(b"")
         argv = self.launch.argv()
