@@ -404,7 +404,7 @@ def parse_deb822(text: str, where: str) -> list[AptSource]:
         if raw[0] in " \t":
             if not field:
                 raise _source_error(f"{where}:{number}", "continuation line without a field")
-            stanzas[-1][field] += "\n" + raw.strip()
+            stanzas[-1][field] = (stanzas[-1][field] + "\n" + raw.strip()).lstrip("\n")
             continue
         name, colon, value = raw.partition(":")
         if not colon or not name.strip():
