@@ -143,14 +143,9 @@ def test_interactive_console_and_the_quit_key() -> None:
     import pexpect
 
     before = set(qemu_processes())
-    child = pexpect.spawn(
-        sys.executable,
-        ["-m", "lab", "--config", str(REPO / "lab.toml"), "boot", "--arch", "x86_64"],
-        cwd=str(REPO),
-        timeout=300,
-        encoding="utf-8",
-        codec_errors="replace",
-    )
+    child = pexpect.spawn(sys.executable, ["-m", "lab", "--config", str(REPO / "lab.toml"),
+                                           "boot", "--arch", "x86_64"],
+                          cwd=str(REPO), timeout=300, encoding="utf-8", codec_errors="replace")
     try:
         child.expect("Ctrl-] quits")
         child.expect("#", timeout=60)  # the guest shell's prompt

@@ -38,17 +38,14 @@ def test_build_then_cache_hit(arch: str) -> None:
     assert str(meta["source"]["identity"]).startswith("tarball:sha256:")  # type: ignore[index]
     assert "linux-source-6.1" in str(meta["source"]["description"])  # type: ignore[index]
     assert [p["series"] for p in meta["series"]] and all(  # type: ignore[union-attr]
-        len(p["sha256"]) == 64 for p in meta["series"]
-    )  # type: ignore[union-attr]
+        len(p["sha256"]) == 64 for p in meta["series"])  # type: ignore[union-attr]
     assert "gcc" in str(meta["toolchain"]["gcc_version"])  # type: ignore[index]
     assert meta["reproducer"] and meta["make_command"]
     for name in ("config", "System.map", "vmlinux", "build.log", "fragment.config"):
         assert (Path(str(first["dir"])) / name).is_file(), name
-    print(
-        f"\n{arch} U0: {'cache hit' if first['cached'] else 'built'} in {wall:.1f}s "
-        f"(make {meta['durations']['make']:.1f}s, "  # type: ignore[index]
-        f"{meta['objects_compiled']} objects)"
-    )
+    print(f"\n{arch} U0: {'cache hit' if first['cached'] else 'built'} in {wall:.1f}s "
+          f"(make {meta['durations']['make']:.1f}s, "  # type: ignore[index]
+          f"{meta['objects_compiled']} objects)")
     (again,), err, wall = _build("--arch", arch)
     assert again["cached"] is True and again["key"] == first["key"]
     assert "no make" in err
@@ -61,19 +58,17 @@ def test_second_variant_rebuilds_only_what_its_symbols_touch(arch: str) -> None:
     (u1,), _, wall = _build("--arch", arch, "--variant", "U1")
     u0_meta = _meta(_build("--arch", arch, "--variant", "U0")[0][0])
     u1_meta = _meta(u1)
-    print(
-        f"\n{arch}: U0 make {u0_meta['durations']['make']:.1f}s "  # type: ignore[index]
-        f"({u0_meta['objects_compiled']} objects); U1 make "
-        f"{u1_meta['durations']['make']:.1f}s ({u1_meta['objects_compiled']} objects), "  # type: ignore[index]
-        f"wall {wall:.1f}s"
-    )
+    print(f"\n{arch}: U0 make {u0_meta['durations']['make']:.1f}s "  # type: ignore[index]
+          f"({u0_meta['objects_compiled']} objects); U1 make "
+          f"{u1_meta['durations']['make']:.1f}s ({u1_meta['objects_compiled']} objects), "  # type: ignore[index]
+          f"wall {wall:.1f}s")
     # U0 -> U1 flips the fault-policy choice, used by mm/secretmem.c only: that is the
     # one source file compiled; the rest is the relink (kallsyms, the compressed image).
     log = (Path(str(u1["dir"])) / "build.log").read_text()
-    compiled = {line.split()[1] for line in log.splitlines() if re.match(r"^\s+(CC|AS)\s", line)}
-    relink = {
-        c for c in compiled if c.startswith((".tmp_vmlinux", "arch/x86/boot/", "arch/arm64/boot/"))
-    }
+    compiled = {line.split()[1] for line in log.splitlines()
+                if re.match(r"^\s+(CC|AS)\s", line)}
+    relink = {c for c in compiled if c.startswith((".tmp_vmlinux", "arch/x86/boot/",
+                                                   "arch/arm64/boot/"))}
     assert compiled - relink == {"mm/secretmem.o"}, compiled
     assert u1_meta["build_tree"] == u0_meta["build_tree"]
 
@@ -92,19 +87,11 @@ def test_dropped_symbol_names_its_unmet_dependency(tmp_path: Path) -> None:
     for f in (REPO / "kernels" / "config").iterdir():
         (cfg_dir / f.name).write_text(f.read_text())
     (cfg_dir / "x86_64.config.j2").write_text(
-        (cfg_dir / "x86_64.config.j2").read_text() + "# CONFIG_SERIAL_8250 is not set\n"
-    )
+        (cfg_dir / "x86_64.config.j2").read_text() + "# CONFIG_SERIAL_8250 is not set\n")
     (tmp_path / "kernels" / "patches").symlink_to(REPO / "kernels" / "patches")
-    text = (
-        (REPO / "lab.toml")
-        .read_text()
-        .replace(
-            "[lab]\n",
-            f'[lab]\nkernels_dir = "{tmp_path / "kernels"}"\n'
-            f'testcases_dir = "{REPO / "testcases"}"\nimages_dir = "{REPO / "images"}"\n',
-            1,
-        )
-    )
+    text = (REPO / "lab.toml").read_text().replace(
+        "[lab]\n", f'[lab]\nkernels_dir = "{tmp_path / "kernels"}"\n'
+                   f'testcases_dir = "{REPO / "testcases"}"\nimages_dir = "{REPO / "images"}"\n', 1)
     (tmp_path / "lab.toml").write_text(text)
     p = lab("build", "--arch", "x86_64", "--variant", "U0", config=tmp_path / "lab.toml")
     assert p.returncode == 2
@@ -131,7 +118,5 @@ def test_every_variant_builds_on_both_arches() -> None:
     print(f"\nlab build --all: {time.monotonic() - t0:.0f}s")
     for e in entries:
         m = _meta(e)
-        print(
-            f"  {e['arch']:7} {e['variant']:3} make {m['durations']['make']:6.1f}s "  # type: ignore[index]
-            f"{m['objects_compiled']:4} objects  {'cached' if e['cached'] else 'built'}"
-        )
+        print(f"  {e['arch']:7} {e['variant']:3} make {m['durations']['make']:6.1f}s "  # type: ignore[index]
+              f"{m['objects_compiled']:4} objects  {'cached' if e['cached'] else 'built'}")

@@ -63,11 +63,8 @@ def test_smoke_matrix_runs_through_the_workflow_command(tmp_path: Path) -> None:
         assert (run / name).is_file(), name
     cells = sorted(d.name for d in (run / "cells").iterdir())
     assert len(cells) == 8, cells  # 2 variants x 2 test cases x 2 arches
-    merged = subprocess.run(
-        [sys.executable, "-m", "lab", "merge", str(run), "--output", str(tmp_path / "merged")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    merged = subprocess.run([sys.executable, "-m", "lab", "merge", str(run), "--output",
+                             str(tmp_path / "merged")], cwd=REPO, capture_output=True,
+                            text=True)
     assert merged.returncode in (0, 1), merged.stderr
     assert (tmp_path / "merged" / "report.html").is_file()

@@ -822,35 +822,17 @@ def test_intended_signal_is_not_the_outcome() -> None:
     not make the cell `sigbus`; the test case's own observation decides."""
     records = (
         {"type": "ready", "boot_id": "b", "uptime": 1.0},
-        {
-            "type": "task",
-            "testcase": "api",
-            "name": "beyond-eof",
-            "pid": 40,
-            "comm": "python3",
-            "status": "signaled",
-            "signal": "SIGBUS",
-            "si_code": None,
-            "exit_code": None,
-            "seconds": 0.1,
-            "expected_signal": "SIGBUS",
-        },
-        {
-            "type": "result",
-            "testcase": "api",
-            "verdict": "pass",
-            "observed": "pass",
-            "message": "",
-            "data": {},
-        },
+        {"type": "task", "testcase": "api", "name": "beyond-eof", "pid": 40, "comm": "python3",
+         "status": "signaled", "signal": "SIGBUS", "si_code": None, "exit_code": None,
+         "seconds": 0.1, "expected_signal": "SIGBUS"},
+        {"type": "result", "testcase": "api", "verdict": "pass", "observed": "pass",
+         "message": "", "data": {}},
         {"type": "done"},
     )
     facts = RunFacts(ready=True, records=records)
-    console = (
-        "LABREADY b\n[    3.085413] potentially unexpected fatal signal 7.\n"
-        "[    3.086026] CPU: 0 PID: 40 Comm: python3 Not tainted 6.1.192 #1\n"
-        "[    4.0] reboot: Restarting system\n"
-    )
+    console = ("LABREADY b\n[    3.085413] potentially unexpected fatal signal 7.\n"
+               "[    3.086026] CPU: 0 PID: 40 Comm: python3 Not tainted 6.1.192 #1\n"
+               "[    4.0] reboot: Restarting system\n")
     assert classify(console, facts).outcome == "pass"
     other = console.replace("PID: 40", "PID: 41")  # some other task died of SIGBUS
     assert classify(other, facts).outcome == "sigbus"
@@ -859,14 +841,8 @@ def test_intended_signal_is_not_the_outcome() -> None:
 def test_refused_is_a_test_observation() -> None:
     records = (
         {"type": "ready", "boot_id": "b", "uptime": 1.0},
-        {
-            "type": "result",
-            "testcase": "depletion",
-            "verdict": "pass",
-            "observed": "refused",
-            "message": "",
-            "data": {},
-        },
+        {"type": "result", "testcase": "depletion", "verdict": "pass", "observed": "refused",
+         "message": "", "data": {}},
         {"type": "done"},
     )
     result = classify("LABREADY b\n", RunFacts(ready=True, records=records))
@@ -874,9 +850,8 @@ def test_refused_is_a_test_observation() -> None:
 
 
 @pytest.mark.parametrize("path", CORPUS_FILES, ids=[p.stem for p in CORPUS_FILES])
-def test_corpus_through_lab_classify_json(
-    path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_corpus_through_lab_classify_json(path: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     """`lab classify --json` gives each corpus file its class: a bare console log for
     foreign logs, a cell directory (console.log, result.jsonl, cell.json) when the
     lab's records are part of the case."""
@@ -892,20 +867,12 @@ def test_corpus_through_lab_classify_json(
         target.mkdir()
         (target / "console.log").write_bytes(body)
         (target / "result.jsonl").write_text(
-            "".join(json.dumps(dict(r)) + "\n" for r in case.facts.records)
-        )
-        (target / "cell.json").write_text(
-            json.dumps(
-                {
-                    "ready": case.facts.ready,
-                    "deadline": case.facts.deadline,
-                    "qemu_exit": case.facts.qemu_exit,
-                    "banner": dict(case.facts.expected_banner)
-                    if case.facts.expected_banner
-                    else None,
-                }
-            )
-        )
+            "".join(json.dumps(dict(r)) + "\n" for r in case.facts.records))
+        (target / "cell.json").write_text(json.dumps({
+            "ready": case.facts.ready, "deadline": case.facts.deadline,
+            "qemu_exit": case.facts.qemu_exit,
+            "banner": dict(case.facts.expected_banner) if case.facts.expected_banner else None,
+        }))
     assert cli.main(["classify", "--json", str(target)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["outcome"] == case.outcome

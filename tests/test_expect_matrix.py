@@ -13,15 +13,12 @@ from lab.errors import LabError
 
 
 def test_rules_first_match_wins() -> None:
-    rules = [
-        expect.parse_rule(r, "t", classify.CLASSES)
-        for r in (
-            "pool=cma fallback=false fault=oom -> fault_livelock",
-            "fault=sigbus pool=cma|pmd -> sigbus",
-            "pool!=none arch=arm64 -> pass|refused",
-            "* -> pass",
-        )
-    ]
+    rules = [expect.parse_rule(r, "t", classify.CLASSES) for r in (
+        "pool=cma fallback=false fault=oom -> fault_livelock",
+        "fault=sigbus pool=cma|pmd -> sigbus",
+        "pool!=none arch=arm64 -> pass|refused",
+        "* -> pass",
+    )]
     attrs = expect.attributes({"pool": "cma", "fallback": False, "fault": "oom"}, "x86_64", "C0")
     assert expect.expected(rules, attrs) is rules[0]
     attrs = expect.attributes({"pool": "pmd", "fallback": False, "fault": "sigbus"}, "x86_64", "P")
@@ -32,15 +29,12 @@ def test_rules_first_match_wins() -> None:
     assert expect.expected(rules, attrs) is rules[3]
 
 
-@pytest.mark.parametrize(
-    ("text", "error"),
-    [
-        ("pool=cma", "has no '->'"),
-        ("pool=cma -> ", "names no outcome"),
-        ("pool -> pass", "bad term 'pool'"),
-        ("* -> crashed", "unknown outcome 'crashed'"),
-    ],
-)
+@pytest.mark.parametrize(("text", "error"), [
+    ("pool=cma", "has no '->'"),
+    ("pool=cma -> ", "names no outcome"),
+    ("pool -> pass", "bad term 'pool'"),
+    ("* -> crashed", "unknown outcome 'crashed'"),
+])
 def test_bad_rules(text: str, error: str) -> None:
     with pytest.raises(LabError, match=error):
         expect.parse_rule(text, "where", classify.CLASSES)
@@ -51,17 +45,8 @@ def test_repo_testcases_load_without_running_guest_code(repo: Path) -> None:
     tcs = testcase.discover(repo / "testcases", classify.CLASSES)
     assert "labguest" not in set(sys.modules) - before
     names = {t.name for t in tcs}
-    assert {
-        "api",
-        "isolation",
-        "depletion",
-        "memlock",
-        "pressure",
-        "memcg",
-        "concurrency",
-        "fragmentation",
-        "kselftest",
-    } <= names
+    assert {"api", "isolation", "depletion", "memlock", "pressure", "memcg", "concurrency",
+            "fragmentation", "kselftest"} <= names
     frag = next(t for t in tcs if t.name == "fragmentation")
     assert frag.runs_on("x86_64") and not frag.runs_on("arm64")
 
@@ -122,9 +107,8 @@ def test_failure_modes_parse_and_answer(repo: Path) -> None:
     cfg = config.load(repo / "lab.toml")
     modes = failures.parse(cfg.extra.get("failure_mode"), cfg.file, classify.CLASSES)
     hocko = failures.find(modes, "hocko-oom-never-recovers", cfg.file)
-    assert hocko.selects("arm64", "C0", "depletion") and not hocko.selects(
-        "arm64", "C1", "depletion"
-    )
+    assert hocko.selects("arm64", "C0", "depletion") and not hocko.selects("arm64", "C1",
+                                                                           "depletion")
     assert failures.answer(hocko, "oom_kill") == "reproduced"
     assert failures.answer(hocko, "pass") == "not reproduced"
     assert failures.answer(hocko, "fault_livelock") == "different outcome"
@@ -132,15 +116,12 @@ def test_failure_modes_parse_and_answer(repo: Path) -> None:
 
 
 def test_planner_and_classifier_import_nothing_that_spawns() -> None:
-    code = (
-        "import sys, lab.matrix, lab.classify, lab.cell, lab.expect, lab.config; "
-        "bad = {'subprocess', 'pexpect', 'fabric', 'paramiko', 'multiprocessing', "
-        "'lab.proc', 'lab.machine', 'lab.boot', 'lab.build', 'lab.runner'}; "
-        "print(sorted(bad & set(sys.modules)))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    code = ("import sys, lab.matrix, lab.classify, lab.cell, lab.expect, lab.config; "
+            "bad = {'subprocess', 'pexpect', 'fabric', 'paramiko', 'multiprocessing', "
+            "'lab.proc', 'lab.machine', 'lab.boot', 'lab.build', 'lab.runner'}; "
+            "print(sorted(bad & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
     assert out == "[]"
 
 

@@ -39,27 +39,13 @@ def clean_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _only_run(results)
 
 
-def test_sigterm_keeps_finished_cells_and_resume_completes(clean_run: Path, tmp_path: Path) -> None:
+def test_sigterm_keeps_finished_cells_and_resume_completes(clean_run: Path,
+                                                           tmp_path: Path) -> None:
     results = tmp_path / "results"
-    argv = [
-        sys.executable,
-        "-m",
-        "lab",
-        "--config",
-        str(REPO / "lab.toml"),
-        "matrix",
-        *SELECTION,
-        "--results",
-        str(results),
-    ]
-    p = subprocess.Popen(
-        argv,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    argv = [sys.executable, "-m", "lab", "--config", str(REPO / "lab.toml"), "matrix",
+            *SELECTION, "--results", str(results)]
+    p = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 600
         finished: list[Path] = []

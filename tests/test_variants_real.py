@@ -46,7 +46,8 @@ def test_cma_variant_reserves_and_hands_out_pages(arch: str) -> None:
 @pytest.mark.parametrize("arch", ["x86_64", "arm64"])
 def test_cma_variant_without_an_area_refuses_memfd_secret(arch: str) -> None:
     # `secretmem=0` after the variant's `secretmem=64M`: the last one wins, no area.
-    p = lab("boot", "--arch", arch, "--variant", "C0", "--append", "secretmem=0", "--exec", SCRIPT)
+    p = lab("boot", "--arch", arch, "--variant", "C0", "--append", "secretmem=0",
+            "--exec", SCRIPT)
     assert p.returncode == 0, p.stderr[-2000:]
     print(p.stdout)
     assert "memfd_secret Cannot allocate memory" in p.stdout  # ENOMEM, as v16 did
