@@ -27,16 +27,7 @@ Files = Mapping[str, tuple[bytes, int]]
 
 
 def image_recipe(cfg: LabConfig) -> image.ImageRecipe:
-    recipe = image.ImageRecipe(init_script=cfg.images_dir / "init")
-    spec = cfg.image
-    changes: dict[str, Any] = {}
-    if spec.extra_packages:
-        changes["packages"] = (*recipe.packages, *spec.extra_packages)
-    if spec.sources:
-        changes["sources"] = tuple(image.AptSource(uri, suites) for uri, suites in spec.sources)
-    if spec.keyring:
-        changes["keyring"] = Path(spec.keyring)
-    return replace(recipe, **changes) if changes else recipe
+    return image.recipe_for(cfg.image, cfg.images_dir)
 
 
 def base_image(cfg: LabConfig, arch: ArchSpec, log: Callable[[str], None]) -> image.BaseImage:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lab import __version__, cache, doctor, kconfig, patches, proc, source, templates, toolchain
+from lab import __version__, cache, kconfig, patches, prereqs, proc, source, templates, toolchain
 from lab.config import ArchSpec, LabConfig, Variant
 from lab.errors import InfraError, LabError
 
@@ -72,7 +72,7 @@ class BuildPlan:
     def make_args(self, srctree: Path, objtree: Path) -> list[str]:
         """make's command line, without the target."""
         args = [
-            "make",
+            prereqs.program("make"),
             "-C",
             str(srctree),
             f"O={objtree}",
@@ -475,13 +475,6 @@ def show_config(cfg: LabConfig, p: BuildPlan, reporter: Reporter) -> ConfigResul
     return result
 
 
-BUILD_NEEDS = ("make", "gcc", "flex", "bison", "bc", "patch", "libelf-dev", "libssl-dev")
-
-
 def check_host_tools() -> None:
-    """Fail early, in one line, when a build prerequisite is missing (doctor's checks)."""
-    missing = [c for c in doctor.checks(None) if c.name in BUILD_NEEDS and not c.ok]
-    if missing:
-        names = ", ".join(c.name for c in missing)
-        packages = doctor.missing_packages(missing)
-        raise LabError(f"{names} not found; install with: sudo {doctor.apt_line(packages)}")
+    """Fail early, in one line, when a build prerequisite is missing (doctor's rows)."""
+    prereqs.require(prereqs.build_host(), "build kernels")

@@ -863,22 +863,29 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     missing = doctor.missing_packages(results)
     if missing:
         print(f"\nto install what is missing: sudo {doctor.apt_line(missing)}")
-        print("or, as root: lab setup")
+        print("or, as root: lab setup" + (" --tests" if args.tests else ""))
+    unfixable = [c for c in results if not c.ok and not c.package]
+    for c in unfixable:
+        print(f"not a package (fix by hand): {c.name}: {c.detail}")
+    if missing or unfixable:
         return 1
     print("\nall prerequisites present")
     return 0
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
+    """Install exactly the packages doctor finds missing, then check again."""
     missing = doctor.missing_packages(doctor.checks(_try_load(args), tests=args.tests))
-    if not missing:
-        print("all prerequisites present")
-        return 0
-    print(f"installing: {' '.join(missing)}", file=sys.stderr)
-    doctor.install(missing)
-    still = doctor.missing_packages(doctor.checks(_try_load(args), tests=args.tests))
+    if missing:
+        print(f"installing: {' '.join(missing)}", file=sys.stderr)
+        doctor.install(missing)
+    still = [c for c in doctor.checks(_try_load(args), tests=args.tests) if not c.ok]
     if still:
-        raise LabError(f"still missing after apt-get: {' '.join(still)}")
+        what = "; ".join(
+            f"{c.name} ({c.package + ' installed but ' if c.package else ''}{c.detail})"
+            for c in still
+        )
+        raise LabError(f"still missing after setup: {what}")
     print("all prerequisites present")
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 import unicodedata
 from collections.abc import Mapping
@@ -120,8 +121,9 @@ class ImageSpec:
     """The guest image recipe's knobs (the rest is in lab/image.py and images/)."""
 
     extra_packages: tuple[str, ...]  # Debian packages added to busybox + Python
-    sources: tuple[tuple[str, tuple[str, ...]], ...]  # (URI, suites); empty: Debian bookworm
-    keyring: str  # "" for Debian's archive keyring
+    # (URI, suites, components); empty: the host's apt sources for the guest's release
+    sources: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]
+    keyring: str  # absolute path; "" for Debian's archive keyring
 
 
 @dataclass(frozen=True)
@@ -251,7 +253,7 @@ def parse(data: dict[str, object], file: Path) -> LabConfig:
     source = _source(top.table("source", required=True))
     build = _build(top.table("build", required=True))
     boot = _boot(top.table("boot"))
-    image = _image(top.table("image"))
+    image = _image(top.table("image"), root)
 
     arch_table = top.table("arch", required=True)
     arches = {name: _arch(name, t) for name, t in arch_table.subtables()}
@@ -362,15 +364,46 @@ def _boot(t: Table) -> BootSpec:
     return spec
 
 
-def _image(t: Table) -> ImageSpec:
+_URI = re.compile(r"[a-z][a-z0-9+.-]*:\S+")
+_WORD = re.compile(r"[^\s\[\]#]+")
+_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+
+
+def _words(
+    t: Table, name: str, pattern: re.Pattern[str], what: str, default: tuple[str, ...] | None
+) -> tuple[str, ...]:
+    values = t.strings(name) if default is None else t.strings(name, default)
+    if not values:
+        t.fail_key(name, f"expected at least one {what}")
+    for v in values:
+        if not pattern.fullmatch(v):
+            t.fail_key(name, f"{v!r} is not a valid {what}")
+    return values
+
+
+def _image(t: Table, root: Path) -> ImageSpec:
     sources = []
     for entry in t.table_list("sources"):
-        sources.append((entry.string("uri"), entry.strings("suites")))
+        uri = entry.string("uri")
+        if not _URI.fullmatch(uri):
+            entry.fail_key(
+                "uri", f"{uri!r} is not an apt URI (e.g. http://HOST/debian, file:/srv/mirror)"
+            )
+        suites = _words(entry, "suites", _WORD, "suite (e.g. bookworm)", None)
+        components = _words(entry, "components", _WORD, "component (e.g. main)", ("main",))
+        sources.append((uri, suites, components))
         entry.done()
+    keyring = t.string("keyring", "")
+    if keyring.strip() != keyring or (t.has("keyring") and not keyring):
+        t.fail_key("keyring", f"{keyring!r} is not a keyring file path")
+    extra = t.strings("extra_packages", ())
+    for name in extra:
+        if not _PACKAGE.fullmatch(name):
+            t.fail_key("extra_packages", f"{name!r} is not a Debian package name")
     spec = ImageSpec(
-        extra_packages=t.strings("extra_packages", ()),
+        extra_packages=extra,
         sources=tuple(sources),
-        keyring=t.string("keyring", ""),
+        keyring=str(_path(root, keyring)) if keyring else "",
     )
     t.done()
     return spec

@@ -13,11 +13,15 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from lab import cache, image, toolchain
+from lab import cache, image, prereqs, toolchain
 from lab.config import ArchSpec
 from lab.errors import LabError
 
 PREFIX = "kselftest:"
+# Per selftest: the guest-arch package with the static library it links (fetched through
+# the image's private apt directory, so the host needs no foreign-arch packages) and the
+# link flags; the kernel's tools/testing/selftests/vm/Makefile links memfd_secret with -lcap.
+# The host side (compiler, libc headers, static libc) is lab/prereqs.py's target_libc().
 LIBS = {"vm/memfd_secret": ("libcap-dev", ["-lcap"])}
 
 
@@ -57,6 +61,7 @@ def build(
         if binary.is_file():
             return binary
         log(f"building {spec} for {arch.name}")
+        prereqs.require(prereqs.target_libc(arch), f"compile {spec} for {arch.name}")
         files, _debs = image.fetch_package_files(recipe, arch.deb_arch, cache_root, (package,), log)
         with cache.staging_dir(out_dir) as tmp:
             sysroot = tmp / "sysroot"

@@ -15,7 +15,6 @@ import codecs
 import contextlib
 import os
 import re
-import shutil
 import signal
 import time
 from collections import deque
@@ -27,7 +26,7 @@ from typing import Any
 
 import pexpect
 
-from lab import channel, proc
+from lab import channel, prereqs, proc
 from lab.errors import InfraError, LabError
 from lab.qemu import Launch
 
@@ -197,10 +196,8 @@ class Machine:
         self.stop()
 
     def start(self) -> None:
-        q = self.launch.arch.qemu
-        if shutil.which(q.binary) is None:
-            package = q.package or q.binary
-            raise LabError(f"{q.binary} not found; install it with: sudo apt-get install {package}")
+        arch = self.launch.arch
+        prereqs.require((prereqs.qemu(arch), *prereqs.firmware(arch)), f"boot {arch.name}")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.launch.result_file.write_bytes(b"")
         argv = self.launch.argv()

@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import cache
+from lab import cache, prereqs
 from lab.errors import InfraError, LabError
 from lab.source import Log, Source
 
@@ -259,7 +259,9 @@ def apply(source: Source, series: Series, cache_root: Path, log: Log) -> Path:
             tree = tmp / "tree"
             log(f"applying {len(series.patches)} patches")
             proc = subprocess.run(
-                ["cp", "-al", str(source.tree), str(tree)], capture_output=True, text=True
+                [prereqs.program("cp"), "-al", str(source.tree), str(tree)],
+                capture_output=True,
+                text=True,
             )
             if proc.returncode != 0:
                 # Another filesystem: hard links fail, copy instead.
@@ -303,7 +305,7 @@ def _apply_one(tree: Path, patch: Patch) -> None:
 
 def _run_patch(tree: Path, path: Path, dry_run: bool) -> subprocess.CompletedProcess[str]:
     argv = [
-        "patch",
+        prereqs.program("patch"),
         "-p1",
         "--fuzz=0",
         "--forward",

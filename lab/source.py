@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import cache
+from lab import cache, prereqs
 from lab.config import SourceSpec
 from lab.errors import InfraError, LabError
 
@@ -83,10 +83,11 @@ def _tarball(spec: SourceSpec, log: Log) -> Path:
         return path
     if spec.kind == "tarball":
         raise LabError(f"source tarball {path} not found (lab.toml [source] path)")
-    if os.geteuid() == 0 and shutil.which("apt-get"):
+    apt = prereqs.program("apt-get")
+    if os.geteuid() == 0 and shutil.which(apt):
         log(f"installing {spec.package} with apt-get (provides {path})")
         proc = subprocess.run(
-            ["apt-get", "install", "-y", "--no-install-recommends", spec.package],
+            [apt, "install", "-y", "--no-install-recommends", spec.package],
             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
             capture_output=True,
             text=True,
@@ -105,7 +106,7 @@ def _describe_tarball(spec: SourceSpec, tarball: Path) -> str:
         return str(tarball)
     try:
         version = subprocess.run(
-            ["dpkg-query", "-W", "-f=${Version}", spec.package],
+            [prereqs.program("dpkg-query"), "-W", "-f=${Version}", spec.package],
             capture_output=True,
             text=True,
             check=False,
@@ -132,7 +133,7 @@ def _extract(tarball: Path, dest: Path) -> None:
     scratch = dest.parent / "extract"
     scratch.mkdir()
     proc = subprocess.run(
-        ["tar", "-xf", str(tarball), "-C", str(scratch), "--no-same-owner"],
+        [prereqs.program("tar"), "-xf", str(tarball), "-C", str(scratch), "--no-same-owner"],
         capture_output=True,
         text=True,
     )
@@ -192,7 +193,9 @@ _SHA = re.compile(r"^[0-9a-f]{40}$")
 
 def _git(args: list[str], cwd: Path | None = None) -> str:
     try:
-        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+        proc = subprocess.run(
+            [prereqs.program("git"), *args], cwd=cwd, capture_output=True, text=True
+        )
     except FileNotFoundError:
         raise LabError("git not found; install it with: sudo apt-get install git") from None
     if proc.returncode != 0:
@@ -241,9 +244,11 @@ def _git_export(spec: SourceSpec, cache_root: Path, commit: str, dest: Path) -> 
         _git(["fetch", "-q", "--depth", "1", "--", spec.url, commit], cwd=repo)
     dest.mkdir(parents=True)
     archive = subprocess.Popen(
-        ["git", "archive", "--format=tar", commit], cwd=repo, stdout=subprocess.PIPE
+        [prereqs.program("git"), "archive", "--format=tar", commit],
+        cwd=repo,
+        stdout=subprocess.PIPE,
     )
-    untar = subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout)
+    untar = subprocess.run([prereqs.program("tar"), "-x", "-C", str(dest)], stdin=archive.stdout)
     if archive.stdout:
         archive.stdout.close()
     if archive.wait() != 0 or untar.returncode != 0:

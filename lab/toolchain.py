@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from dataclasses import dataclass
 
+from lab import prereqs
 from lab.config import ArchSpec
-from lab.errors import LabError
 
 
 @dataclass(frozen=True)
@@ -30,16 +29,12 @@ def _first_line(argv: list[str]) -> str:
 
 def detect(arch: ArchSpec) -> Toolchain:
     """Find the arch's compiler or fail naming it and the package that provides it."""
-    gcc_name = f"{arch.cross_compile}gcc"
-    gcc = shutil.which(gcc_name)
-    if gcc is None:
-        package = arch.compiler_package or gcc_name
-        raise LabError(
-            f"{gcc_name} not found (needed for {arch.name}); "
-            f"install it with: sudo apt-get install {package}"
-        )
+    cc, ld = prereqs.compiler(arch), prereqs.linker(arch)
+    prereqs.require((cc, ld), f"build for {arch.name}")
+    gcc = cc.locate()
+    assert gcc is not None  # require() just found it
     return Toolchain(
         gcc=gcc,
         gcc_version=_first_line([gcc, "--version"]),
-        ld_version=_first_line([f"{arch.cross_compile}ld", "--version"]),
+        ld_version=_first_line([ld.name, "--version"]),
     )

@@ -71,7 +71,10 @@ def test_missing_cross_compiler(mini_lab: Path) -> None:
         )
     )
     msg = one_line_error(run_lab("--config", str(f), "build"))
-    assert "nosuch-linux-gcc not found" in msg and "apt-get install gcc-nosuch-linux" in msg
+    assert "nosuch-linux-gcc, nosuch-linux-ld not found (needed to build for x86_64)" in msg
+    assert (
+        "apt-get install -y --no-install-recommends binutils-nosuch-linux gcc-nosuch-linux" in msg
+    )
 
 
 def test_patch_that_does_not_apply(mini_lab: Path) -> None:
@@ -121,5 +124,8 @@ def test_missing_build_tools_named_with_their_packages(mini_lab: Path, tmp_path:
         "--config", str(mini_lab / "lab.toml"), "build", env={**os.environ, "PATH": str(empty)}
     )
     msg = one_line_error(proc)
-    assert "make, gcc, flex, bison, bc, patch not found" in msg
-    assert "apt-get install -y --no-install-recommends bc bison flex gcc make patch" in msg
+    assert "make, gcc, flex, bison, bc, cpio, patch, cp not found (needed to build kernels)" in msg
+    assert (
+        "apt-get install -y --no-install-recommends bc bison coreutils cpio flex gcc make patch"
+        in msg
+    )

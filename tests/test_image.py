@@ -23,8 +23,15 @@ from typing import Any
 import pytest
 
 from lab import cpio, image
+from lab.config import ImageSpec
 from lab.errors import LabError
 from lab.image import ImageRecipe
+
+# A mirror of the guest's release as a host's apt sources would name it (.example: no host).
+FIXTURE_SOURCES = (
+    image.AptSource("http://mirror.example/debian", ("bookworm", "bookworm-updates")),
+    image.AptSource("http://mirror.example/debian-security", ("bookworm-security",)),
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -310,7 +317,7 @@ def test_compile_pyc_is_deterministic_unchecked_and_uses_guest_paths() -> None:
 
 def test_parse_print_uris() -> None:
     out = (
-        "'http://deb.debian.org/debian/pool/main/b/busybox/busybox-static_1.35.0-4%2bdeb12u1%2bb1_arm64.deb'"
+        "'http://mirror.example/debian/pool/main/b/busybox/busybox-static_1.35.0-4%2bdeb12u1%2bb1_arm64.deb'"
         " busybox-static_1%3a1.35.0-4+deb12u1+b1_arm64.deb 822236 SHA256:" + "a" * 64 + "\n"
         "'http://x/pool/libc6_2.36-9_arm64.deb' libc6_2.36-9_arm64.deb 10 SHA256:" + "b" * 64 + "\n"
     )
@@ -329,14 +336,19 @@ def test_apt_config_is_private_and_arch_specific(tmp_path: Path) -> None:
     assert 'APT::Architectures { "arm64"; };' in conf
     assert f'Dir::Etc::parts "{tmp_path}/etc/empty/";' in conf
     assert "/etc/apt" not in conf
-    sources = image._sources_list(ImageRecipe())
+    sources = image._sources_list(
+        ImageRecipe(
+            sources=(*FIXTURE_SOURCES, image.AptSource("file:/srv/m", ("x",), ("main",), "/k.gpg"))
+        )
+    )
     assert sources.splitlines() == [
         "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-        "http://deb.debian.org/debian bookworm main",
+        "http://mirror.example/debian bookworm main",
         "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-        "http://deb.debian.org/debian bookworm-updates main",
+        "http://mirror.example/debian bookworm-updates main",
         "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-        "http://security.debian.org/debian-security bookworm-security main",
+        "http://mirror.example/debian-security bookworm-security main",
+        "deb [signed-by=/k.gpg] file:/srv/m x main",
     ]
 
 
@@ -352,7 +364,7 @@ def fake_apt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> No
 def keyring_recipe(tmp_path: Path, **kw: Any) -> ImageRecipe:
     keyring = tmp_path / "keyring.gpg"
     keyring.write_bytes(b"not checked by the fake apt-get")
-    return ImageRecipe(keyring=keyring, **kw)
+    return ImageRecipe(sources=FIXTURE_SOURCES, keyring=keyring, **kw)
 
 
 def one_line_error(exc: pytest.ExceptionInfo[LabError]) -> str:
@@ -382,7 +394,7 @@ def test_failed_update_without_lists_is_one_clear_line(
     fake_apt(
         tmp_path,
         monkeypatch,
-        'echo "W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease" >&2\n'
+        'echo "W: Failed to fetch http://mirror.example/debian/dists/bookworm/InRelease" >&2\n'
         'echo "E: Some index files failed to download." >&2\nexit 100\n',
     )
     with pytest.raises(LabError) as exc:
@@ -399,13 +411,13 @@ def test_offline_update_falls_back_to_earlier_lists_but_not_on_bad_signatures(
     apt = image.AptDir(tmp_path / "apt", "arm64")
     image._prepare_apt(apt, recipe)
     fetch_failed = (
-        'echo "W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease" >&2\n'
+        'echo "W: Failed to fetch http://mirror.example/debian/dists/bookworm/InRelease" >&2\n'
         'echo "W: Some index files failed to download." >&2\nexit 0\n'
     )
     fake_apt(tmp_path, monkeypatch, fetch_failed)
     with pytest.raises(LabError, match="Failed to fetch"):  # apt exits 0, still a failure
         image.apt_update(apt, recipe, lambda _m: None)
-    (apt.root / "lists" / "deb.debian.org_debian_dists_bookworm_main_binary-arm64_Packages").touch()
+    (apt.root / "lists" / "mirror.example_debian_dists_bookworm_main_binary-arm64_Packages").touch()
     logged: list[str] = []
     image.apt_update(apt, recipe, logged.append)
     assert "using the package lists from the last update" in logged[0]
@@ -417,12 +429,14 @@ def test_offline_update_falls_back_to_earlier_lists_but_not_on_bad_signatures(
 
 
 def test_missing_keyring_and_init_are_user_errors(tmp_path: Path) -> None:
-    recipe = ImageRecipe(keyring=tmp_path / "nope.gpg")
+    recipe = ImageRecipe(sources=FIXTURE_SOURCES, keyring=tmp_path / "nope.gpg")
     with pytest.raises(LabError, match=r"apt keyring .*nope.gpg not found"):
         image.build_base(recipe, "arm64", tmp_path / "cache")
     recipe = ImageRecipe(init_script=tmp_path / "no-init")
     with pytest.raises(LabError, match="cannot read the guest init script"):
         image.build_base(recipe, "arm64", tmp_path / "cache")
+    with pytest.raises(LabError, match="no apt sources"):
+        image.build_base(ImageRecipe(), "arm64", tmp_path / "cache")
     with pytest.raises(LabError, match="bad Debian arch"):
         image.build_base(ImageRecipe(), "../x", tmp_path / "cache")
 
@@ -449,7 +463,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_cache_hit_reads_only_the_manifest(tmp_path: Path, no_network: None) -> None:
-    recipe = ImageRecipe()
+    recipe = ImageRecipe(sources=FIXTURE_SOURCES)
     key = image.recipe_key(
         recipe, "arm64", recipe.init_script.read_bytes(), image.host_pyc_tag(recipe.python_version)
     )
@@ -517,7 +531,13 @@ def test_overlay_rejects_bad_paths() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# real: fetches packages from the Debian mirrors and builds both arches
+# real: fetches packages from the host's Debian mirror and builds both arches
+
+
+def host_recipe() -> ImageRecipe:
+    """What `lab image` uses without [image] in lab.toml: the host's apt sources."""
+    return image.recipe_for(ImageSpec((), (), ""), REPO / "images")
+
 
 ARCHES = ("amd64", "arm64")
 LOADER = {"amd64": "lib64/ld-linux-x86-64.so.2", "arm64": "lib/ld-linux-aarch64.so.1"}
@@ -541,9 +561,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Built]
     for arch in ARCHES:
         root = tmp_path_factory.mktemp(f"cache-{arch}")
         started = time.monotonic()
-        first = image.build_base(ImageRecipe(), arch, root)
+        first = image.build_base(host_recipe(), arch, root)
         cold = time.monotonic() - started
-        second = image.build_base(ImageRecipe(), arch, tmp_path_factory.mktemp(f"again-{arch}"))
+        second = image.build_base(host_recipe(), arch, tmp_path_factory.mktemp(f"again-{arch}"))
         entries = image.list_image(first.path)
         out[arch] = Built(first, second, cold, cpio.flatten(entries), entries, root)
     yield out
@@ -573,7 +593,7 @@ def test_real_second_build_is_a_cache_hit_without_network(
 ) -> None:
     b = built[arch]
     started = time.monotonic()
-    hit = image.build_base(ImageRecipe(), arch, b.root)
+    hit = image.build_base(host_recipe(), arch, b.root)
     elapsed = time.monotonic() - started
     assert hit.cache_hit and hit.path == b.first.path and hit.sha256 == b.first.sha256
     assert elapsed < 0.1, elapsed
@@ -671,7 +691,7 @@ def test_real_amd64_busybox_has_the_applets_init_uses(
 
 
 def _build_in_child(root: str, queue: Any) -> None:
-    img = image.build_base(ImageRecipe(), "amd64", Path(root))
+    img = image.build_base(host_recipe(), "amd64", Path(root))
     queue.put((img.sha256, img.cache_hit))
 
 

@@ -104,8 +104,8 @@ def test_missing_qemu_binary_names_the_package(repo: Path, tmp_path: Path) -> No
     )
     with pytest.raises(
         Exception,
-        match="qemu-system-nosuch not found; install it with: "
-        "sudo apt-get install qemu-system-nosuch-pkg",
+        match=r"qemu-system-nosuch not found \(needed to boot x86_64\); install with: "
+        "sudo apt-get install -y --no-install-recommends qemu-system-nosuch-pkg",
     ):
         Machine(dataclasses.replace(launch, arch=arch), tmp_path, "b", 1, 1).start()
 
