@@ -22,11 +22,15 @@ TESTCASE = {
         "reserve=true -> refused",
         "pool=cma fallback=false fault=oom -> fault_livelock",
         "pool=cma fallback=false fault=sigbus -> sigbus",
-        # A PMD pool takes its chunks out of general RAM: the exhaustion that stops the
-        # victim's refill starves everybody else too, so the OOM killer may strike as well
-        # (spec 3(c): P0 ends in page-allocator OOM kills of innocent tasks).
-        "pool=pmd fallback=false fault=oom -> fault_livelock|oom_kill",
-        "pool=pmd fallback=false fault=sigbus -> sigbus|oom_kill",
+        # Spec 3(c) P1: the refill fails as soon as no free order-9 block exists; the OOM
+        # policy gives the C0-style spin, the SIGBUS policy SIGBUS. No OOM kill is
+        # predicted for P1: an OOM kill of some other task is context, not the outcome.
+        "pool=pmd fallback=false fault=oom -> fault_livelock",
+        "pool=pmd fallback=false fault=sigbus -> sigbus",
+        # Spec 3(c) P0: the victim's order-9 attempt fails silently, order-0 succeeds
+        # until RAM runs out, then the page-allocator OOM killer fires. This outcome only
+        # counts for a victim that actually faulted while the attacker held its hoard
+        # (asserted by run()); an attacker or harness killed before that is no outcome.
         "pool=pmd fallback=true -> oom_kill",
         "* -> pass",
     ],
