@@ -127,7 +127,9 @@ def run(t: lg.Context) -> None:
     before = {"meminfo": lg.meminfo(), "stats": lg.secretmem_stats()}
     with contextlib.suppress(FileNotFoundError):
         os.unlink(STATE)
-    attacker = t.spawn("attacker", _attacker, dict(t.params), limit, user=lg.UNPRIVILEGED)
+    attacker = t.spawn(
+        "attacker", _attacker, dict(t.params), limit, role="attacker", user=lg.UNPRIVILEGED
+    )
     deadline = time.monotonic() + 200
     while not os.path.exists(STATE):
         if attacker.poll():
@@ -143,7 +145,7 @@ def run(t: lg.Context) -> None:
     t.event("attacker holds its files", **state, meminfo=_mem(), stats=lg.secretmem_stats())
     t.check(not attacker.poll(), f"the attacker died: {attacker.result}")
 
-    victim = t.task("victim", _victim, user=lg.OTHER_USER, timeout=VICTIM_TIMEOUT)
+    victim = t.task("victim", _victim, role="victim", user=lg.OTHER_USER, timeout=VICTIM_TIMEOUT)
     outcome = _outcome(victim)
     t.event(
         "victim",
@@ -157,7 +159,11 @@ def run(t: lg.Context) -> None:
     attacker.kill()
     time.sleep(0.5)
     after = t.task(
-        "victim-after-attacker-exit", _victim, user=lg.OTHER_USER, timeout=VICTIM_TIMEOUT
+        "victim-after-attacker-exit",
+        _victim,
+        role="probe",
+        user=lg.OTHER_USER,
+        timeout=VICTIM_TIMEOUT,
     )
     recovered = _outcome(after) == "pass"
     t.event(

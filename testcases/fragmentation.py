@@ -40,7 +40,7 @@ def _toucher(path: str) -> None:
 
 def run(t: lg.Context) -> None:
     before = _snapshot()
-    res = t.task("toucher", _toucher, "/tmp/frag.json", timeout=90)
+    res = t.task("toucher", _toucher, "/tmp/frag.json", role="worker", timeout=90)
     t.check(res.ok, f"toucher ended {res.status} {res.signal} {res.error}")
     with open("/tmp/frag.json") as f:
         during = json.load(f)

@@ -71,7 +71,7 @@ def _faulter() -> dict[str, object]:
 def run(t: lg.Context) -> None:
     if os.path.exists(READY):
         os.unlink(READY)
-    hog = t.spawn("hog", _hog, user=lg.UNPRIVILEGED, oom_score_adj=500)
+    hog = t.spawn("hog", _hog, role="hog", user=lg.UNPRIVILEGED, oom_score_adj=500)
     deadline = time.monotonic() + 120
     while not os.path.exists(READY) and not hog.poll():
         t.check(time.monotonic() < deadline, "the hog did not fill memory in 120s")
@@ -83,7 +83,7 @@ def run(t: lg.Context) -> None:
             k: v for k, v in lg.meminfo().items() if k in ("MemFree", "MemAvailable", "CmaFree")
         },
     )
-    res = t.task("faulter", _faulter, user=lg.OTHER_USER, timeout=60)
+    res = t.task("faulter", _faulter, role="victim", user=lg.OTHER_USER, timeout=60)
     hog_fate = "alive" if not hog.poll() else f"{hog.result.status} {hog.result.signal}"
     hog.kill()
     t.event(
