@@ -245,3 +245,102 @@ def test_sigkill_of_a_task_is_reported_with_its_role() -> None:
     records = _in_child(body)
     task = records[-1]
     assert (task["role"], task["status"], task["signal"]) == ("attacker", "signaled", "SIGKILL")
+
+
+def _mark_and_die(stages: lg.Stages) -> None:
+    stages.mark("faulting", hog_alive=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_stages_tell_how_far_a_task_got_even_if_it_was_killed() -> None:
+    def body(fd: int) -> None:
+        t = lg.Context("demo", {}, "x86_64", fd)
+        stages = lg.Stages()
+        res = t.task("victim", _mark_and_die, stages, role="victim", timeout=10)
+        t.send({"type": "seen", "signal": res.signal, "at": stages.reached("faulting")})
+        t.send({"type": "seen", "signal": None, "at": stages.reached("faulted")})
+
+    seen = [r for r in _in_child(body) if r["type"] == "seen"]
+    assert seen[0] == {
+        "type": "seen",
+        "signal": "SIGKILL",
+        "at": {"stage": "faulting", "hog_alive": True},
+    }
+    assert seen[1]["at"] is None
+
+
+def _testcase(name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A test case module from testcases/, importing our labguest as the guest would."""
+    import importlib.util
+
+    monkeypatch.setitem(sys.modules, "labguest", lg)
+    path = Path(__file__).resolve().parent.parent / "testcases" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"testcase_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CMA = {"pool": "cma", "fallback": False, "reserve": False, "fault": "oom"}
+
+
+@pytest.mark.parametrize(
+    ("meminfo", "stats", "ok", "says"),
+    [
+        # all 32 chunks of a 64 MiB area in the attacker's pools, no free 2 MiB left
+        ({"CmaTotal": 65536, "CmaFree": 1024}, {"pool_pages": 16384}, True, "hold 65536 of 65536"),
+        # CmaFree is low but two chunks are not the attacker's: not exhausted
+        ({"CmaTotal": 65536, "CmaFree": 1024}, {"pool_pages": 15360}, False, "hold 61440"),
+        ({"CmaTotal": 65536, "CmaFree": 4096}, {"pool_pages": 16384}, False, "CmaFree 4096"),
+        # a missing counter is a failed precondition, never a 0
+        ({"CmaTotal": 65536, "CmaFree": 0}, {}, False, "counters missing: pool_pages"),
+        ({"CmaTotal": 65536}, {"pool_pages": 16384}, False, "counters missing: CmaFree"),
+    ],
+)
+def test_depletion_asserts_that_the_cma_area_is_exhausted(
+    monkeypatch: pytest.MonkeyPatch,
+    meminfo: dict[str, int],
+    stats: dict[str, int],
+    ok: bool,
+    says: str,
+) -> None:
+    depletion = _testcase("depletion", monkeypatch)
+    monkeypatch.setattr(lg, "meminfo", lambda: meminfo)
+    monkeypatch.setattr(lg, "secretmem_stats", lambda: stats)
+    held, how, _numbers = depletion._exhaustion(CMA, {"files": 32}, 1984, {"pool_pages": 0})
+    assert held is ok and says in how
+
+
+def test_depletion_pool_none_needs_the_attacker_to_hold_its_whole_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    depletion = _testcase("depletion", monkeypatch)
+    params = {"pool": "none", "fallback": False, "reserve": False, "fault": "oom"}
+    assert depletion._exhaustion(params, {"files": 512}, 512, {})[0] is True
+    held, how, numbers = depletion._exhaustion(params, {"files": 37}, 512, {})
+    assert held is False and numbers == {"files": 37, "limit": 512} and "37 of the 512" in how
+
+
+def test_fragmentation_treats_a_missing_split_counter_as_a_failed_precondition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fragmentation = _testcase("fragmentation", monkeypatch)
+    monkeypatch.setattr(
+        lg, "meminfo", lambda: {"DirectMap4k": 8192, "DirectMap2M": 253952, "DirectMap1G": 0}
+    )
+    monkeypatch.setattr(lg, "vmstat", lambda: {"direct_map_level3_splits": 0})
+
+    def body(fd: int) -> None:
+        t = lg.Context("fragmentation", {"pool": "none"}, "x86_64", fd)
+        try:
+            fragmentation.run(t)
+        except lg.PreconditionFailed as exc:
+            t.send({"type": "raised", "check": exc.check})
+
+    records = _in_child(body)
+    (pre,) = [r for r in records if r["type"] == "precondition"]
+    assert pre["ok"] is False and "level2_splits" in pre["message"]
+    assert pre["data"]["before"]["level2_splits"] is None  # not a made-up 0
+    assert records[-1] == {"type": "raised", "check": "counters"}
+    assert not [r for r in records if r["type"] == "spawn"]  # nothing ran on bad counters

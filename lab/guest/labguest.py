@@ -248,6 +248,44 @@ def sysctl(name: str, value: str | int) -> None:
 # --- tasks: risky work in a child -----------------------------------------------------------
 
 
+class Stages:
+    """How far a task got, told to the harness through a pipe made before the fork.
+
+    The task calls mark() before each step (immediately before the fault under
+    test, say), so that even a task that then spins or is killed has said where it
+    was; the harness reads seen() after the task ended. Works across setuid.
+    """
+
+    MAX = 64  # marks kept: a task marks a handful of steps
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        self._buf = b""
+        self._seen: list[dict[str, Any]] = []
+
+    def mark(self, stage: str, **data: Any) -> None:
+        """In the task: record that it reached `stage` (with a few numbers)."""
+        line = json.dumps({"stage": stage, **data}, default=str).encode()[:4000]
+        os.write(self._w, line + b"\n")
+
+    def seen(self) -> list[dict[str, Any]]:
+        """In the harness: every mark so far, oldest first."""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self._r, 65536):
+                self._buf += chunk
+        *lines, self._buf = self._buf.split(b"\n")
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                mark = json.loads(line)
+                if isinstance(mark, dict) and len(self._seen) < self.MAX:
+                    self._seen.append(mark)
+        return list(self._seen)
+
+    def reached(self, stage: str) -> dict[str, Any] | None:
+        return next((m for m in self.seen() if m.get("stage") == stage), None)
+
+
 def check_role(role: str) -> None:
     if role not in ROLES:
         raise ValueError(
@@ -381,6 +419,18 @@ class Context:
         )
         if not condition:
             raise PreconditionFailed(check, message, data)
+
+    def require_secretmem(self, res: TaskResult) -> dict[str, Any]:
+        """The dict a scenario task returned. A task that returns {"step":
+        "memfd_secret", "refused": ...} could not even create a secret file (a kernel
+        without secretmem, ENOSYS): no scenario ran, which is no `refused` outcome."""
+        value = res.value if isinstance(res.value, dict) else {}
+        self.require(
+            value.get("step") != "memfd_secret",
+            "secretmem_available",
+            f"{res.name} could create a secret file ({value.get('refused')})",
+        )
+        return value
 
     # tasks
     def _started(
