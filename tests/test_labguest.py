@@ -344,3 +344,50 @@ def test_fragmentation_treats_a_missing_split_counter_as_a_failed_precondition(
     assert pre["data"]["before"]["level2_splits"] is None  # not a made-up 0
     assert records[-1] == {"type": "raised", "check": "counters"}
     assert not [r for r in records if r["type"] == "spawn"]  # nothing ran on bad counters
+
+
+@pytest.mark.parametrize(
+    ("body", "rule"),
+    [
+        (
+            """
+            def run(t):
+                t.require(False, "resource_exhausted", "CmaFree 30720 kB", cma_free_kb=30720)
+            """,
+            "agent-error",
+        ),
+        (
+            """
+            import os, signal
+            def run(t):
+                os.kill(os.getpid(), signal.SIGKILL)
+            """,
+            "agent-error",
+        ),
+        (
+            """
+            def run(t):
+                res = t.task("victim", lambda: 1, role="victim", timeout=10)
+                t.observe("pass", "fine", about=res)
+            """,
+            "test-passed",
+        ),
+    ],
+    ids=["precondition", "harness-death", "pass"],
+)
+def test_the_host_accepts_the_new_records(
+    tmp_path: Path, guest_agent: None, body: str, rule: str
+) -> None:
+    """The records the agent now writes (spawn, precondition, roles, error kinds) pass
+    the host's record validation; with no kernel evidence on the console a precondition
+    failure and a harness death are infrastructure errors."""
+    from lab.classify import RunFacts, classify
+
+    records = _run_agent(tmp_path, "case", body)
+    facts = RunFacts(
+        ready=True,
+        records=({"type": "ready", "boot_id": "b"}, *records, {"type": "done"}),
+    )
+    result = classify("LABREADY b\n", facts)
+    assert result.rule == rule, result
+    assert result.outcome == ("pass" if rule == "test-passed" else "infra_error")
