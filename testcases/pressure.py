@@ -103,7 +103,8 @@ def run(t: lg.Context) -> None:
 def _pressure(t: lg.Context, hog: lg.Handle) -> None:
     deadline = time.monotonic() + 120
     while not os.path.exists(READY) and not hog.poll():
-        t.require(time.monotonic() < deadline, "hog_filled", "the hog did not fill memory in 120s")
+        if time.monotonic() >= deadline:
+            t.require(False, "hog_filled", "the hog did not fill memory in 120s")
         time.sleep(0.2)
     mem = {k: v for k, v in lg.meminfo().items() if k in ("MemFree", "MemAvailable", "CmaFree")}
     t.event("hog holds memory", hog_alive=not hog.poll(), meminfo=mem)
