@@ -94,17 +94,24 @@ def _attacker(params: dict[str, object], limit: int) -> None:
         time.sleep(1)
 
 
-def _victim(stages: lg.Stages) -> dict[str, object]:
+def _victim(stages: lg.Stages, attacker: int | None) -> dict[str, object]:
+    # Each step says whether the attacker still holds its hoard (None: no attacker,
+    # the recovery probe after it exited).
+    def held() -> bool | None:
+        return None if attacker is None else lg.alive(attacker)
+
     try:
         fd = lg.memfd_secret()
     except OSError as exc:
         return {"refused": f"memfd_secret: {lg.errno_name(exc.errno)}", "step": "memfd_secret"}
+    stages.mark("ftruncate", attacker_alive=held())
     try:
         os.ftruncate(fd, lg.PAGE)
     except OSError as exc:
         return {"refused": f"ftruncate: {lg.errno_name(exc.errno)}", "step": "ftruncate"}
     m = mmap.mmap(fd, lg.PAGE, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    stages.mark("faulting")  # said before the touch: a spinning or killed victim got here
+    # said before the touch: a spinning or killed victim got here
+    stages.mark("faulting", attacker_alive=held())
     m[0] = 0x42  # the fault under test
     stages.mark("faulted")
     return {"touched": m[0] == 0x42}
@@ -210,7 +217,13 @@ def run(t: lg.Context) -> None:
 
         stages = lg.Stages()
         victim = t.task(
-            "victim", _victim, stages, role="victim", user=lg.OTHER_USER, timeout=VICTIM_TIMEOUT
+            "victim",
+            _victim,
+            stages,
+            attacker.pid,
+            role="victim",
+            user=lg.OTHER_USER,
+            timeout=VICTIM_TIMEOUT,
         )
         outcome = _outcome(victim)
         attacker_after = "alive" if not attacker.poll() else f"{attacker.result}"
@@ -228,13 +241,22 @@ def run(t: lg.Context) -> None:
         # Only a victim that reached its fault has an outcome to report (the recorded P0
         # cell "reproduced" an OOM kill in which the victim never ran); a refusal at
         # ftruncate is the one outcome that comes before the fault.
+        at = stages.reached("ftruncate" if outcome == "refused" else "faulting")
         t.require(
-            outcome == "refused" or stages.reached("faulting") is not None,
+            at is not None,
             "victim_faulted",
             f"the victim reached its fault (it ended {victim.status} {victim.signal or ''}, "
             f"stages {[m.get('stage') for m in stages.seen()]})",
             victim_status=victim.status,
             victim_signal=victim.signal,
+        )
+        # ...and met the depletion there: an attacker killed meanwhile (by the OOM
+        # killer, say) has given its hoard back.
+        t.require(
+            at is not None and at.get("attacker_alive") is True,
+            "attacker_alive_at_fault",
+            f"the attacker held its hoard when the victim faulted ({at})",
+            attacker_after=attacker_after,
         )
     finally:
         # also when a precondition failed: nothing of the attacker outlives the scenario
@@ -244,6 +266,7 @@ def run(t: lg.Context) -> None:
         "victim-after-attacker-exit",
         _victim,
         lg.Stages(),
+        None,
         role="probe",
         user=lg.OTHER_USER,
         timeout=VICTIM_TIMEOUT,

@@ -54,16 +54,6 @@ def _hog() -> None:
         time.sleep(1)
 
 
-def _alive(pid: int) -> bool:
-    """pid is a live task (not gone, not a zombie the harness has yet to reap)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def _faulter(stages: lg.Stages, hog: int) -> dict[str, object]:
     # Each step says first whether the hog still holds its memory: the scenario is a
     # secret fault (or, for a reserving variant, a reservation) *under* its pressure.
@@ -71,7 +61,7 @@ def _faulter(stages: lg.Stages, hog: int) -> dict[str, object]:
     try:
         fd = lg.memfd_secret()
         step = "ftruncate"
-        stages.mark(step, hog_alive=_alive(hog), mem_available_kb=_available())
+        stages.mark(step, hog_alive=lg.alive(hog), mem_available_kb=_available())
         os.ftruncate(fd, SECRET_PAGES * lg.PAGE)  # a reserving variant fills its pool here
         step = "mmap"
         m = mmap.mmap(
@@ -79,10 +69,10 @@ def _faulter(stages: lg.Stages, hog: int) -> dict[str, object]:
         )
     except OSError as exc:
         return {"refused": f"{step}: {lg.errno_name(exc.errno)}", "step": step}
-    stages.mark("faulting", hog_alive=_alive(hog), mem_available_kb=_available())
+    stages.mark("faulting", hog_alive=lg.alive(hog), mem_available_kb=_available())
     for i in range(SECRET_PAGES):
         m[i * lg.PAGE] = 1
-    stages.mark("faulted", hog_alive=_alive(hog))
+    stages.mark("faulted", hog_alive=lg.alive(hog))
     return {"touched": SECRET_PAGES}
 
 

@@ -84,9 +84,12 @@ def test_every_task_is_started_with_a_role_and_its_pid() -> None:
         t = lg.Context("demo", {}, "x86_64", fd)
         res = t.task("victim", _own_adj, role="victim", timeout=10)
         hog = t.spawn("hog", _sleep, role="hog", oom_score_adj=500)
+        # Inherited across the fork (not set later by the child): killable from its
+        # first copy-on-write fault; and the harness has its own value back.
+        adjs = {"hog": lg.get_oom_score_adj(str(hog.pid)), "harness": lg.get_oom_score_adj()}
         hog.kill()
         t.observe("pass", "done", about=res)
-        t.send({"type": "about", "about": t.about, "victim_adj": res.value})
+        t.send({"type": "about", "about": t.about, "victim_adj": res.value, "adjs": adjs})
 
     records = _in_child(body)
     spawns = [r for r in records if r["type"] == "spawn"]
@@ -102,6 +105,7 @@ def test_every_task_is_started_with_a_role_and_its_pid() -> None:
     # The workload task reset its own value: the OOM killer can pick it, not the harness.
     assert about["victim_adj"] == lg.WORKLOAD_OOM_SCORE_ADJ != HARNESS_ADJ
     assert about["about"] == {"name": "victim", "pid": spawns[0]["pid"], "role": "victim"}
+    assert about["adjs"] == {"hog": 500, "harness": HARNESS_ADJ}
 
 
 def test_a_task_without_a_known_role_is_refused() -> None:

@@ -248,6 +248,17 @@ def sysctl(name: str, value: str | int) -> None:
 # --- tasks: risky work in a child -----------------------------------------------------------
 
 
+def alive(pid: int) -> bool:
+    """pid is a live task: not gone, and not a zombie nobody has reaped yet (a task the
+    OOM killer killed stays a zombie until its parent waits for it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 class Stages:
     """How far a task got, told to the harness through a pipe made before the fork.
 
@@ -344,6 +355,7 @@ class Context:
         self.observed: str | None = None
         self.message = ""
         self.about: dict[str, Any] | None = None  # the task the observation is about
+        self._pid = os.getpid()  # the harness (a forked task is another process)
         self.started = time.monotonic()
 
     # reporting
@@ -469,7 +481,19 @@ class Context:
         """
         check_role(role)
         rfd, wfd = os.pipe()
-        pid = os.fork()
+        # The child must be killable from its first instruction: right after the fork
+        # it touches memory (copy-on-write) before it could set its own value, and a
+        # child still at the harness's -1000 can leave the OOM killer nothing to kill
+        # ("Out of memory and no killable processes", a panic: x86_64/P1/depletion).
+        # So the harness holds the child's value across the fork, then takes its own
+        # back (CAP_SYS_RESOURCE, which the guest's root has, allows lowering it).
+        harness_adj = get_oom_score_adj()
+        set_oom_score_adj(oom_score_adj)
+        try:
+            pid = os.fork()
+        finally:
+            if harness_adj is not None and os.getpid() == self._pid:
+                set_oom_score_adj(harness_adj)
         if pid == 0:  # child
             code = 0
             try:
@@ -478,9 +502,6 @@ class Context:
                 if cgroup is not None:
                     with open(f"{cgroup}/cgroup.procs", "w") as f:
                         f.write("0\n")
-                # Before dropping privileges: raising it always works, but only
-                # CAP_SYS_RESOURCE may set a value below the one inherited.
-                set_oom_score_adj(oom_score_adj)
                 if memlock is not None:
                     resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock))
                 if user is not None:
