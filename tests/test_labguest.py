@@ -358,7 +358,7 @@ def test_fragmentation_treats_a_missing_split_counter_as_a_failed_precondition(
             def run(t):
                 t.require(False, "resource_exhausted", "CmaFree 30720 kB", cma_free_kb=30720)
             """,
-            "agent-error",
+            "precondition-failed",
         ),
         (
             """
@@ -366,7 +366,7 @@ def test_fragmentation_treats_a_missing_split_counter_as_a_failed_precondition(
             def run(t):
                 os.kill(os.getpid(), signal.SIGKILL)
             """,
-            "agent-error",
+            "harness-death",
         ),
         (
             """
