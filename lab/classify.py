@@ -441,6 +441,7 @@ class _Spawn:
     role: str
     pid: int
     t: float | None
+    oom_score_adj: int | None = None  # what the lab set for it
 
 
 @dataclass(frozen=True)
@@ -631,7 +632,8 @@ def _parse_records(records: Sequence[Any], problems: Sequence[Any]) -> _Agent:
                 agent.problem(f"{where}: spawn record without a string 'name', 'pid' and 'role'")
                 continue
             t = _optional(rec, "t", _float, agent, where)
-            agent.spawns.append(_Spawn(_str(rec.get("testcase")) or "?", name, role, pid, t))
+            adj = _optional(rec, "oom_score_adj", _int, agent, where)
+            agent.spawns.append(_Spawn(_str(rec.get("testcase")) or "?", name, role, pid, t, adj))
         elif kind == "precondition":
             check, ok = _str(rec.get("check")), rec.get("ok")
             if check is None or not isinstance(ok, bool):
@@ -1109,7 +1111,20 @@ def _harness_oom_panic(f: _Findings) -> _Verdict | None:
     inv = next((h for h in reversed(f.hits("oom_invoked")) if h.index < panic.index), None)
     lab = f.agent.lab_pids()
     pid = inv.fields.get("pid") if inv is not None else None
-    if not isinstance(pid, int) or pid not in lab:
+    if not isinstance(pid, int):
+        return None
+    spawn = f.agent.spawn_of(pid)
+    kernel_adj = inv.fields.get("oom_score_adj") if inv is not None else None
+    if (
+        pid not in lab
+        and spawn is not None
+        and kernel_adj == -1000
+        and spawn.oom_score_adj not in (None, -1000)
+    ):
+        # A workload task the lab meant to leave killable ran at the harness's -1000
+        # (the kernel prints the invoker's value): the protection leaked, the lab's doing.
+        lab = {**lab, pid: f"{spawn.name} (oom_score_adj {spawn.oom_score_adj} meant)"}
+    if pid not in lab:
         return None
     ev = _Evidence(f)
     ev.hit(panic)
@@ -1898,8 +1913,9 @@ RULES: tuple[Rule, ...] = (
         "harness-oom-panic",
         "infra_error",
         "The kernel panicked with no killable task ('System is deadlocked on memory') and "
-        "the last OOM invocation ran in a harness or the agent (oom_score_adj -1000): the "
-        "lab left the OOM killer nothing to kill.",
+        "the last OOM invocation ran in a harness or the agent (oom_score_adj -1000), or in "
+        "a workload task the kernel shows at -1000 although its spawn record says otherwise: "
+        "the lab left the OOM killer nothing to kill.",
         _harness_oom_panic,
     ),
     Rule("panic", "panic", "The kernel panicked (reason = the rest of the panic line).", _panic),
