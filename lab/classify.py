@@ -58,6 +58,19 @@ TAIL = 10  # last console lines shown when a log just stops
 
 TASK_STATUSES = ("exited", "signaled", "timeout", "killed")
 VERDICTS = ("pass", "fail", "error")
+# What a task is to the scenario (lab/guest/labguest.py ROLES; a test checks they agree).
+# The outcome is decided for the victim; the others are context. "harness" is the
+# test-case process itself: never a victim, and its death is an infrastructure error.
+TASK_ROLES = ("victim", "attacker", "hog", "worker", "probe", "reader", "holder")
+HARNESS = "harness"
+ROLES = (*TASK_ROLES, HARNESS)
+MAX_OTHERS = 20  # entries of fields.others
+# A test case may report what userspace saw; these classes need kernel evidence.
+KERNEL_CLASSES = ("oom_kill", "fault_livelock", "panic", "oops", "bug", "warn")
+# Slack (s) around a task's run window when holding kernel lines against it: the agent's
+# times run from the test case's start, the console's from the kernel's printk clock,
+# anchored by the stamped `lab: testcase NAME start` line written just before the fork.
+WINDOW_SLACK = 2.0
 
 
 # --- public value types -------------------------------------------------------
@@ -379,6 +392,12 @@ class _Task:
     exit_code: int | None
     seconds: float | None
     expected_signal: str | None = None  # the test provoked this signal on purpose
+    role: str | None = None  # one of ROLES; None in records from before roles
+
+    @property
+    def harness(self) -> bool:
+        """The test-case process (records from before roles name it `testcase:NAME`)."""
+        return self.role == HARNESS or (self.role is None and self.name.startswith("testcase:"))
 
     @property
     def intended(self) -> bool:
@@ -404,12 +423,58 @@ class _Task:
 
 
 @dataclass(frozen=True)
+class _About:
+    """The task a result's observation is about (`result.about`)."""
+
+    name: str
+    pid: int
+    role: str
+
+
+@dataclass(frozen=True)
+class _Spawn:
+    """A task started (`spawn` record): its role and pid, and when (s since its test
+    case started)."""
+
+    testcase: str
+    name: str
+    role: str
+    pid: int
+    t: float | None
+    oom_score_adj: int | None = None  # what the lab set for it
+
+
+@dataclass(frozen=True)
+class _Precondition:
+    testcase: str
+    check: str
+    ok: bool
+    message: str
+    data: Any  # bounded copy (_small)
+
+
+@dataclass(frozen=True)
+class _Error:
+    """An agent `error` record. kind "harness": the test-case process died (or could not
+    be protected); kind "precondition": the scenario could not be staged."""
+
+    message: str
+    kind: str | None
+    testcase: str | None
+    check: str | None
+    pid: int | None
+    data: Any
+
+
+@dataclass(frozen=True)
 class _Result:
     testcase: str
     verdict: str
     observed: str | None
     message: str
     timeout: bool = False  # the agent killed the test case at its own timeout
+    about: _About | None = None
+    precondition: str | None = None  # the check that failed (verdict error)
 
     def render(self) -> str:
         seen = f" (observed {self.observed})" if self.observed else ""
@@ -422,12 +487,53 @@ class _Agent:
     tasks: list[_Task] = field(default_factory=list)
     results: list[_Result] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    error_records: list[_Error] = field(default_factory=list)
+    spawns: list[_Spawn] = field(default_factory=list)
+    preconditions: list[_Precondition] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    agent_pid: int | None = None
     done: bool = False
 
     def problem(self, text: str) -> None:
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(_clean(text, MAX_STRING))
+
+    def roles(self) -> dict[int, tuple[str, str]]:
+        """pid -> (role, name), from spawn and task records (the first says)."""
+        out: dict[int, tuple[str, str]] = {}
+        for sp in self.spawns:
+            out.setdefault(sp.pid, (sp.role, sp.name))
+        for t in self.tasks:
+            if t.pid is not None:
+                role = HARNESS if t.harness else t.role
+                if role is not None:
+                    out.setdefault(t.pid, (role, t.name))
+        return out
+
+    def lab_pids(self) -> dict[int, str]:
+        """The pids that are the lab, not the scenario: harnesses and the agent."""
+        out = {pid: name for pid, (role, name) in self.roles().items() if role == HARNESS}
+        if self.agent_pid is not None:
+            out.setdefault(self.agent_pid, "the agent")
+        return out
+
+    def victim(self) -> _About | None:
+        """The task the scenario is about: a result's `about` with role victim, else the
+        one task started with role victim (several, or none: no victim is named)."""
+        for r in self.results:
+            if r.about is not None and r.about.role == "victim":
+                return r.about
+        spawned = [sp for sp in self.spawns if sp.role == "victim"]
+        if len(spawned) == 1:
+            sp = spawned[0]
+            return _About(sp.name, sp.pid, sp.role)
+        return None
+
+    def task_of(self, pid: int) -> _Task | None:
+        return next((t for t in self.tasks if t.pid == pid), None)
+
+    def spawn_of(self, pid: int) -> _Spawn | None:
+        return next((sp for sp in self.spawns if sp.pid == pid), None)
 
 
 def _optional(
@@ -439,6 +545,49 @@ def _optional(
     if value is None:
         agent.problem(f"{where}: '{key}' has the wrong type")
     return value
+
+
+def _small(value: Any, depth: int = 3) -> Any:
+    """A bounded, JSON-safe copy of an untrusted value for fields (numbers of a check)."""
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return _clean(value, MAX_STRING)
+    if depth <= 0:
+        return "…"
+    if isinstance(value, Mapping):
+        items = list(value.items())[:MAX_OTHERS]
+        return {_clean(str(k), 64): _small(v, depth - 1) for k, v in items}
+    if isinstance(value, list | tuple):
+        return [_small(v, depth - 1) for v in list(value)[:MAX_OTHERS]]
+    return None
+
+
+def _role(rec: Mapping[str, Any], agent: _Agent, where: str, known: Sequence[str]) -> str | None:
+    role = rec.get("role")
+    if role is None:
+        return None
+    if role not in known:
+        agent.problem(f"{where}: 'role' is not one of {', '.join(known)}")
+        return None
+    return str(role)
+
+
+def _about(rec: Mapping[str, Any], agent: _Agent, where: str) -> _About | None:
+    about = rec.get("about")
+    if about is None:
+        return None
+    name = _str(about.get("name")) if isinstance(about, Mapping) else None
+    pid = _int(about.get("pid")) if isinstance(about, Mapping) else None
+    role = about.get("role") if isinstance(about, Mapping) else None
+    if name is None or pid is None or role not in TASK_ROLES:
+        agent.problem(
+            f"{where}: 'about' must be {{name, pid, role}} with role one of {', '.join(TASK_ROLES)}"
+        )
+        return None
+    return _About(name, pid, str(role))
 
 
 def _parse_records(records: Sequence[Any], problems: Sequence[Any]) -> _Agent:
@@ -473,6 +622,30 @@ def _parse_records(records: Sequence[Any], problems: Sequence[Any]) -> _Agent:
                     exit_code=_optional(rec, "exit_code", _int, agent, where),
                     seconds=_optional(rec, "seconds", _float, agent, where),
                     expected_signal=_optional(rec, "expected_signal", _str, agent, where),
+                    role=_role(rec, agent, where, ROLES),
+                )
+            )
+        elif kind == "spawn":
+            name, pid = _str(rec.get("name")), _int(rec.get("pid"))
+            role = _role(rec, agent, where, ROLES)
+            if name is None or pid is None or role is None:
+                agent.problem(f"{where}: spawn record without a string 'name', 'pid' and 'role'")
+                continue
+            t = _optional(rec, "t", _float, agent, where)
+            adj = _optional(rec, "oom_score_adj", _int, agent, where)
+            agent.spawns.append(_Spawn(_str(rec.get("testcase")) or "?", name, role, pid, t, adj))
+        elif kind == "precondition":
+            check, ok = _str(rec.get("check")), rec.get("ok")
+            if check is None or not isinstance(ok, bool):
+                agent.problem(f"{where}: precondition record without a string 'check' and 'ok'")
+                continue
+            agent.preconditions.append(
+                _Precondition(
+                    _str(rec.get("testcase")) or "?",
+                    check,
+                    ok,
+                    _optional(rec, "message", _str, agent, where) or "",
+                    _small(rec.get("data")),
                 )
             )
         elif kind == "result":
@@ -492,13 +665,28 @@ def _parse_records(records: Sequence[Any], problems: Sequence[Any]) -> _Agent:
                     observed,
                     message or "",
                     rec.get("timeout") is True,
+                    _about(rec, agent, where),
+                    _optional(rec, "precondition", _str, agent, where),
                 )
             )
         elif kind == "error":
-            agent.errors.append(_str(rec.get("message")) or "(no message)")
+            message = _str(rec.get("message")) or "(no message)"
+            agent.errors.append(message)
+            agent.error_records.append(
+                _Error(
+                    message,
+                    _optional(rec, "kind", _str, agent, where),
+                    _optional(rec, "testcase", _str, agent, where),
+                    _optional(rec, "check", _str, agent, where),
+                    _optional(rec, "pid", _int, agent, where),
+                    _small(rec.get("data")),
+                )
+            )
+        elif kind == "ready":
+            agent.agent_pid = _optional(rec, "agent_pid", _int, agent, where)
         elif kind == "done":
             agent.done = True
-        # "ready", "event", "output", "exit" and unknown types carry nothing to decide on.
+        # "event", "output", "exit" and unknown types carry nothing to decide on.
     return agent
 
 
@@ -600,6 +788,36 @@ class _Findings:
         if marks and marks[-1].fields.get("phase") == "start":
             return str(marks[-1].fields.get("testcase"))
         return None
+
+    def testcase_start(self, testcase: str) -> float | None:
+        """The printk time of the agent's stamped `lab: testcase NAME start` line."""
+        for h in self.hits("lab_testcase"):
+            mine = h.fields.get("testcase") == testcase and h.fields.get("phase") == "start"
+            if mine and h.ktime is not None:
+                return h.ktime
+        return None
+
+    def window(self, pid: int) -> tuple[float, float] | None:
+        """The printk-time span in which the task `pid` ran (with WINDOW_SLACK), from its
+        spawn record's `t` and its task record's `seconds`, anchored at its test case's
+        start line; open-ended while it has no task record. None: no anchor."""
+        spawn = self.agent.spawn_of(pid)
+        if spawn is None or spawn.t is None:
+            return None
+        anchor = self.testcase_start(spawn.testcase)
+        if anchor is None:
+            return None
+        task = self.agent.task_of(pid)
+        start = anchor + spawn.t
+        end = start + task.seconds if task is not None and task.seconds is not None else math.inf
+        return start - WINDOW_SLACK, end + WINDOW_SLACK
+
+    def kills(self) -> list[Hit]:
+        return self.hits("oom_killed_process", "memcg_oom_killed_process")
+
+    def invoker(self, kill: Hit) -> Hit | None:
+        """The `invoked oom-killer` report that led to this kill (the last one before it)."""
+        return next((h for h in reversed(self.hits("oom_invoked")) if h.index < kill.index), None)
 
     def banners(self) -> list[tuple[Hit, dict[str, str]]]:
         out = []
@@ -793,7 +1011,320 @@ def _integrity(outcome: str) -> Callable[[_Findings], _Verdict | None]:
     return rule
 
 
+# --- the lab, not the scenario: harness deaths, preconditions, what else happened -------
+
+
+def _label(role: str | None, name: str | None) -> str:
+    if role is None or role == name:
+        return name or role or "?"
+    return f"{role} {name}" if name else role
+
+
+def _others(
+    f: _Findings, victim: _About | None, subject: int | None = None
+) -> list[dict[str, Any]]:
+    """What happened to every task but the victim (or the `subject` of an infra verdict):
+    OOM kills, signals, timeouts, and the Huh lines outside the victim's run. Context,
+    never the outcome (bounded)."""
+    out: list[dict[str, Any]] = []
+    roles = f.agent.roles()
+    skip = victim.pid if victim is not None else subject
+    killed: dict[int, Hit] = {}
+    for h in f.kills():
+        pid = h.fields.get("pid")
+        if isinstance(pid, int):
+            killed.setdefault(pid, h)
+    seen: set[int] = set()
+    for t in f.agent.tasks:
+        if t.pid is None or t.pid == skip or t.pid in seen:
+            continue
+        seen.add(t.pid)
+        role, name = roles.get(t.pid, (t.role, t.name))
+        kill = killed.get(t.pid)
+        if kill is not None:
+            fate, evidence = "OOM-killed", _msg(f, kill)
+        elif t.status == "signaled" and not t.intended:
+            fate, evidence = f"died of {t.signal or '?'}", t.render()
+        elif t.status == "timeout":
+            fate, evidence = "timed out", t.render()
+        else:
+            continue
+        out.append({"pid": t.pid, "role": role, "name": name, "fate": fate, "evidence": evidence})
+    for pid, kill in killed.items():
+        if pid == skip or pid in seen:
+            continue
+        seen.add(pid)
+        role, name = roles.get(pid, (None, str(kill.fields.get("comm", "?"))))
+        entry = {"pid": pid, "role": role, "name": name, "fate": "OOM-killed"}
+        out.append({**entry, "evidence": _msg(f, kill)})
+    if victim is not None:
+        window = f.window(victim.pid)
+        outside = [h for h in f.hits("fault_oom_huh") if not _inside(h, window)]
+        if outside:
+            out.append(
+                {
+                    "pid": None,
+                    "role": None,
+                    "name": None,
+                    "fate": f"{len(outside)} 'Huh VM_FAULT_OOM' lines outside the victim's run",
+                    "evidence": _msg(f, outside[0]),
+                }
+            )
+    return out[:MAX_OTHERS]
+
+
+def _context(others: Sequence[Mapping[str, Any]]) -> str:
+    if not others:
+        return ""
+    shown_ = []
+    for o in others[:3]:
+        who = _label(o.get("role"), o.get("name"))
+        pid = f" (pid {o['pid']})" if o.get("pid") is not None else ""
+        shown_.append(f"{who}{pid} {o['fate']}" if o.get("name") else str(o["fate"]))
+    more = f" (+{len(others) - 3} more)" if len(others) > 3 else ""
+    return "; others: " + ", ".join(shown_) + more
+
+
+def _inside(hit: Hit, window: tuple[float, float] | None) -> bool:
+    if window is None:
+        return True  # no anchor to tell when the task ran: every line may be its
+    return hit.ktime is not None and window[0] <= hit.ktime <= window[1]
+
+
+def _harness_oom_panic(f: _Findings) -> _Verdict | None:
+    """`System is deadlocked on memory` (no killable task) whose last OOM invocation ran
+    in a harness or the agent: they are at -1000, so the lab left the OOM killer nothing
+    to kill; not a kernel outcome. A BUG/oops/WARNING before it still is (rule panic)."""
+    if f.facts is None:
+        return None
+    panics = _panic_hits(f)
+    if not panics:
+        return None
+    panic = panics[0]
+    deadlocked = panic.sig.name == "oom_deadlock_panic" or any(
+        h.index < panic.index for h in f.hits("oom_no_killable")
+    )
+    if not deadlocked:
+        return None
+    if any(h.index < panic.index for c in ("bug", "oops", "warn") for h in f.by_class(c)):
+        return None
+    inv = next((h for h in reversed(f.hits("oom_invoked")) if h.index < panic.index), None)
+    lab = f.agent.lab_pids()
+    pid = inv.fields.get("pid") if inv is not None else None
+    if not isinstance(pid, int):
+        return None
+    spawn = f.agent.spawn_of(pid)
+    kernel_adj = inv.fields.get("oom_score_adj") if inv is not None else None
+    if (
+        pid not in lab
+        and spawn is not None
+        and kernel_adj == -1000
+        and spawn.oom_score_adj not in (None, -1000)
+    ):
+        # A workload task the lab meant to leave killable ran at the harness's -1000
+        # (the kernel prints the invoker's value): the protection leaked, the lab's doing.
+        lab = {**lab, pid: f"{spawn.name} (oom_score_adj {spawn.oom_score_adj} meant)"}
+    if pid not in lab:
+        return None
+    ev = _Evidence(f)
+    ev.hit(panic)
+    assert inv is not None
+    ev.hit(inv)
+    for h in f.hits("oom_no_killable")[-1:]:
+        ev.hit(h)
+    values: dict[str, Any] = {
+        "reason": panic.fields.get("reason", ""),
+        "invoker_pid": pid,
+        "invoker": lab[pid],
+        "gfp_mask": inv.fields.get("gfp_mask"),
+        "others": _others(f, None),
+    }
+    return _Verdict(
+        "infra_error",
+        f"infra_error: the OOM killer found nothing killable when {lab[pid]} (pid {pid}, "
+        f"oom_score_adj -1000) allocated, and the kernel panicked ({values['reason']}): the "
+        "lab left it nothing to kill; the run measured nothing",
+        ev,
+        values,
+    )
+
+
+def _harness_death(f: _Findings) -> _Verdict | None:
+    if f.facts is None:
+        return None
+    lab = f.agent.lab_pids()
+    died = [t for t in f.agent.tasks if t.harness and t.status == "signaled"]
+    errors = [e for e in f.agent.error_records if e.kind == "harness"]
+    kills = [h for h in f.kills() if h.fields.get("pid") in lab]
+    if not (died or errors or kills):
+        return None
+    ev = _Evidence(f)
+    for h in kills[:3]:
+        inv = f.invoker(h)
+        if inv is not None:
+            ev.hit(inv)
+        ev.hit(h)
+    for t in died[:3]:
+        ev.note(t.render(), "agent:task")
+    for e in errors[:3]:
+        ev.note(f"agent: error: {e.message}", "agent:error")
+    pid: int | None
+    if died:
+        pid, signal, name = died[0].pid, died[0].signal, died[0].name
+    elif kills:
+        kpid = kills[0].fields.get("pid")
+        pid, signal = (kpid if isinstance(kpid, int) else None), "SIGKILL"
+        name = lab.get(pid, "?") if pid is not None else "?"
+    else:
+        pid, signal = errors[0].pid, None
+        name = f"testcase:{errors[0].testcase}" if errors[0].testcase else "the agent"
+    by_oom = pid is not None and any(h.fields.get("pid") == pid for h in kills)
+    values: dict[str, Any] = {
+        "harness_pid": pid,
+        "harness": name,
+        "signal": signal,
+        "killed_by_oom": by_oom,
+        "others": _others(f, None, pid),
+    }
+    if signal is None and errors:
+        how = f"failed: {errors[0].message}"
+    else:
+        how = f"was killed by {signal or '?'}" + (" (the OOM killer)" if by_oom else "")
+    who = f"{name}, pid {pid}" if pid is not None else name
+    detail = f"infra_error: the harness ({who}) {how}; the run measured nothing"
+    return _Verdict("infra_error", detail, ev, values)
+
+
+def _precondition_failed(f: _Findings) -> _Verdict | None:
+    if f.facts is None:
+        return None
+    failed = [p for p in f.agent.preconditions if not p.ok]
+    errors = [e for e in f.agent.error_records if e.kind == "precondition"]
+    results = [r for r in f.agent.results if r.precondition is not None]
+    if not (failed or errors or results):
+        return None
+    ev = _Evidence(f)
+    for p in failed[:3]:
+        ev.note(f"agent: precondition {p.testcase}: {p.check} failed: {p.message}", "agent:check")
+    for e in errors[:3]:
+        ev.note(f"agent: error: {e.message}", "agent:error")
+    for r in results[:3]:
+        ev.note(r.render(), "agent:result")
+    if failed:
+        p = failed[0]
+        check, testcase, message, data = p.check, p.testcase, p.message, p.data
+    elif errors:
+        e = errors[0]
+        check, testcase, message, data = e.check or "?", e.testcase or "?", e.message, e.data
+    else:
+        r = results[0]
+        check, testcase, message, data = str(r.precondition), r.testcase, r.message, None
+    values = {"check": check, "testcase": testcase, "data": data, "others": _others(f, None)}
+    detail = f"infra_error: precondition {check} failed in {testcase}: {message}"
+    return _Verdict("infra_error", detail, ev, values)
+
+
+# --- oom kill and fault livelock: for the victim when the records name one ------------
+
+
 def _oom_kill(f: _Findings) -> _Verdict | None:
+    victim = f.agent.victim() if f.facts is not None else None
+    if victim is not None:
+        return _oom_kill_victim(f, victim)
+    return _oom_kill_console(f)
+
+
+def _victim_fields(f: _Findings, v: _About) -> dict[str, Any]:
+    task = f.agent.task_of(v.pid)
+    fate = None
+    if task is not None:
+        fate = task.status + (f" {task.signal}" if task.signal else "")
+        if task.status == "exited":
+            fate += f" {task.exit_code}"
+    return {"name": v.name, "pid": v.pid, "role": v.role, "fate": fate}
+
+
+_INVOKER_FIELDS = (
+    ("comm", "invoker_comm"),
+    ("pid", "invoker_pid"),
+    ("gfp_mask", "gfp_mask"),
+    ("gfp_flags", "gfp_flags"),
+    ("order", "order"),
+    ("oom_score_adj", "oom_score_adj"),
+)
+
+
+def _invoker_fields(inv: Hit) -> dict[str, Any]:
+    """What an `invoked oom-killer` report says about the allocation that ran it."""
+    return {name: inv.fields[key] for key, name in _INVOKER_FIELDS if key in inv.fields}
+
+
+def _kill_count(f: _Findings) -> int:
+    return f.count.get("oom_killed_process", 0) + f.count.get("memcg_oom_killed_process", 0)
+
+
+def _oom_kill_victim(f: _Findings, v: _About) -> _Verdict | None:
+    """oom_kill for the victim: it was OOM-killed (its task did not return, and a stamped
+    `Killed process <its pid>` exists), or its own allocation ran the OOM killer, which
+    killed some task (spec 3(c) P0, 3(e) U0: the OOM killer fires in its context)."""
+    task = f.agent.task_of(v.pid)
+    kills = f.kills()
+    own_kill = next((h for h in kills if h.fields.get("pid") == v.pid), None)
+    killed = own_kill is not None and (task is None or task.status != "exited")
+    by_victim = [
+        (inv, h)
+        for h in kills
+        if (inv := f.invoker(h)) is not None and inv.fields.get("pid") == v.pid
+    ]
+    if not killed and not by_victim:
+        return None
+    ev = _Evidence(f)
+    if by_victim:
+        ev.hit(by_victim[0][0])
+        ev.hit(by_victim[0][1])
+    if killed:
+        assert own_kill is not None
+        inv = f.invoker(own_kill)
+        if inv is not None:
+            ev.hit(inv)
+        ev.hit(own_kill)
+    else:
+        inv = by_victim[0][0]
+    if task is not None:
+        ev.note(task.render(), "agent:task")
+    values: dict[str, Any] = {
+        "victim": _victim_fields(f, v),
+        "victim_killed": killed,
+        "invoker_is_victim": bool(by_victim),
+        "kill_count": _kill_count(f),
+    }
+    if inv is not None:
+        values.update(_invoker_fields(inv))
+    who = f"the {_label(v.role, v.name)} (pid {v.pid})"
+    mask = f"gfp_mask={values.get('gfp_mask')}" if inv is not None else "no invoker line"
+    if killed:
+        if by_victim:
+            how = f"was OOM-killed; the OOM killer ran in its own allocation ({mask})"
+        elif inv is not None:
+            how = (
+                f"was OOM-killed; invoked by {values.get('invoker_comm', '?')} "
+                f"(pid {values.get('invoker_pid', '?')}, {mask})"
+            )
+        else:
+            how = "was OOM-killed"
+    else:
+        first = by_victim[0][1]
+        pid = first.fields.get("pid")
+        known = f.agent.roles().get(pid) if isinstance(pid, int) else None
+        role, name = known or (None, str(first.fields.get("comm", "?")))
+        how = (
+            f"ran the OOM killer in its own allocation ({mask}, order={values.get('order')}), "
+            f"which killed {_label(role, name)} (pid {pid})"
+        )
+    return _Verdict("oom_kill", f"oom_kill: {who} {how}", ev, values)
+
+
+def _oom_kill_console(f: _Findings) -> _Verdict | None:
     kills = f.hits("oom_killed_process", "memcg_oom_killed_process")
     if not kills:
         return None
@@ -807,7 +1338,10 @@ def _oom_kill(f: _Findings) -> _Verdict | None:
         pid, comm = kill.fields.get("pid"), kill.fields.get("comm", "?")
         inv = next((h for h in reversed(invoked) if h.index < kill.index), None)
         task = tasks_by_pid.get(pid) if isinstance(pid, int) else None
-        if task is not None:
+        if task is not None and task.harness:
+            # Not reached in lab runs (rule harness-death); never the culprit.
+            role, culprit = f"the harness {task.name!r}", False
+        elif task is not None:
             role, culprit = f"test task {task.name!r}", True
         elif inv is not None and (
             inv.fields.get("pid") == pid if "pid" in inv.fields else inv.fields.get("comm") == comm
@@ -854,21 +1388,11 @@ def _oom_kill(f: _Findings) -> _Verdict | None:
         "victim_comm": first["comm"],
         "victim_role": first["role"],
         "victim_is_culprit": first["culprit"],
-        "kill_count": f.count.get("oom_killed_process", 0)
-        + f.count.get("memcg_oom_killed_process", 0),
+        "kill_count": _kill_count(f),
         "kills": described[:20],
     }
     if inv is not None:
-        for key, name in (
-            ("comm", "invoker_comm"),
-            ("pid", "invoker_pid"),
-            ("gfp_mask", "gfp_mask"),
-            ("gfp_flags", "gfp_flags"),
-            ("order", "order"),
-            ("oom_score_adj", "oom_score_adj"),
-        ):
-            if key in inv.fields:
-                values[name] = inv.fields[key]
+        values.update(_invoker_fields(inv))
     summary = next((h for h in summaries if h.index < kills[0].index), None)
     if summary is not None and "constraint" in summary.fields:
         values["constraint"] = summary.fields["constraint"]
@@ -890,6 +1414,9 @@ def _oom_kill(f: _Findings) -> _Verdict | None:
 def _fault_livelock(f: _Findings) -> _Verdict | None:
     if not f.has("fault_oom_huh"):
         return None
+    victim = f.agent.victim() if f.facts is not None else None
+    if victim is not None:
+        return _fault_livelock_victim(f, victim)
     timed_out = [t for t in f.agent.tasks if t.status == "timeout"]
     overran = [r for r in f.agent.results if r.timeout]
     suppressed = f.hits("fault_oom_suppressed")
@@ -940,6 +1467,65 @@ def _fault_livelock(f: _Findings) -> _Verdict | None:
         why = "; the log stops without the kernel's restart line"
         ev.tail(5)
     return _Verdict("fault_livelock", head + why, ev, values)
+
+
+def _fault_livelock_victim(f: _Findings, v: _About) -> _Verdict | None:
+    """fault_livelock for the victim: its watchdog killed it (task status timeout; or it
+    has no task record because the lab's deadline or the test case's timeout came
+    first) and stamped Huh lines fall inside its run window."""
+    task = f.agent.task_of(v.pid)
+    overran = [r for r in f.agent.results if r.timeout]
+    if task is not None and task.status != "timeout":
+        return None
+    if task is None and f.facts is not None and f.facts.deadline is None and not overran:
+        return None
+    window = f.window(v.pid)
+    huh = [h for h in f.hits("fault_oom_huh") if _inside(h, window)]
+    if not huh:
+        return None
+    suppressed = [h for h in f.hits("fault_oom_suppressed") if _inside(h, window)]
+    ev = _Evidence(f)
+    for h in f.hits("lab_testcase")[:1]:
+        ev.hit(h)
+    for h in huh[:3]:
+        ev.hit(h)
+    for h in suppressed[:5]:
+        ev.hit(h)
+    for name in ("cma_alloc_failed", "secretmem_refill_failed"):
+        for h in [h for h in f.hits(name) if _inside(h, window)][:1]:
+            ev.hit(h)
+    if task is not None:
+        ev.note(task.render(), "agent:task")
+    counts = [int(h.fields.get("count", 0)) for h in suppressed]
+    values: dict[str, Any] = {
+        "victim": _victim_fields(f, v),
+        "huh_lines": len(huh),
+        "suppressed": counts[:50],
+        "suppressed_total": sum(counts),
+        "first_ktime": huh[0].ktime,
+        "last_ktime": huh[-1].ktime,
+        "window": None if window is None else [window[0], _finite(window[1])],
+    }
+    who = f"the {_label(v.role, v.name)} (pid {v.pid})"
+    if task is not None:
+        secs = f" after {task.seconds:.1f}s" if task.seconds is not None else ""
+        why = f"{who} spun until the test case's watchdog killed it{secs}"
+    elif overran:
+        why = f"{who} spun until test case {overran[0].testcase} overran its timeout"
+    else:
+        why = f"{who} spun until the lab's deadline"
+    where = "in its run" if window is not None else "(no start line to place them)"
+    return _Verdict(
+        "fault_livelock",
+        f"fault_livelock: {values['huh_lines']} 'Huh VM_FAULT_OOM' lines "
+        f"(+{values['suppressed_total']} suppressed) {where}; {why}, not OOM-killed",
+        ev,
+        values,
+    )
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def _deadline(f: _Findings) -> _Verdict | None:
@@ -1083,7 +1669,9 @@ def _sigbus(f: _Findings) -> _Verdict | None:
         for t in f.agent.tasks
         if t.status == "signaled" and t.signal == "SIGBUS" and not t.intended
     ]
-    observed = [r for r in f.agent.results if r.observed == "sigbus"]
+    # A test case's word for SIGBUS counts with a task record that died of it (a test
+    # provoking it on purpose says so through `observed`): not on its own.
+    observed = [r for r in f.agent.results if r.observed == "sigbus" and _sigbus_backed(f, r)]
     # A test provoking SIGBUS on purpose (expected_signal) also gets the kernel's
     # print-fatal-signals line; that line says nothing new about the outcome.
     intended = {t.pid for t in f.agent.tasks if t.intended and t.pid is not None}
@@ -1143,8 +1731,76 @@ def _test_failed(f: _Findings) -> _Verdict | None:
     )
 
 
+def _sigbus_backed(f: _Findings, r: _Result) -> bool:
+    for t in f.agent.tasks:
+        mine = t.pid == r.about.pid if r.about is not None else t.testcase == r.testcase
+        if mine and t.status == "signaled" and t.signal == "SIGBUS":
+            return True
+    return False
+
+
+def _supported(f: _Findings, r: _Result) -> bool:
+    """May the result's `observed` class stand? Userspace classes (refused, fail) may; sigbus
+    with a task record that died of it; a kernel class only with the stamped kernel
+    evidence for the task it is about (the victim's, when it names none)."""
+    cls = r.observed
+    if cls in ("pass", "refused", "fail"):
+        return True
+    if cls == "sigbus":
+        return _sigbus_backed(f, r)
+    if cls not in KERNEL_CLASSES:
+        return False  # hang, boot_failure, infra_error: the lab's to say, not a test's
+    about = r.about or f.agent.victim()
+    if cls == "oom_kill":
+        if about is None:
+            return bool(f.kills())
+        return any(h.fields.get("pid") == about.pid for h in f.kills()) or any(
+            (inv := f.invoker(h)) is not None and inv.fields.get("pid") == about.pid
+            for h in f.kills()
+        )
+    if cls == "fault_livelock":
+        window = f.window(about.pid) if about is not None else None
+        return any(_inside(h, window) for h in f.hits("fault_oom_huh"))
+    return bool(f.by_class(cls))
+
+
+def _unsupported(f: _Findings) -> list[_Result]:
+    return [r for r in f.agent.results if r.observed is not None and not _supported(f, r)]
+
+
+def _returned(f: _Findings, r: _Result) -> bool:
+    """The task the result is about (or the victim) returned normally: its fate is known."""
+    about = r.about or f.agent.victim()
+    task = f.agent.task_of(about.pid) if about is not None else None
+    return task is not None and task.status == "exited" and task.exit_code == 0
+
+
+def _claim_unsupported(f: _Findings) -> _Verdict | None:
+    """A test case named a class without the evidence for it, and the task it is about
+    did not simply return (whose fate would then be the outcome, rule test-passed)."""
+    claims = [r for r in _unsupported(f) if r.verdict == "pass" and not _returned(f, r)]
+    if not claims:
+        return None
+    r = claims[0]
+    whom = "the task it is about" if r.about or f.agent.victim() else "it"
+    return _Verdict(
+        "infra_error",
+        f"infra_error: test case {r.testcase} claimed {r.observed} with no kernel evidence "
+        f"for {whom}: {r.message}",
+        _results_evidence(f, claims),
+        {"testcase": r.testcase, "claimed": r.observed, "message": r.message},
+    )
+
+
+def _results_evidence(f: _Findings, results: Sequence[_Result]) -> _Evidence:
+    ev = _Evidence(f)
+    for x in results[:5]:
+        ev.note(x.render(), "agent:result")
+    return ev
+
+
 def _test_observed(f: _Findings) -> _Verdict | None:
-    seen = [r for r in f.agent.results if r.observed not in (None, "pass")]
+    seen = [r for r in f.agent.results if r.observed not in (None, "pass") and _supported(f, r)]
     if not seen:
         return None
     r = seen[0]
@@ -1166,7 +1822,19 @@ def _test_passed(f: _Findings) -> _Verdict | None:
     for r in f.agent.results[:10]:
         ev.note(r.render(), "agent:result")
     names = sorted({r.testcase for r in f.agent.results})
-    return _Verdict("pass", f"pass: {', '.join(names)} passed", ev, {"testcases": names[:50]})
+    values: dict[str, Any] = {"testcases": names[:50]}
+    rejected = [r for r in _unsupported(f) if r.observed != "pass"]
+    note = ""
+    if rejected:
+        # The task it is about returned (rule claim-unsupported): its fate is the outcome.
+        values["claims_rejected"] = [
+            {"testcase": r.testcase, "claimed": r.observed} for r in rejected[:10]
+        ]
+        note = (
+            f" (the claim {rejected[0].observed} has no kernel evidence for the task it is "
+            "about, which returned)"
+        )
+    return _Verdict("pass", f"pass: {', '.join(names)} passed{note}", ev, values)
 
 
 def _no_result(f: _Findings) -> _Verdict | None:
@@ -1241,6 +1909,15 @@ RULES: tuple[Rule, ...] = (
         "The kernel panicked before userspace ran.",
         _panic_before_userspace,
     ),
+    Rule(
+        "harness-oom-panic",
+        "infra_error",
+        "The kernel panicked with no killable task ('System is deadlocked on memory') and "
+        "the last OOM invocation ran in a harness or the agent (oom_score_adj -1000), or in "
+        "a workload task the kernel shows at -1000 although its spawn record says otherwise: "
+        "the lab left the OOM killer nothing to kill.",
+        _harness_oom_panic,
+    ),
     Rule("panic", "panic", "The kernel panicked (reason = the rest of the panic line).", _panic),
     Rule(
         "bug",
@@ -1256,13 +1933,35 @@ RULES: tuple[Rule, ...] = (
         _integrity("oops"),
     ),
     Rule("warn", "warn", "A kernel WARNING.", _integrity("warn")),
-    Rule("oom-kill", "oom_kill", "The OOM killer killed a process.", _oom_kill),
+    Rule(
+        "harness-death",
+        "infra_error",
+        "The harness (a test-case process) or the agent died: its task record says "
+        "signaled, the agent sent an error of kind harness, or a kernel 'Killed process' "
+        "names its pid. It is not part of the scenario: the run measured nothing.",
+        _harness_death,
+    ),
+    Rule(
+        "precondition-failed",
+        "infra_error",
+        "A precondition of the scenario did not hold (a precondition record with ok false, "
+        "an error of kind precondition): the scenario did not happen.",
+        _precondition_failed,
+    ),
+    Rule(
+        "oom-kill",
+        "oom_kill",
+        "The OOM killer killed a process. When the records name a victim: the victim was "
+        "OOM-killed, or its own allocation invoked the OOM killer that killed some task.",
+        _oom_kill,
+    ),
     Rule(
         "fault-livelock",
         "fault_livelock",
         "'Huh VM_FAULT_OOM leaked out' lines, no OOM kill, and the task spun: a deadline "
         "expired or a task timed out (for a foreign log: the rate limit suppressed lines or "
-        "the log stops).",
+        "the log stops). When the records name a victim: its watchdog killed it and the "
+        "Huh lines fall inside its run.",
         _fault_livelock,
     ),
     Rule("deadline", "hang", "A lab deadline expired with no kernel evidence above.", _deadline),
@@ -1304,8 +2003,17 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "test-observed",
         "<observed>",
-        "The test case passed and names what it observed (a class other than pass).",
+        "The test case passed and names what it observed (a class other than pass) with "
+        "the evidence for it: refused, fail, sigbus with a task that died of it, a kernel "
+        "class with stamped kernel lines for the task it is about.",
         _test_observed,
+    ),
+    Rule(
+        "claim-unsupported",
+        "infra_error",
+        "A test case named a class without that evidence, and the task it is about did "
+        "not return (else its return is the outcome: test-passed).",
+        _claim_unsupported,
     ),
     Rule("test-passed", "pass", "Every test case passed.", _test_passed),
     Rule(
@@ -1349,9 +2057,14 @@ def classify(console: str, facts: RunFacts | None = None) -> Classification:
         banners = f.banners()
         if banners and "banner" not in values:
             values["banner"] = banners[0][1]
+        victim = f.agent.victim() if facts is not None else None
+        if victim is not None:
+            values.setdefault("victim", _victim_fields(f, victim))
+            values.setdefault("others", _others(f, victim))
+        detail = verdict.detail + _context(values.get("others") or ())
         return Classification(
             outcome=verdict.outcome,
-            detail=_clean(verdict.detail, MAX_DETAIL),
+            detail=_clean(detail, MAX_DETAIL),
             rule=rule.id,
             rule_text=rule.text,
             evidence=verdict.evidence.done(),

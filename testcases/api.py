@@ -53,7 +53,7 @@ def run(t: lg.Context) -> None:
     cloexec = lg.memfd_secret(os.O_CLOEXEC)
     t.check(cloexec >= 0, "O_CLOEXEC is accepted")
 
-    beyond = t.task("beyond-eof", _beyond_eof, timeout=20, expect_signal="SIGBUS")
+    beyond = t.task("beyond-eof", _beyond_eof, role="probe", timeout=20, expect_signal="SIGBUS")
     t.check(
         beyond.sigbus,
         f"a touch past i_size raises SIGBUS (got {beyond.status} "

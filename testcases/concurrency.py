@@ -58,8 +58,10 @@ def _proc(n: int) -> dict[str, int]:
 
 def run(t: lg.Context) -> None:
     before = lg.secretmem_stats()
-    procs = [t.spawn(f"proc{n}", _proc, n, user=lg.UNPRIVILEGED) for n in range(PROCS)]
-    threaded = t.task("threads", _threads, user=lg.UNPRIVILEGED, timeout=120)
+    procs = [
+        t.spawn(f"proc{n}", _proc, n, role="worker", user=lg.UNPRIVILEGED) for n in range(PROCS)
+    ]
+    threaded = t.task("threads", _threads, role="worker", user=lg.UNPRIVILEGED, timeout=120)
     results = [h.wait(120) for h in procs]
     for r in [threaded, *results]:
         t.check(r.ok, f"{r.name} ended {r.status} {r.signal or r.exit_code} {r.error or ''}")

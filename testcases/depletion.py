@@ -22,11 +22,15 @@ TESTCASE = {
         "reserve=true -> refused",
         "pool=cma fallback=false fault=oom -> fault_livelock",
         "pool=cma fallback=false fault=sigbus -> sigbus",
-        # A PMD pool takes its chunks out of general RAM: the exhaustion that stops the
-        # victim's refill starves everybody else too, so the OOM killer may strike as well
-        # (spec 3(c): P0 ends in page-allocator OOM kills of innocent tasks).
-        "pool=pmd fallback=false fault=oom -> fault_livelock|oom_kill",
-        "pool=pmd fallback=false fault=sigbus -> sigbus|oom_kill",
+        # Spec 3(c) P1: the refill fails as soon as no free order-9 block exists; the OOM
+        # policy gives the C0-style spin, the SIGBUS policy SIGBUS. No OOM kill is
+        # predicted for P1: an OOM kill of some other task is context, not the outcome.
+        "pool=pmd fallback=false fault=oom -> fault_livelock",
+        "pool=pmd fallback=false fault=sigbus -> sigbus",
+        # Spec 3(c) P0: the victim's order-9 attempt fails silently, order-0 succeeds
+        # until RAM runs out, then the page-allocator OOM killer fires. This outcome only
+        # counts for a victim that actually faulted while the attacker held its hoard
+        # (asserted by run()); an attacker or harness killed before that is no outcome.
         "pool=pmd fallback=true -> oom_kill",
         "* -> pass",
     ],
@@ -90,18 +94,72 @@ def _attacker(params: dict[str, object], limit: int) -> None:
         time.sleep(1)
 
 
-def _victim() -> dict[str, object]:
+def _victim(stages: lg.Stages, attacker: int | None) -> dict[str, object]:
+    # Each step says whether the attacker still holds its hoard (None: no attacker,
+    # the recovery probe after it exited).
+    def held() -> bool | None:
+        return None if attacker is None else lg.alive(attacker)
+
     try:
         fd = lg.memfd_secret()
     except OSError as exc:
-        return {"refused": f"memfd_secret: {lg.errno_name(exc.errno)}"}
+        return {"refused": f"memfd_secret: {lg.errno_name(exc.errno)}", "step": "memfd_secret"}
+    stages.mark("ftruncate", attacker_alive=held())
     try:
         os.ftruncate(fd, lg.PAGE)
     except OSError as exc:
-        return {"refused": f"ftruncate: {lg.errno_name(exc.errno)}"}
+        return {"refused": f"ftruncate: {lg.errno_name(exc.errno)}", "step": "ftruncate"}
     m = mmap.mmap(fd, lg.PAGE, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    # said before the touch: a spinning or killed victim got here
+    stages.mark("faulting", attacker_alive=held())
     m[0] = 0x42  # the fault under test
+    stages.mark("faulted")
     return {"touched": m[0] == 0x42}
+
+
+def _exhaustion(
+    params: dict[str, object], state: dict[str, object], limit: int, before: dict[str, int]
+) -> tuple[bool, str, dict[str, object]]:
+    """Is the resource the victim needs really gone? (holds, how, the numbers)
+
+    Read by the harness (root: the debugfs counters are root-only) right before the
+    victim faults. A counter that is missing is a failed precondition, never a 0.
+    """
+    mi, stats = lg.meminfo(), lg.secretmem_stats()
+    if params.get("pool") == "cma":
+        total, free = mi.get("CmaTotal"), mi.get("CmaFree")
+        pages = stats.get("pool_pages")
+        if total is None or free is None or pages is None:
+            missing = [
+                k
+                for k, v in (("CmaTotal", total), ("CmaFree", free), ("pool_pages", pages))
+                if v is None
+            ]
+            return False, f"counters missing: {', '.join(missing)}", {"missing": missing}
+        held_kb = (pages - before.get("pool_pages", 0)) * lg.PAGE // 1024
+        numbers: dict[str, object] = {"cma_total_kb": total, "cma_free_kb": free}
+        numbers["pools_hold_kb"] = held_kb
+        # Every chunk of the area sits in the attacker's pools (docs/variants.md G9:
+        # exactly CmaTotal / 2 MiB chunks), and no free 2 MiB is left.
+        ok = held_kb >= total and free < CHUNK_KB
+        return (
+            ok,
+            f"the attacker's pools hold {held_kb} of {total} kB CMA, CmaFree {free} kB",
+            numbers,
+        )
+    if params.get("pool") == "pmd":
+        blocks = _free_pmd_blocks()
+        return (
+            blocks == 0,
+            f"{blocks} free order>=9 blocks left (the victim's chunk refill must fail)",
+            {"free_pmd_blocks": blocks, "MemFree": mi.get("MemFree")},
+        )
+    files = state.get("files")
+    return (
+        files == limit,
+        f"the attacker holds {files} of the {limit} files it set out to map",
+        {"files": files, "limit": limit},
+    )
 
 
 def _outcome(res: lg.TaskResult) -> str:
@@ -121,39 +179,97 @@ def _outcome(res: lg.TaskResult) -> str:
 def run(t: lg.Context) -> None:
     limit = 2048 - 64 if t.params.get("pool") != "none" else 512
     before = {"meminfo": lg.meminfo(), "stats": lg.secretmem_stats()}
+    t.require(
+        bool(before["stats"]),
+        "counters",
+        "the lab kernel's secretmem counters (/sys/kernel/debug/secretmem) are readable",
+        stats=before["stats"],
+    )
     with contextlib.suppress(FileNotFoundError):
         os.unlink(STATE)
-    attacker = t.spawn("attacker", _attacker, dict(t.params), limit, user=lg.UNPRIVILEGED)
-    deadline = time.monotonic() + 200
-    while not os.path.exists(STATE):
-        if attacker.poll():
-            break
-        if time.monotonic() > deadline:
-            attacker.kill(status="timeout")
-            t.check(False, "the attacker did not finish filling within 200s")
-        time.sleep(0.2)
-    state = {}
-    if os.path.exists(STATE):
-        with open(STATE) as f:
-            state = json.load(f)
-    t.event("attacker holds its files", **state, meminfo=_mem(), stats=lg.secretmem_stats())
-    t.check(not attacker.poll(), f"the attacker died: {attacker.result}")
-
-    victim = t.task("victim", _victim, user=lg.OTHER_USER, timeout=VICTIM_TIMEOUT)
-    outcome = _outcome(victim)
-    t.event(
-        "victim",
-        outcome=outcome,
-        status=victim.status,
-        signal=victim.signal,
-        seconds=victim.seconds,
-        value=victim.value,
+    attacker = t.spawn(
+        "attacker", _attacker, dict(t.params), limit, role="attacker", user=lg.UNPRIVILEGED
     )
+    try:
+        deadline = time.monotonic() + 200
+        while not os.path.exists(STATE):
+            if attacker.poll():
+                break
+            if time.monotonic() > deadline:
+                attacker.kill(status="timeout")
+                t.require(False, "attacker_filled", "the attacker did not finish filling in 200s")
+            time.sleep(0.2)
+        state = {}
+        if os.path.exists(STATE):
+            with open(STATE) as f:
+                state = json.load(f)
+        t.event("attacker holds its files", **state, meminfo=_mem(), stats=lg.secretmem_stats())
+        # Preconditions, right before the victim faults: the attacker still holds its hoard
+        # (a dead attacker has given everything back) and the resource really is gone.
+        t.require(
+            not attacker.poll(),
+            "attacker_alive",
+            f"the attacker holds its files when the victim starts (fate: {attacker.result})",
+            attacker=state,
+        )
+        ok, how_gone, numbers = _exhaustion(t.params, state, limit, before["stats"])
+        t.require(ok, "resource_exhausted", how_gone, **numbers)
 
-    attacker.kill()
+        stages = lg.Stages()
+        victim = t.task(
+            "victim",
+            _victim,
+            stages,
+            attacker.pid,
+            role="victim",
+            user=lg.OTHER_USER,
+            timeout=VICTIM_TIMEOUT,
+        )
+        outcome = _outcome(victim)
+        attacker_after = "alive" if not attacker.poll() else f"{attacker.result}"
+        t.event(
+            "victim",
+            outcome=outcome,
+            status=victim.status,
+            signal=victim.signal,
+            seconds=victim.seconds,
+            value=victim.value,
+            stages=stages.seen(),
+            attacker=attacker_after,
+        )
+        t.require_secretmem(victim)
+        # Only a victim that reached its fault has an outcome to report (the recorded P0
+        # cell "reproduced" an OOM kill in which the victim never ran); a refusal at
+        # ftruncate is the one outcome that comes before the fault.
+        at = stages.reached("ftruncate" if outcome == "refused" else "faulting")
+        t.require(
+            at is not None,
+            "victim_faulted",
+            f"the victim reached its fault (it ended {victim.status} {victim.signal or ''}, "
+            f"stages {[m.get('stage') for m in stages.seen()]})",
+            victim_status=victim.status,
+            victim_signal=victim.signal,
+        )
+        # ...and met the depletion there: an attacker killed meanwhile (by the OOM
+        # killer, say) has given its hoard back.
+        t.require(
+            at is not None and at.get("attacker_alive") is True,
+            "attacker_alive_at_fault",
+            f"the attacker held its hoard when the victim faulted ({at})",
+            attacker_after=attacker_after,
+        )
+    finally:
+        # also when a precondition failed: nothing of the attacker outlives the scenario
+        attacker.kill()
     time.sleep(0.5)
     after = t.task(
-        "victim-after-attacker-exit", _victim, user=lg.OTHER_USER, timeout=VICTIM_TIMEOUT
+        "victim-after-attacker-exit",
+        _victim,
+        lg.Stages(),
+        None,
+        role="probe",
+        user=lg.OTHER_USER,
+        timeout=VICTIM_TIMEOUT,
     )
     recovered = _outcome(after) == "pass"
     t.event(
@@ -173,9 +289,12 @@ def run(t: lg.Context) -> None:
     t.observe(
         outcome,
         f"uid 1000 held {state.get('files', '?')} one-page files "
-        f"({state.get('reason', 'still filling')}); {how}"
+        f"({state.get('reason', 'still filling')}); {how}; attacker afterwards: {attacker_after}"
         + ("; a new file works once the attacker has gone" if recovered else ""),
+        about=victim,
         attacker=state,
+        attacker_after=attacker_after,
+        exhaustion=numbers,
         victim_seconds=victim.seconds,
         victim=victim.value,
         recovered=recovered,

@@ -114,6 +114,7 @@ def _probe(
         try:
             os.close(ready_r)
             os.close(go_w)
+            lg.set_oom_score_adj(lg.WORKLOAD_OOM_SCORE_ADJ)  # not the harness's -1000
             if holder_user is not None:
                 os.setgroups([])
                 os.setgid(holder_user)
@@ -128,6 +129,7 @@ def _probe(
             os._exit(code)
     os.close(ready_w)
     os.close(go_r)
+    holder = t.adopt(f"holder-{kind}", pid, role="holder")
     line = os.read(ready_r, 64).decode().strip()
     try:
         addr = int(line)
@@ -137,12 +139,13 @@ def _probe(
             _readers,
             pid,
             addr,
+            role="reader",
             user=reader_user,
             timeout=30,
         )
     finally:
         os.write(go_w, b"x")
-        os.waitpid(pid, 0)
+        holder.wait(30)
     t.check(res.ok, f"reader task failed: {res.error or res.status}")
     return dict(res.value)
 

@@ -56,7 +56,9 @@ def run(t: lg.Context) -> None:
             os.unlink(p)
     _write("/sys/fs/cgroup/cgroup.subtree_control", "+memory")
     os.makedirs(CG, exist_ok=True)
-    handle = t.spawn("faulter", _faulter, cgroup=CG, oom_score_adj=-1000, expect_signal=None)
+    handle = t.spawn(
+        "faulter", _faulter, role="victim", cgroup=CG, oom_score_adj=-1000, expect_signal=None
+    )
     deadline = time.monotonic() + 30
     while not os.path.exists(READY):
         t.check(not handle.poll(), f"the faulter died while preparing: {handle.result}")

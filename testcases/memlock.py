@@ -64,7 +64,13 @@ def _mlock_region() -> str:
 def run(t: lg.Context) -> None:
     limit = LIMIT_PAGES * lg.PAGE
     res = t.task(
-        "filler", _fill, user=lg.UNPRIVILEGED, memlock=limit, timeout=60, expect_signal="SIGBUS"
+        "filler",
+        _fill,
+        role="victim",
+        user=lg.UNPRIVILEGED,
+        memlock=limit,
+        timeout=60,
+        expect_signal="SIGBUS",
     )
     try:
         with open("/tmp/memlock-progress") as f:
@@ -96,7 +102,12 @@ def run(t: lg.Context) -> None:
     else:
         t.check(False, f"filler ended unexpectedly: {res.status} {res.signal} {res.error}")
     ml = t.task(
-        "mlock", _mlock_region, user=lg.UNPRIVILEGED, memlock=resource.RLIM_INFINITY, timeout=30
+        "mlock",
+        _mlock_region,
+        role="probe",
+        user=lg.UNPRIVILEGED,
+        memlock=resource.RLIM_INFINITY,
+        timeout=30,
     )
     t.event("mlock() of a secret mapping", result=ml.value)
     t.check(ml.value == "ENOMEM", f"mlock of secretmem should fail with ENOMEM, got {ml.value}")

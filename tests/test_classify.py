@@ -337,6 +337,26 @@ KILL = (
     "[    4.000001] CPU: 0 PID: 99 Comm: python3 Not tainted 6.1.192 #1\n"
     "[    4.100000] Out of memory: Killed process 412 (bigapp) total-vm:100kB, anon-rss:90kB\n"
 )
+# The harness (pid 38, oom_score_adj -1000) allocates with nothing killable left.
+HARNESS_SPAWN = {
+    "type": "spawn",
+    "testcase": "depletion",
+    "name": "testcase:depletion",
+    "role": "harness",
+    "pid": 38,
+    "oom_score_adj": -1000,
+    "t": 0.0,
+}
+HARNESS_OOM = (
+    "[    4.000000] python3 invoked oom-killer: gfp_mask=0x140cca(GFP_HIGHUSER_MOVABLE|"
+    "__GFP_COMP), order=0, oom_score_adj=-1000\n"
+    "[    4.000001] CPU: 1 PID: 38 Comm: python3 Not tainted 6.1.192 #1\n"
+    "[    4.100000] Out of memory: Killed process 38 (python3) total-vm:100kB, anon-rss:90kB\n"
+)
+DEADLOCK = (
+    "[    4.200000] Out of memory and no killable processes...\n"
+    "[    4.200001] Kernel panic - not syncing: System is deadlocked on memory\n"
+)
 WARN = (
     "[    5.000000] ------------[ cut here ]------------\n"
     "[    5.000001] WARNING: CPU: 0 PID: 212 at mm/secretmem.c:480 secretmem_fault+0x1a/0x90\n"
@@ -422,11 +442,52 @@ RULE_CASES: list[tuple[str, str, RunFacts | None, str]] = [
         RunFacts(expected_banner=EXPECT_CMA),
         "boot_failure",
     ),
+    (
+        "harness-oom-panic",
+        READY + HARNESS_OOM + DEADLOCK,
+        facts(HARNESS_SPAWN, {"type": "ready", "boot_id": "x", "agent_pid": 36}),
+        "infra_error",
+    ),
     ("panic", READY + "hello from userspace\n" + OOPS + PANIC, None, "panic"),
+    # the same panic with the OOM killer invoked by a task of the scenario: the kernel's
+    ("panic", READY + KILL + DEADLOCK, facts(HARNESS_SPAWN), "panic"),
     ("panic", BOOT + "INIT START\n" + KILL + PANIC, None, "panic"),
     ("bug", READY + WARN + OOPS + BUG + KILL + END, facts(result("pass")), "bug"),
     ("oops", READY + WARN + OOPS + KILL + END, facts(result("pass")), "oops"),
     ("warn", READY + HUH + KILL + WARN + END, facts(result("pass")), "warn"),
+    (
+        "harness-death",
+        READY + END,
+        facts(
+            HARNESS_SPAWN,
+            task("testcase:depletion", 38, "signaled", "SIGKILL", role="harness"),
+            result("error", message="test case process (harness) killed by SIGKILL"),
+        ),
+        "infra_error",
+    ),
+    # a record from before roles: the harness is the task named testcase:NAME
+    (
+        "harness-death",
+        READY + HARNESS_OOM + END,
+        facts(task("testcase:depletion", 38, "signaled", "SIGKILL"), result("error")),
+        "infra_error",
+    ),
+    (
+        "precondition-failed",
+        READY + HUH + KILL + END,
+        facts(
+            {
+                "type": "precondition",
+                "testcase": "depletion",
+                "check": "attacker_alive",
+                "ok": False,
+                "message": "the attacker holds its files",
+                "data": {"files": 3},
+            },
+            result("error", message="precondition failed", precondition="attacker_alive"),
+        ),
+        "infra_error",
+    ),
     (
         "oom-kill",
         READY + HUH + KILL + END,
@@ -503,7 +564,16 @@ RULE_CASES: list[tuple[str, str, RunFacts | None, str]] = [
         facts(task("victim", 212, "signaled", "SIGBUS", si_code="BUS_ADRERR"), result("fail")),
         "sigbus",
     ),
-    ("sigbus", READY + END, facts(result("pass", observed="sigbus")), "sigbus"),
+    # the test case's word for SIGBUS, backed by the task that died of it on purpose
+    (
+        "sigbus",
+        READY + END,
+        facts(
+            task("filler", 212, "signaled", "SIGBUS", expected_signal="SIGBUS"),
+            result("pass", observed="sigbus"),
+        ),
+        "sigbus",
+    ),
     (
         "sigbus",
         BOOT + "[    2.0] potentially unexpected fatal signal 7.\n"
@@ -512,12 +582,36 @@ RULE_CASES: list[tuple[str, str, RunFacts | None, str]] = [
         "sigbus",
     ),
     ("test-failed", READY + END, facts(result("fail", message="victim not killed")), "fail"),
+    ("test-observed", READY + END, facts(result("pass", observed="refused")), "refused"),
     (
         "test-observed",
-        READY + END,
-        facts(result("pass", observed="fault_livelock")),
+        READY + HUH + END,
+        facts(
+            {
+                "type": "spawn",
+                "testcase": "depletion",
+                "name": "victim",
+                "role": "victim",
+                "pid": 212,
+                "t": 0.5,
+            },
+            task("victim", 212, "exited", exit_code=0),
+            result(
+                "pass",
+                observed="fault_livelock",
+                about={"name": "victim", "pid": 212, "role": "victim"},
+            ),
+        ),
         "fault_livelock",
     ),
+    # a kernel class named with no kernel line behind it
+    (
+        "claim-unsupported",
+        READY + END,
+        facts(result("pass", observed="fault_livelock")),
+        "infra_error",
+    ),
+    ("claim-unsupported", READY + END, facts(result("pass", observed="sigbus")), "infra_error"),
     ("test-passed", READY + HUH + END, facts(result("pass", observed="pass")), "pass"),
     (
         "no-result",
@@ -580,14 +674,16 @@ def test_boot_failure_panic_evidence() -> None:
     assert first.text.endswith("VFS: Unable to mount root fs on unknown-block(0,0)")
 
 
-def test_test_case_process_killed_by_sigbus_is_sigbus_not_a_raise() -> None:
-    # What the agent sends when the test case's own process dies of a signal.
+def test_test_case_process_killed_by_sigbus_is_a_harness_death_not_a_raise() -> None:
+    # What the agent sends when the test case's own process dies of a signal. The harness
+    # is never the victim (issue 12): its SIGBUS is the lab failing, not the outcome.
     records = (
         task("testcase:depletion", 300, "signaled", "SIGBUS"),
         result("error", message="test case process killed by SIGBUS"),
     )
     c = classify(READY + END, facts(*records))
-    assert (c.outcome, c.fields["task"]) == ("sigbus", "testcase:depletion")
+    assert (c.outcome, c.rule) == ("infra_error", "harness-death")
+    assert (c.fields["harness_pid"], c.fields["signal"]) == (300, "SIGBUS")
     c = classify(READY + END, facts(result("error", message="ValueError: bad")))
     assert (c.outcome, c.fields["raised"]) == ("fail", True)
     assert c.evidence[0].text == "agent: result depletion: error: ValueError: bad"
@@ -822,17 +918,35 @@ def test_intended_signal_is_not_the_outcome() -> None:
     not make the cell `sigbus`; the test case's own observation decides."""
     records = (
         {"type": "ready", "boot_id": "b", "uptime": 1.0},
-        {"type": "task", "testcase": "api", "name": "beyond-eof", "pid": 40, "comm": "python3",
-         "status": "signaled", "signal": "SIGBUS", "si_code": None, "exit_code": None,
-         "seconds": 0.1, "expected_signal": "SIGBUS"},
-        {"type": "result", "testcase": "api", "verdict": "pass", "observed": "pass",
-         "message": "", "data": {}},
+        {
+            "type": "task",
+            "testcase": "api",
+            "name": "beyond-eof",
+            "pid": 40,
+            "comm": "python3",
+            "status": "signaled",
+            "signal": "SIGBUS",
+            "si_code": None,
+            "exit_code": None,
+            "seconds": 0.1,
+            "expected_signal": "SIGBUS",
+        },
+        {
+            "type": "result",
+            "testcase": "api",
+            "verdict": "pass",
+            "observed": "pass",
+            "message": "",
+            "data": {},
+        },
         {"type": "done"},
     )
     facts = RunFacts(ready=True, records=records)
-    console = ("LABREADY b\n[    3.085413] potentially unexpected fatal signal 7.\n"
-               "[    3.086026] CPU: 0 PID: 40 Comm: python3 Not tainted 6.1.192 #1\n"
-               "[    4.0] reboot: Restarting system\n")
+    console = (
+        "LABREADY b\n[    3.085413] potentially unexpected fatal signal 7.\n"
+        "[    3.086026] CPU: 0 PID: 40 Comm: python3 Not tainted 6.1.192 #1\n"
+        "[    4.0] reboot: Restarting system\n"
+    )
     assert classify(console, facts).outcome == "pass"
     other = console.replace("PID: 40", "PID: 41")  # some other task died of SIGBUS
     assert classify(other, facts).outcome == "sigbus"
@@ -841,8 +955,14 @@ def test_intended_signal_is_not_the_outcome() -> None:
 def test_refused_is_a_test_observation() -> None:
     records = (
         {"type": "ready", "boot_id": "b", "uptime": 1.0},
-        {"type": "result", "testcase": "depletion", "verdict": "pass", "observed": "refused",
-         "message": "", "data": {}},
+        {
+            "type": "result",
+            "testcase": "depletion",
+            "verdict": "pass",
+            "observed": "refused",
+            "message": "",
+            "data": {},
+        },
         {"type": "done"},
     )
     result = classify("LABREADY b\n", RunFacts(ready=True, records=records))
@@ -850,8 +970,9 @@ def test_refused_is_a_test_observation() -> None:
 
 
 @pytest.mark.parametrize("path", CORPUS_FILES, ids=[p.stem for p in CORPUS_FILES])
-def test_corpus_through_lab_classify_json(path: Path, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_corpus_through_lab_classify_json(
+    path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`lab classify --json` gives each corpus file its class: a bare console log for
     foreign logs, a cell directory (console.log, result.jsonl, cell.json) when the
     lab's records are part of the case."""
@@ -867,12 +988,20 @@ def test_corpus_through_lab_classify_json(path: Path, tmp_path: Path,
         target.mkdir()
         (target / "console.log").write_bytes(body)
         (target / "result.jsonl").write_text(
-            "".join(json.dumps(dict(r)) + "\n" for r in case.facts.records))
-        (target / "cell.json").write_text(json.dumps({
-            "ready": case.facts.ready, "deadline": case.facts.deadline,
-            "qemu_exit": case.facts.qemu_exit,
-            "banner": dict(case.facts.expected_banner) if case.facts.expected_banner else None,
-        }))
+            "".join(json.dumps(dict(r)) + "\n" for r in case.facts.records)
+        )
+        (target / "cell.json").write_text(
+            json.dumps(
+                {
+                    "ready": case.facts.ready,
+                    "deadline": case.facts.deadline,
+                    "qemu_exit": case.facts.qemu_exit,
+                    "banner": dict(case.facts.expected_banner)
+                    if case.facts.expected_banner
+                    else None,
+                }
+            )
+        )
     assert cli.main(["classify", "--json", str(target)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["outcome"] == case.outcome

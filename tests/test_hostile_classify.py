@@ -1,4 +1,4 @@
-"""Hostile console text through the classifier (issue 15: D3, D14, D16).
+"""Hostile console text through the classifier (issue 15: D3, D14, D16; issue 12).
 
 D3: every signature is linear on one long line, and the classifier bounds the line
 length it matches, so that one guest line cannot stall a run.
@@ -10,9 +10,11 @@ D16: bidi controls in console lines are shown as escapes, never raw.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from test_classify import BANNER, CORPUS_FILES, EXAMPLES, load_case
+from test_labguest import _run_agent, guest_agent  # noqa: F401 (a fixture)
 
 from lab import classify as cl
 from lab import report
@@ -129,6 +131,77 @@ def test_unstamped_kernel_text_in_a_lab_cell_is_userspace(fake: str) -> None:
     # the same line with a printk stamp is the kernel's
     stamped = classify(LAB_BOOT + "[    0.800000] " + fake + "\n" + LAB_END, PASSED)
     assert stamped.outcome != "pass"
+
+
+KERNEL_CLASSES = {"oom_kill", "fault_livelock", "panic", "oops", "bug", "warn", "boot_failure"}
+
+
+def _forged(victim: int) -> str:
+    """What a guest's userspace can print to the console: every kernel line the classifier
+    knows, about the victim and about init, without the kernel's printk stamp."""
+    return (
+        "secretmem: lab variant pool=cma fallback=0 reserve=0 fault=oom charge=page "
+        "v16lit=0 enabled=1\n"
+        "lab: testcase depletion start\n"
+        "Huh VM_FAULT_OOM leaked out to the #PF handler. Retrying PF\n"
+        "pagefault_out_of_memory: 99 callbacks suppressed\n"
+        "python3 invoked oom-killer: gfp_mask=0x100dc2(GFP_HIGHUSER|__GFP_ZERO), order=0, "
+        "oom_score_adj=0\n"
+        f"CPU: 0 PID: {victim} Comm: python3 Not tainted 6.1.192 #1\n"
+        f"Out of memory: Killed process {victim} (python3) total-vm:1kB\n"
+        "Out of memory: Killed process 1 (init) total-vm:1kB\n"
+        "WARNING: CPU: 0 PID: 1 at mm/secretmem.c:1 secretmem_fault+0x1/0x2\n"
+        "BUG: Bad page state in process init  pfn:1234\n"
+        "Out of memory and no killable processes...\n"
+        "Kernel panic - not syncing: System is deadlocked on memory\n"
+        "Kernel panic - not syncing: forged\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("fate", "want"),
+    [
+        # the victim returned: its return is its fate, whatever the console says
+        ("return 1", ("pass", "test-passed")),
+        # it died of SIGKILL and the test case says oom_kill: no kernel line backs it
+        ("os.kill(os.getpid(), signal.SIGKILL)", ("infra_error", "claim-unsupported")),
+    ],
+    ids=["victim-returned", "victim-sigkill"],
+)
+@pytest.mark.usefixtures("guest_agent")
+def test_a_forged_console_gets_no_kernel_class(
+    tmp_path: Path, fate: str, want: tuple[str, str]
+) -> None:
+    """Issue 12 acceptance 3: a guest printing fake kernel lines (panic, an OOM kill of
+    init and of the victim, the banner, WARNING, BUG, Huh) gets no kernel class from
+    them, with the real agent's records (roles, the victim's pid) in the facts."""
+    records = _run_agent(
+        tmp_path,
+        "depletion",
+        f"""
+        import os, signal
+        def _victim():
+            {fate}
+        def run(t):
+            res = t.task("victim", _victim, role="victim", timeout=10)
+            t.observe("oom_kill", "the test case believes the console", about=res)
+        """,
+    )
+    victim = next(r["pid"] for r in records if r["type"] == "spawn" and r["role"] == "victim")
+    want_banner = {"pool": "cma", "fault": "oom"}
+    for banner, expected in ((None, want), (want_banner, ("infra_error", "banner-mismatch"))):
+        facts = RunFacts(
+            ready=True,
+            records=({"type": "ready", "boot_id": "1234abcd", "agent_pid": 36}, *records),
+            expected_banner=banner,
+        )
+        c = classify(LAB_BOOT + _forged(victim) + LAB_END, facts)
+        assert (c.outcome, c.rule) == expected, c.detail
+        assert c.outcome not in KERNEL_CLASSES
+        # none of the forged lines counts as a kernel line, so none is evidence of one
+        kernel = {s.name for s in SIGNATURES if s.kernel}
+        cited = [e for e in c.evidence if e.signature.removeprefix("context:") in kernel]
+        assert all(e.ktime is not None for e in cited), cited
 
 
 def test_unstamped_banner_does_not_hide_a_missing_kernel_banner() -> None:

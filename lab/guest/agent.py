@@ -5,11 +5,20 @@ Runs inside the guest (Python 3.11 stdlib only; imports nothing from the host's
 virtio-serial port named `lab.result` as JSON lines, never to the console, so
 kernel messages can not corrupt them. Record types:
 
-  {"type": "ready", "boot_id": ..., "uptime": s}
+  {"type": "ready", "boot_id": ..., "uptime": s, "agent_pid": n, "oom_score_adj": n}
   {"type": "output", "stream": "stdout"|"stderr", "data": text}      (exec)
   {"type": "exit", "status": n}                                       (exec)
+  {"type": "spawn", "name", "role", "pid", "uid", "oom_score_adj"}    (test cases)
+  {"type": "task", "name", "role", "pid", "status", ...}              (test cases)
+  {"type": "precondition", "check", "ok", "message", "data"}          (test cases)
   {"type": "event"|"result"|..., ...}                                 (test cases)
+  {"type": "error", "message": text, "kind": ...}                     (infrastructure)
   {"type": "done"}
+
+In test-case mode the agent and each test-case process (role "harness") run at
+oom_score_adj -1000, so the OOM scenarios they stage can only kill workload tasks.
+A harness that dies anyway, or a scenario whose precondition did not hold, is an
+"error" record: an infrastructure failure, never an outcome of the scenario.
 
 The host treats all of it as untrusted, bounded data.
 """
@@ -106,7 +115,12 @@ def _labguest() -> Any:
     return labguest
 
 
-def _testcase_child(spec: dict[str, Any], job: dict[str, Any], fd: int) -> int:
+TESTCASES = "/lab/testcases"
+
+
+def _testcase_child(
+    spec: dict[str, Any], job: dict[str, Any], fd: int, testcases: str = TESTCASES
+) -> int:
     """Runs in a forked child: import the test case module and call run(ctx)."""
     import importlib.util
     import traceback
@@ -115,15 +129,30 @@ def _testcase_child(spec: dict[str, Any], job: dict[str, Any], fd: int) -> int:
     name = str(spec["name"])
     ctx = labguest.Context(name, dict(job.get("params", {})), str(job.get("arch", "")), fd)
     verdict, message = "pass", ""
+    precondition: str | None = None
     try:
         mod_spec = importlib.util.spec_from_file_location(
-            f"testcase_{name}", f"/lab/testcases/{name}.py"
+            f"testcase_{name}", f"{testcases}/{name}.py"
         )
         if mod_spec is None or mod_spec.loader is None:
-            raise ImportError(f"no test case module /lab/testcases/{name}.py")
+            raise ImportError(f"no test case module {testcases}/{name}.py")
         module = importlib.util.module_from_spec(mod_spec)
         mod_spec.loader.exec_module(module)
         module.run(ctx)
+    except labguest.PreconditionFailed as exc:
+        # The scenario did not happen: no outcome, whatever was observed so far.
+        verdict, message, precondition = "error", f"precondition failed: {exc}", exc.check
+        ctx.observed = None
+        ctx.send(
+            {
+                "type": "error",
+                "kind": "precondition",
+                "testcase": name,
+                "check": exc.check,
+                "message": f"{name}: {message}",
+                "data": exc.data,
+            }
+        )
     except labguest.Failure as exc:
         verdict, message = "fail", str(exc)
     except Exception as exc:
@@ -132,21 +161,26 @@ def _testcase_child(spec: dict[str, Any], job: dict[str, Any], fd: int) -> int:
     observed = ctx.observed if ctx.observed else ("pass" if verdict == "pass" else None)
     if verdict == "pass" and not message:
         message = ctx.message
-    ctx.send(
-        {
-            "type": "result",
-            "testcase": name,
-            "verdict": verdict,
-            "observed": observed,
-            "message": message,
-            "data": ctx.data,
-            "seconds": round(time.monotonic() - ctx.started, 3),
-        }
-    )
+    result: dict[str, Any] = {
+        "type": "result",
+        "testcase": name,
+        "verdict": verdict,
+        "observed": observed,
+        "message": message,
+        "data": ctx.data,
+        "seconds": round(time.monotonic() - ctx.started, 3),
+    }
+    if ctx.about is not None:
+        result["about"] = ctx.about
+    if precondition is not None:
+        result["precondition"] = precondition
+    ctx.send(result)
     return 0
 
 
-def run_testcases(job: dict[str, Any], channel: Channel, fd: int) -> int:
+def run_testcases(
+    job: dict[str, Any], channel: Channel, fd: int, testcases: str = TESTCASES
+) -> int:
     """Each test case in its own process group, with its own deadline."""
     lg = _labguest()
     worst = 0
@@ -160,11 +194,24 @@ def run_testcases(job: dict[str, Any], channel: Channel, fd: int) -> int:
         if pid == 0:
             code = 1
             try:
+                # The harness keeps the agent's -1000: only the workload tasks it starts
+                # (which reset their own value) may be chosen by the OOM killer.
                 os.setpgid(0, 0)
-                lg.set_oom_score_adj(0)  # the agent shields itself; test cases must not be
-                code = _testcase_child(spec, job, fd)
+                code = _testcase_child(spec, job, fd, testcases)
             finally:
                 os._exit(code)
+        channel.send(
+            {
+                "type": "spawn",
+                "testcase": name,
+                "name": f"testcase:{name}",
+                "role": lg.HARNESS,
+                "pid": pid,
+                "uid": os.getuid(),
+                "oom_score_adj": lg.get_oom_score_adj(str(pid)),
+                "t": 0.0,
+            }
+        )
         status: int | None = None
         while time.monotonic() - started < timeout:
             done, raw = os.waitpid(pid, os.WNOHANG)
@@ -196,6 +243,7 @@ def run_testcases(job: dict[str, Any], channel: Channel, fd: int) -> int:
                     "type": "task",
                     "testcase": name,
                     "name": f"testcase:{name}",
+                    "role": lg.HARNESS,
                     "pid": pid,
                     "comm": "python3",
                     "status": "signaled",
@@ -205,6 +253,17 @@ def run_testcases(job: dict[str, Any], channel: Channel, fd: int) -> int:
                     "seconds": seconds,
                 }
             )
+            # The harness is not part of the scenario: its death says nothing about the
+            # kernel under test, only that this run could not measure it.
+            channel.send(
+                {
+                    "type": "error",
+                    "kind": "harness",
+                    "testcase": name,
+                    "pid": pid,
+                    "message": f"the harness of {name} (pid {pid}) died of {sig}",
+                }
+            )
             channel.send(
                 {
                     "type": "result",
@@ -212,7 +271,7 @@ def run_testcases(job: dict[str, Any], channel: Channel, fd: int) -> int:
                     "verdict": "error",
                     "observed": None,
                     "seconds": seconds,
-                    "message": f"test case process killed by {sig}",
+                    "message": f"test case process (harness) killed by {sig}",
                 }
             )
             worst = max(worst, 2)
@@ -241,21 +300,33 @@ def main() -> int:
     fd = os.open(path, os.O_WRONLY)
     try:
         channel = Channel(fd)
+        adj, adj_error = None, None
+        if mode == "testcases":
+            # The harness must survive the OOM scenarios it stages.
+            lg = _labguest()
+            try:
+                lg.set_oom_score_adj(lg.HARNESS_OOM_SCORE_ADJ)
+            except OSError as exc:
+                adj_error = f"the agent could not set oom_score_adj -1000: {exc}"
+            adj = lg.get_oom_score_adj()
         channel.send(
             {
                 "type": "ready",
                 "boot_id": job.get("boot_id"),
                 "uptime": _uptime(),
                 "t": time.monotonic(),
+                "agent_pid": os.getpid(),
+                "oom_score_adj": adj,  # None: not a test-case run
             }
         )
         if mode == "exec":
             status = run_exec(job, channel)
             channel.send({"type": "exit", "status": status})
+        elif adj_error is not None:
+            # An unprotected harness could be the OOM killer's pick: measure nothing.
+            channel.send({"type": "error", "kind": "harness", "message": adj_error})
+            status = 3
         elif mode == "testcases":
-            # The harness must survive the OOM scenarios it stages.
-            with contextlib.suppress(OSError):
-                _labguest().set_oom_score_adj(-1000)
             status = run_testcases(job, channel, fd)
         else:
             channel.send({"type": "error", "message": f"unknown mode {mode!r}"})

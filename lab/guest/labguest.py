@@ -8,6 +8,17 @@ Records go to the result channel as JSON lines (see agent.py). Risky work (anyth
 that may die of SIGBUS, spin in a fault loop or be OOM-killed) runs in a *task*: a
 forked child, optionally as another user, with its own deadline, whose fate
 (exit code, signal, timeout) is recorded.
+
+Every task has a *role* (ROLES), recorded with its pid when it starts (a `spawn`
+record) and with its fate when it ends (a `task` record), so the host can decide the
+outcome for the task the scenario is about (the victim) and report the others as
+context. The agent and the test-case process (role `harness`) run at oom_score_adj
+-1000: only workload tasks can be OOM-killed. A workload task resets its own
+oom_score_adj (0 unless the scenario asks for another value).
+
+Preconditions (`Context.require`) are recorded as `precondition` records whether they
+hold or not; one that does not hold ends the test case as a precondition failure (an
+infrastructure verdict with its numbers), never as an outcome.
 """
 
 from __future__ import annotations
@@ -39,6 +50,36 @@ _libc.syscall.restype = ctypes.c_long
 
 class Failure(Exception):
     """A test assertion that did not hold (verdict `fail`)."""
+
+
+class PreconditionFailed(Exception):
+    """The scenario could not be staged (e.g. the pool was not exhausted): no outcome.
+
+    The agent reports it as an infrastructure error naming the check and its numbers.
+    """
+
+    def __init__(self, check: str, message: str, data: dict[str, Any]) -> None:
+        super().__init__(f"{check}: {message}")
+        self.check = check
+        self.message = message
+        self.data = data
+
+
+# The role of a task: what it is to the scenario. The outcome is decided for the
+# victim; the others are context. "harness" is the test-case process itself (set by
+# the agent, never spawned): its death is an infrastructure error.
+ROLES = (
+    "victim",  # the task whose fate the scenario is about
+    "attacker",  # takes a shared resource away from the victim
+    "hog",  # creates the memory pressure the victim faults under
+    "worker",  # load that is the scenario itself (no single victim: concurrency, ...)
+    "probe",  # provokes a documented reaction (SIGBUS past EOF, mlock ENOMEM, recovery)
+    "reader",  # tries to read another task's secret
+    "holder",  # holds the secret a reader tries to read
+)
+HARNESS = "harness"
+HARNESS_OOM_SCORE_ADJ = -1000
+WORKLOAD_OOM_SCORE_ADJ = 0  # a workload task is as killable as any ordinary task
 
 
 # --- the syscall and mappings ----------------------------------------------------------
@@ -191,12 +232,81 @@ def set_oom_score_adj(value: int, pid: str = "self") -> None:
         f.write(f"{value}\n")
 
 
+def get_oom_score_adj(pid: str = "self") -> int | None:
+    try:
+        with open(f"/proc/{pid}/oom_score_adj") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def sysctl(name: str, value: str | int) -> None:
     with open("/proc/sys/" + name.replace(".", "/"), "w") as f:
         f.write(f"{value}\n")
 
 
 # --- tasks: risky work in a child -----------------------------------------------------------
+
+
+def alive(pid: int) -> bool:
+    """pid is a live task: not gone, and not a zombie nobody has reaped yet (a task the
+    OOM killer killed stays a zombie until its parent waits for it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+class Stages:
+    """How far a task got, told to the harness through a pipe made before the fork.
+
+    The task calls mark() before each step (immediately before the fault under
+    test, say), so that even a task that then spins or is killed has said where it
+    was; the harness reads seen() after the task ended. Works across setuid.
+    """
+
+    MAX = 64  # marks kept: a task marks a handful of steps
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        self._buf = b""
+        self._seen: list[dict[str, Any]] = []
+
+    def mark(self, stage: str, **data: Any) -> None:
+        """In the task: record that it reached `stage` (with a few numbers)."""
+        line = json.dumps({"stage": stage, **data}, default=str).encode()[:4000]
+        os.write(self._w, line + b"\n")
+
+    def seen(self) -> list[dict[str, Any]]:
+        """In the harness: every mark so far, oldest first."""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self._r, 65536):
+                self._buf += chunk
+        *lines, self._buf = self._buf.split(b"\n")
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                mark = json.loads(line)
+                if isinstance(mark, dict) and len(self._seen) < self.MAX:
+                    self._seen.append(mark)
+        return list(self._seen)
+
+    def reached(self, stage: str) -> dict[str, Any] | None:
+        return next((m for m in self.seen() if m.get("stage") == stage), None)
+
+
+def check_role(role: str) -> None:
+    if role not in ROLES:
+        raise ValueError(
+            f"task role {role!r} is not one of {', '.join(ROLES)}"
+            + (
+                " (the harness is the test-case process; it starts no harness)"
+                if role == HARNESS
+                else ""
+            )
+        )
 
 
 @dataclass
@@ -209,6 +319,7 @@ class TaskResult:
     seconds: float
     value: Any  # what the function returned (JSON), if it returned
     error: str | None  # the exception line, if it raised
+    role: str = "worker"
 
     @property
     def ok(self) -> bool:
@@ -243,6 +354,8 @@ class Context:
         self.data: dict[str, Any] = {}
         self.observed: str | None = None
         self.message = ""
+        self.about: dict[str, Any] | None = None  # the task the observation is about
+        self._pid = os.getpid()  # the harness (a forked task is another process)
         self.started = time.monotonic()
 
     # reporting
@@ -280,28 +393,107 @@ class Context:
         _, got = try_call(func)
         self.check(got == want, f"{what}: expected {want}, got {got or 'success'}")
 
-    def observe(self, outcome: str, message: str = "", **data: Any) -> None:
+    def observe(
+        self,
+        outcome: str,
+        message: str = "",
+        *,
+        about: Handle | TaskResult | None = None,
+        **data: Any,
+    ) -> None:
         """What userspace saw (a class name: pass, sigbus, fault_livelock, refused, ...),
-        with one line saying how, for reports."""
+        with one line saying how, for reports. `about`: the task the observation is
+        about (the victim), so the host can hold it against that task's kernel evidence.
+        """
         self.observed = outcome
         self.message = message
         self.data.update(data)
+        if about is not None:
+            self.about = {"name": about.name, "pid": about.pid, "role": about.role}
+
+    def require(self, condition: bool, check: str, message: str, **data: Any) -> None:
+        """A precondition of the scenario (the pool is exhausted, the hog is alive, ...).
+
+        Recorded either way, with its numbers; when it does not hold the test case
+        ends with PreconditionFailed: the scenario did not happen, so there is no
+        outcome to report.
+        """
+        self.send(
+            {
+                "type": "precondition",
+                "testcase": self.name,
+                "check": check,
+                "ok": bool(condition),
+                "message": message,
+                "t": round(time.monotonic() - self.started, 3),
+                "data": data,
+            }
+        )
+        if not condition:
+            raise PreconditionFailed(check, message, data)
+
+    def require_secretmem(self, res: TaskResult) -> dict[str, Any]:
+        """The dict a scenario task returned. A task that returns {"step":
+        "memfd_secret", "refused": ...} could not even create a secret file (a kernel
+        without secretmem, ENOSYS): no scenario ran, which is no `refused` outcome."""
+        value = res.value if isinstance(res.value, dict) else {}
+        self.require(
+            value.get("step") != "memfd_secret",
+            "secretmem_available",
+            f"{res.name} could create a secret file ({value.get('refused')})",
+        )
+        return value
 
     # tasks
+    def _started(
+        self, name: str, pid: int, role: str, user: int | None, oom_score_adj: int
+    ) -> None:
+        self.send(
+            {
+                "type": "spawn",
+                "testcase": self.name,
+                "name": name,
+                "role": role,
+                "pid": pid,
+                "uid": os.getuid() if user is None else user,
+                "oom_score_adj": oom_score_adj,
+                "t": round(time.monotonic() - self.started, 3),
+            }
+        )
+
     def spawn(
         self,
         name: str,
         func: Callable[..., Any],
         *args: Any,
+        role: str,
         user: int | None = None,
         memlock: int | None = None,
         expect_signal: str | None = None,
         cgroup: str | None = None,
-        oom_score_adj: int | None = None,
+        oom_score_adj: int = WORKLOAD_OOM_SCORE_ADJ,
     ) -> Handle:
-        """Start func(*args) in a forked child (own process group); see Handle."""
+        """Start func(*args) in a forked child (own process group); see Handle.
+
+        role: one of ROLES (required: every task says what it is to the scenario).
+        oom_score_adj: the task's own value; it must not keep the harness's -1000, or
+        the OOM killer could not pick it.
+        """
+        check_role(role)
         rfd, wfd = os.pipe()
-        pid = os.fork()
+        # The child must be killable from its first instruction: right after the fork
+        # it touches memory (copy-on-write) before it could set its own value, and a
+        # child still at the harness's -1000 can leave the OOM killer nothing to kill
+        # ("Out of memory and no killable processes", a panic: x86_64/P1/depletion).
+        # So the harness holds the child's value across the fork, then takes its own
+        # back (CAP_SYS_RESOURCE, which the guest's root has, allows lowering it).
+        harness_adj = get_oom_score_adj()
+        set_oom_score_adj(oom_score_adj)
+        try:
+            pid = os.fork()
+        finally:
+            if harness_adj is not None and os.getpid() == self._pid:
+                set_oom_score_adj(harness_adj)
         if pid == 0:  # child
             code = 0
             try:
@@ -310,8 +502,6 @@ class Context:
                 if cgroup is not None:
                     with open(f"{cgroup}/cgroup.procs", "w") as f:
                         f.write("0\n")
-                if oom_score_adj is not None:
-                    set_oom_score_adj(oom_score_adj)
                 if memlock is not None:
                     resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock))
                 if user is not None:
@@ -325,7 +515,15 @@ class Context:
             finally:
                 os._exit(code)
         os.close(wfd)
-        return Handle(self, name, pid, rfd, time.monotonic(), expect_signal)
+        self._started(name, pid, role, user, oom_score_adj)
+        return Handle(self, name, pid, rfd, time.monotonic(), expect_signal, role)
+
+    def adopt(self, name: str, pid: int, *, role: str, oom_score_adj: int | None = None) -> Handle:
+        """Record a child the test case forked itself (and reset its oom_score_adj
+        there); wait() on the Handle records its fate like a task's."""
+        check_role(role)
+        self._started(name, pid, role, None, oom_score_adj if oom_score_adj is not None else 0)
+        return Handle(self, name, pid, None, time.monotonic(), None, role)
 
     def task(
         self, name: str, func: Callable[..., Any], *args: Any, timeout: float = 30.0, **kw: Any
@@ -343,14 +541,22 @@ class Handle:
     """A running task: wait() for it with a deadline, or kill() it."""
 
     def __init__(
-        self, ctx: Context, name: str, pid: int, rfd: int, started: float, expect_signal: str | None
+        self,
+        ctx: Context,
+        name: str,
+        pid: int,
+        rfd: int | None,
+        started: float,
+        expect_signal: str | None,
+        role: str,
     ) -> None:
         self.ctx = ctx
         self.name = name
         self.pid = pid
-        self._rfd = rfd
+        self._rfd = rfd  # None: an adopted child with no result pipe
         self.started = started
         self.expect_signal = expect_signal
+        self.role = role
         self.result: TaskResult | None = None
 
     def poll(self) -> bool:
@@ -376,7 +582,11 @@ class Handle:
         if self.result is not None:
             return self.result
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
+            # an adopted child may share the harness's process group: kill it alone
+            if os.getpgid(self.pid) == self.pid:
+                os.killpg(self.pid, signal.SIGKILL)
+            else:
+                os.kill(self.pid, signal.SIGKILL)
         _, raw = os.waitpid(self.pid, 0)
         self._finish(raw, forced=status)
         assert self.result is not None
@@ -392,13 +602,14 @@ class Handle:
             exit_code = os.WEXITSTATUS(raw)
         seconds = round(time.monotonic() - self.started, 3)
         payload: dict[str, Any] = {}
-        readable, _, _ = select.select([self._rfd], [], [], 0)
-        if readable:
-            try:
-                payload = json.loads(os.read(self._rfd, MAX_RECORD + 100) or b"{}")
-            except ValueError:
-                payload = {}
-        os.close(self._rfd)
+        if self._rfd is not None:
+            readable, _, _ = select.select([self._rfd], [], [], 0)
+            if readable:
+                try:
+                    payload = json.loads(os.read(self._rfd, MAX_RECORD + 100) or b"{}")
+                except ValueError:
+                    payload = {}
+            os.close(self._rfd)
         self.result = TaskResult(
             self.name,
             self.pid,
@@ -408,12 +619,14 @@ class Handle:
             seconds,
             payload.get("value"),
             payload.get("error"),
+            self.role,
         )
         self.ctx.send(
             {
                 "type": "task",
                 "testcase": self.ctx.name,
                 "name": self.name,
+                "role": self.role,
                 "pid": self.pid,
                 "comm": "python3",
                 "status": status,

@@ -1,0 +1,397 @@
+"""The guest library and agent, run on the host: roles, harness protection, preconditions.
+
+lab/guest/labguest.py and lab/guest/agent.py are plain Python (stdlib only), so their
+task, record and precondition machinery runs here for real: real forks, real
+/proc/PID/oom_score_adj, records read back from a real pipe. Only what needs the
+guest (memfd_secret, the virtio port, /dev/kmsg) is left out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import textwrap
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab.guest import agent
+from lab.guest import labguest as lg
+
+CAP_SYS_RESOURCE = 24
+
+
+def _has_cap(bit: int) -> bool:
+    with open("/proc/self/status") as f:
+        eff = next(line.split()[1] for line in f if line.startswith("CapEff:"))
+    return bool(int(eff, 16) >> bit & 1)
+
+
+# Lowering oom_score_adj below the inherited value needs CAP_SYS_RESOURCE (which the
+# guest's root has; a container's root may not); raising it does not. With the
+# capability the harness gets the real -1000; without, a higher value still shows that
+# a workload task sets its own value instead of inheriting the harness's.
+HARNESS_ADJ = lg.HARNESS_OOM_SCORE_ADJ if _has_cap(CAP_SYS_RESOURCE) else 300
+
+
+def _records(rfd: int) -> list[dict[str, Any]]:
+    data = b""
+    while chunk := os.read(rfd, 65536):
+        data += chunk
+    return [json.loads(line) for line in data.decode().splitlines()]
+
+
+def _in_child(body: Callable[[int], None]) -> list[dict[str, Any]]:
+    """Run body(fd) in a forked process (its own oom_score_adj and records); return the
+    records it wrote to fd."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(rfd)
+            body(wfd)
+            code = 0
+        except BaseException:
+            traceback.print_exc()  # pytest shows the child's stderr with the failure
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    records = _records(rfd)
+    os.close(rfd)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (status, records)
+    return records
+
+
+def _own_adj() -> int | None:
+    return lg.get_oom_score_adj()
+
+
+def _sleep() -> None:
+    time.sleep(60)
+
+
+def test_every_task_is_started_with_a_role_and_its_pid() -> None:
+    def body(fd: int) -> None:
+        lg.set_oom_score_adj(HARNESS_ADJ)
+        t = lg.Context("demo", {}, "x86_64", fd)
+        res = t.task("victim", _own_adj, role="victim", timeout=10)
+        hog = t.spawn("hog", _sleep, role="hog", oom_score_adj=500)
+        # Inherited across the fork (not set later by the child): killable from its
+        # first copy-on-write fault; and the harness has its own value back.
+        adjs = {"hog": lg.get_oom_score_adj(str(hog.pid)), "harness": lg.get_oom_score_adj()}
+        hog.kill()
+        t.observe("pass", "done", about=res)
+        t.send({"type": "about", "about": t.about, "victim_adj": res.value, "adjs": adjs})
+
+    records = _in_child(body)
+    spawns = [r for r in records if r["type"] == "spawn"]
+    tasks = [r for r in records if r["type"] == "task"]
+    assert [(s["name"], s["role"]) for s in spawns] == [("victim", "victim"), ("hog", "hog")]
+    assert [(t["name"], t["role"], t["pid"]) for t in tasks] == [
+        (s["name"], s["role"], s["pid"]) for s in spawns
+    ]
+    assert all(isinstance(s["pid"], int) and s["pid"] > 0 for s in spawns)
+    assert [s["oom_score_adj"] for s in spawns] == [0, 500]
+    assert tasks[1]["status"] == "killed"
+    about = records[-1]
+    # The workload task reset its own value: the OOM killer can pick it, not the harness.
+    assert about["victim_adj"] == lg.WORKLOAD_OOM_SCORE_ADJ != HARNESS_ADJ
+    assert about["about"] == {"name": "victim", "pid": spawns[0]["pid"], "role": "victim"}
+    assert about["adjs"] == {"hog": 500, "harness": HARNESS_ADJ}
+
+
+def test_a_task_without_a_known_role_is_refused() -> None:
+    t = lg.Context("demo", {}, "x86_64", -1)
+    with pytest.raises(TypeError):
+        t.spawn("x", _sleep)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="'bystander' is not one of victim, attacker"):
+        t.spawn("x", _sleep, role="bystander")
+    with pytest.raises(ValueError, match="the harness is the test-case process"):
+        t.spawn("x", _sleep, role="harness")
+
+
+def test_an_adopted_child_is_recorded_and_reaped() -> None:
+    def body(fd: int) -> None:
+        t = lg.Context("demo", {}, "x86_64", fd)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(3)
+        h = t.adopt("holder", pid, role="holder")
+        assert h.wait(10).exit_code == 3
+
+    records = _in_child(body)
+    assert [(r["type"], r["name"], r["role"]) for r in records] == [
+        ("spawn", "holder", "holder"),
+        ("task", "holder", "holder"),
+    ]
+    assert records[1]["exit_code"] == 3 and records[0]["pid"] == records[1]["pid"]
+
+
+def test_a_precondition_is_recorded_whether_it_holds_or_not() -> None:
+    def body(fd: int) -> None:
+        t = lg.Context("demo", {}, "x86_64", fd)
+        t.require(True, "hog_alive", "the hog is alive", hog_pid=12)
+        try:
+            t.require(False, "pool_exhausted", "CmaFree 30720 kB >= 2048 kB", cma_free_kb=30720)
+        except lg.PreconditionFailed as exc:
+            assert exc.check == "pool_exhausted" and exc.data == {"cma_free_kb": 30720}
+        else:
+            raise AssertionError("require(False) returned")
+
+    records = _in_child(body)
+    assert [(r["check"], r["ok"]) for r in records] == [
+        ("hog_alive", True),
+        ("pool_exhausted", False),
+    ]
+    assert records[1]["data"] == {"cma_free_kb": 30720}
+
+
+@pytest.fixture
+def guest_agent(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The agent imports `labguest` from the guest's /lab/lib; here it is ours. Nothing
+    may reach the host's kernel log."""
+    monkeypatch.setitem(sys.modules, "labguest", lg)
+    monkeypatch.setattr(lg, "kmsg", lambda text: None)
+    yield
+
+
+def _run_agent(tmp_path: Path, name: str, body: str) -> list[dict[str, Any]]:
+    (tmp_path / f"{name}.py").write_text("import labguest as lg\n" + textwrap.dedent(body))
+    job = {"mode": "testcases", "testcases": [{"name": name, "timeout": 20}], "params": {}}
+
+    def run(fd: int) -> None:
+        lg.set_oom_score_adj(HARNESS_ADJ)  # as main() does before running test cases
+        agent.run_testcases(job, agent.Channel(fd), fd, str(tmp_path))
+
+    return _in_child(run)
+
+
+def test_a_failed_precondition_is_an_infrastructure_error_not_an_outcome(
+    tmp_path: Path, guest_agent: None
+) -> None:
+    records = _run_agent(
+        tmp_path,
+        "pre",
+        """
+        def run(t):
+            t.observe("fault_livelock", "spun")  # whatever was seen: the scenario did not happen
+            t.require(False, "pool_exhausted", "CmaFree 30720 kB", cma_free_kb=30720)
+        """,
+    )
+    (error,) = [r for r in records if r["type"] == "error"]
+    assert error["kind"] == "precondition" and error["check"] == "pool_exhausted"
+    assert "CmaFree 30720 kB" in error["message"] and error["data"] == {"cma_free_kb": 30720}
+    (result,) = [r for r in records if r["type"] == "result"]
+    assert result["verdict"] == "error" and result["observed"] is None
+    assert result["precondition"] == "pool_exhausted"
+    assert result["message"].startswith("precondition failed: pool_exhausted")
+
+
+def test_the_harness_runs_protected_and_its_death_is_an_infrastructure_error(
+    tmp_path: Path, guest_agent: None
+) -> None:
+    records = _run_agent(
+        tmp_path,
+        "dies",
+        """
+        import os, signal
+        def run(t):
+            t.event("harness", adj=lg.get_oom_score_adj())
+            os.kill(os.getpid(), signal.SIGKILL)
+        """,
+    )
+    (spawn,) = [r for r in records if r["type"] == "spawn"]
+    assert spawn["role"] == "harness" and spawn["name"] == "testcase:dies"
+    (event,) = [r for r in records if r["type"] == "event"]
+    # The test-case process keeps the agent's value (it used to reset itself to 0).
+    assert event["data"]["adj"] == HARNESS_ADJ
+    (task,) = [r for r in records if r["type"] == "task"]
+    assert (task["role"], task["pid"], task["signal"]) == ("harness", spawn["pid"], "SIGKILL")
+    (error,) = [r for r in records if r["type"] == "error"]
+    assert error["kind"] == "harness" and error["pid"] == spawn["pid"]
+    (result,) = [r for r in records if r["type"] == "result"]
+    assert result["verdict"] == "error" and result["observed"] is None
+
+
+def test_a_passing_test_case_reports_what_its_observation_is_about(
+    tmp_path: Path, guest_agent: None
+) -> None:
+    records = _run_agent(
+        tmp_path,
+        "ok",
+        """
+        def run(t):
+            res = t.task("victim", lambda: 1, role="victim", timeout=10)
+            t.observe("pass", "fine", about=res)
+        """,
+    )
+    (result,) = [r for r in records if r["type"] == "result"]
+    (task,) = [r for r in records if r["type"] == "task"]
+    assert result["verdict"] == "pass" and "precondition" not in result
+    assert result["about"] == {"name": "victim", "pid": task["pid"], "role": "victim"}
+    assert not [r for r in records if r["type"] == "error"]
+
+
+def test_sigkill_of_a_task_is_reported_with_its_role() -> None:
+    def body(fd: int) -> None:
+        t = lg.Context("demo", {}, "x86_64", fd)
+        h = t.spawn("attacker", os.kill, 0, signal.SIGKILL, role="attacker")
+        h.wait(10)
+
+    records = _in_child(body)
+    task = records[-1]
+    assert (task["role"], task["status"], task["signal"]) == ("attacker", "signaled", "SIGKILL")
+
+
+def _mark_and_die(stages: lg.Stages) -> None:
+    stages.mark("faulting", hog_alive=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_stages_tell_how_far_a_task_got_even_if_it_was_killed() -> None:
+    def body(fd: int) -> None:
+        t = lg.Context("demo", {}, "x86_64", fd)
+        stages = lg.Stages()
+        res = t.task("victim", _mark_and_die, stages, role="victim", timeout=10)
+        t.send({"type": "seen", "signal": res.signal, "at": stages.reached("faulting")})
+        t.send({"type": "seen", "signal": None, "at": stages.reached("faulted")})
+
+    seen = [r for r in _in_child(body) if r["type"] == "seen"]
+    assert seen[0] == {
+        "type": "seen",
+        "signal": "SIGKILL",
+        "at": {"stage": "faulting", "hog_alive": True},
+    }
+    assert seen[1]["at"] is None
+
+
+def _testcase(name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A test case module from testcases/, importing our labguest as the guest would."""
+    import importlib.util
+
+    monkeypatch.setitem(sys.modules, "labguest", lg)
+    path = Path(__file__).resolve().parent.parent / "testcases" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"testcase_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CMA = {"pool": "cma", "fallback": False, "reserve": False, "fault": "oom"}
+
+
+@pytest.mark.parametrize(
+    ("meminfo", "stats", "ok", "says"),
+    [
+        # all 32 chunks of a 64 MiB area in the attacker's pools, no free 2 MiB left
+        ({"CmaTotal": 65536, "CmaFree": 1024}, {"pool_pages": 16384}, True, "hold 65536 of 65536"),
+        # CmaFree is low but two chunks are not the attacker's: not exhausted
+        ({"CmaTotal": 65536, "CmaFree": 1024}, {"pool_pages": 15360}, False, "hold 61440"),
+        ({"CmaTotal": 65536, "CmaFree": 4096}, {"pool_pages": 16384}, False, "CmaFree 4096"),
+        # a missing counter is a failed precondition, never a 0
+        ({"CmaTotal": 65536, "CmaFree": 0}, {}, False, "counters missing: pool_pages"),
+        ({"CmaTotal": 65536}, {"pool_pages": 16384}, False, "counters missing: CmaFree"),
+    ],
+)
+def test_depletion_asserts_that_the_cma_area_is_exhausted(
+    monkeypatch: pytest.MonkeyPatch,
+    meminfo: dict[str, int],
+    stats: dict[str, int],
+    ok: bool,
+    says: str,
+) -> None:
+    depletion = _testcase("depletion", monkeypatch)
+    monkeypatch.setattr(lg, "meminfo", lambda: meminfo)
+    monkeypatch.setattr(lg, "secretmem_stats", lambda: stats)
+    held, how, _numbers = depletion._exhaustion(CMA, {"files": 32}, 1984, {"pool_pages": 0})
+    assert held is ok and says in how
+
+
+def test_depletion_pool_none_needs_the_attacker_to_hold_its_whole_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    depletion = _testcase("depletion", monkeypatch)
+    params = {"pool": "none", "fallback": False, "reserve": False, "fault": "oom"}
+    assert depletion._exhaustion(params, {"files": 512}, 512, {})[0] is True
+    held, how, numbers = depletion._exhaustion(params, {"files": 37}, 512, {})
+    assert held is False and numbers == {"files": 37, "limit": 512} and "37 of the 512" in how
+
+
+def test_fragmentation_treats_a_missing_split_counter_as_a_failed_precondition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fragmentation = _testcase("fragmentation", monkeypatch)
+    monkeypatch.setattr(
+        lg, "meminfo", lambda: {"DirectMap4k": 8192, "DirectMap2M": 253952, "DirectMap1G": 0}
+    )
+    monkeypatch.setattr(lg, "vmstat", lambda: {"direct_map_level3_splits": 0})
+
+    def body(fd: int) -> None:
+        t = lg.Context("fragmentation", {"pool": "none"}, "x86_64", fd)
+        try:
+            fragmentation.run(t)
+        except lg.PreconditionFailed as exc:
+            t.send({"type": "raised", "check": exc.check})
+
+    records = _in_child(body)
+    (pre,) = [r for r in records if r["type"] == "precondition"]
+    assert pre["ok"] is False and "level2_splits" in pre["message"]
+    assert pre["data"]["before"]["level2_splits"] is None  # not a made-up 0
+    assert records[-1] == {"type": "raised", "check": "counters"}
+    assert not [r for r in records if r["type"] == "spawn"]  # nothing ran on bad counters
+
+
+@pytest.mark.parametrize(
+    ("body", "rule"),
+    [
+        (
+            """
+            def run(t):
+                t.require(False, "resource_exhausted", "CmaFree 30720 kB", cma_free_kb=30720)
+            """,
+            "precondition-failed",
+        ),
+        (
+            """
+            import os, signal
+            def run(t):
+                os.kill(os.getpid(), signal.SIGKILL)
+            """,
+            "harness-death",
+        ),
+        (
+            """
+            def run(t):
+                res = t.task("victim", lambda: 1, role="victim", timeout=10)
+                t.observe("pass", "fine", about=res)
+            """,
+            "test-passed",
+        ),
+    ],
+    ids=["precondition", "harness-death", "pass"],
+)
+def test_the_host_accepts_the_new_records(
+    tmp_path: Path, guest_agent: None, body: str, rule: str
+) -> None:
+    """The records the agent now writes (spawn, precondition, roles, error kinds) pass
+    the host's record validation; with no kernel evidence on the console a precondition
+    failure and a harness death are infrastructure errors."""
+    from lab.classify import RunFacts, classify
+
+    records = _run_agent(tmp_path, "case", body)
+    facts = RunFacts(
+        ready=True,
+        records=({"type": "ready", "boot_id": "b"}, *records, {"type": "done"}),
+    )
+    result = classify("LABREADY b\n", facts)
+    assert result.rule == rule, result
+    assert result.outcome == ("pass" if rule == "test-passed" else "infra_error")
