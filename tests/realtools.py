@@ -35,16 +35,26 @@ def lab(
     )
 
 
-def lab_popen(*args: str, config: Path | None = None) -> subprocess.Popen[str]:
-    """`lab ARGS` in the background, in its own session (so a test can kill its group)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "lab", "--config", str(config or REPO / "lab.toml"), *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+def lab_popen(
+    *args: str, config: Path | None = None, log: Path | None = None
+) -> subprocess.Popen[str]:
+    """`lab ARGS` in the background, in its own session (so a test can kill its group).
+
+    Output goes to pipes, or to `log` (stdout and stderr) for a long run that nobody
+    reads while it goes: a full pipe would block the lab."""
+    out = open(log, "w") if log else None  # noqa: SIM115 - the child holds it
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "lab", "--config", str(config or REPO / "lab.toml"), *args],
+            cwd=REPO,
+            stdout=out or subprocess.PIPE,
+            stderr=subprocess.STDOUT if out else subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+    finally:
+        if out:
+            out.close()
 
 
 def only_run(results: Path) -> Path:

@@ -1,7 +1,8 @@
 """Soak test (issue 15): 50 cells of `lab matrix` under random faults, bounded in time.
 
-One run of x86_64/U0 cells (`quick`: a few memfd_secret calls; `flood`: several MiB on
-the console without a newline) on 2 local slots and two loopback SSH lab hosts, while:
+One run of x86_64/U0 cells (four cheap test cases of a few memfd_secret calls each, and
+`flood`, which writes FLOOD_KIB KiB to the console without a newline; 10 repeats each)
+on 2 local slots and two loopback SSH lab hosts, while:
 
 - a watcher thread SIGKILLs QEMU processes of the run at random points of their life;
 - lab host b dies (its sshd, listener and sessions, SIGKILLed) while it runs a cell;
@@ -10,15 +11,16 @@ the console without a newline) on 2 local slots and two loopback SSH lab hosts, 
 
 Then: every planned cell has a cell.json with a verdict; no QEMU or lab process of the
 run is left; no cell finished before the SIGTERM is lost or changed by the resume; a
-cell whose QEMU was killed before the test case finished is an infra_error whose
+cell whose QEMU was killed before the agent's `done` record is an infra_error whose
 evidence names QEMU's death; every other cell (re-queued ones included) has the
-outcome and verdict of a clean run of the same two cells. One summary line gives the
-counts. Random choices come from a seed that is printed; LAB_SOAK_SEED=N replays it
-(the faults' timing still depends on the machine).
+outcome and verdict of a clean run of the five distinct cells. One summary line gives
+the counts. Random choices come from a seed that is printed; LAB_SOAK_SEED=N replays
+them (the faults' timing still depends on the machine).
 
 Why a QEMU killed mid-cell must be infra_error: the lab did not kill it (cell.json
 `qemu_killed` is false, `qemu_exit` is 137), so nothing about the kernel under test
-can be concluded; runner.execute classifies from the console and the records it got.
+can be concluded (classify rule `qemu-signaled`); killed after `done` (while powering
+off), the test case's result stands.
 """
 
 from __future__ import annotations
@@ -228,11 +230,13 @@ def _leftovers(root: Path) -> list[str]:
     ]
 
 
-def _stop(p: subprocess.Popen[str]) -> tuple[str, str]:
+def _stop(p: subprocess.Popen[str], log: Path) -> str:
+    """Kill what is left of a lab_popen(..., log=log) run; its output."""
     if p.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGKILL)
-    return p.communicate()
+    p.wait()
+    return log.read_text(errors="replace")
 
 
 def _evidence_text(run: Path, cell: dict[str, object]) -> str:
@@ -261,7 +265,7 @@ def test_soak_faults_end_in_verdicts_and_resume_equals_clean(
     deadline = started + BUDGET
     p = lab_popen(
         "matrix", *SELECT, "--repeat", str(REPEAT), "-j", "2", "--hosts", "all",
-        "--results", str(results), config=cfg,
+        "--results", str(results), config=cfg, log=root / "run.log",
     )  # fmt: skip
     killer.start()
     b_dir = str(root / "remote-b")
@@ -285,7 +289,7 @@ def test_soak_faults_end_in_verdicts_and_resume_equals_clean(
                 break
             time.sleep(0.1)
     finally:
-        _, err1 = _stop(p)
+        err1 = _stop(p, root / "run.log")
     assert "Traceback" not in err1, err1[-4000:]
     assert p.returncode == 128 + signal.SIGTERM, f"rc {p.returncode}: {err1[-3000:]}"
     assert "lab: host b lost" in err1, err1[-3000:]
@@ -295,7 +299,10 @@ def test_soak_faults_end_in_verdicts_and_resume_equals_clean(
     assert info["status"] == "interrupted" and info["not_run"], info["status"]
 
     killer.phase = "resume"
-    r = lab_popen("matrix", "--resume", str(run), "-j", "2", "--hosts", "all", config=cfg)
+    r = lab_popen(
+        "matrix", "--resume", str(run), "-j", "2", "--hosts", "all",
+        config=cfg, log=root / "resume.log",
+    )  # fmt: skip
     overran = False
     try:
         r.wait(timeout=max(30.0, deadline - time.monotonic()))
@@ -303,7 +310,7 @@ def test_soak_faults_end_in_verdicts_and_resume_equals_clean(
         overran = True  # killed below; the checks still say what was done by then
     finally:
         killer.stopped.set()
-        _, err2 = _stop(r)
+        err2 = _stop(r, root / "resume.log")
         killer.join(10)
     wall = time.monotonic() - started
     assert "Traceback" not in err2, err2[-4000:]
