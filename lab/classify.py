@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -1572,6 +1573,32 @@ def _qemu_failed(f: _Findings) -> _Verdict | None:
     )
 
 
+def _qemu_signaled(f: _Findings) -> _Verdict | None:
+    """QEMU died of a signal before the agent's `done` record, and no lab deadline was
+    involved: the lab kills QEMU only at a deadline, after `done`, or after kernel
+    evidence that an earlier rule took. So someone else killed it, or it crashed: the
+    run says nothing about the kernel, and partial records must not decide its class."""
+    status = f.facts.qemu_exit if f.facts is not None else None
+    if f.facts is None or f.facts.deadline is not None or f.agent.done or status is None:
+        return None
+    try:
+        name = signal.Signals(status - 128).name if status > 128 else ""
+    except ValueError:
+        name = ""
+    if not name:
+        return None
+    ev = _Evidence(f)
+    ev.tail(5)
+    when = "during the test" if f.facts.ready else "before the ready marker"
+    ev.note(f"lab: QEMU died of {name} (exit status {status}) {when}", "lab:qemu_exit")
+    return _Verdict(
+        "infra_error",
+        f"infra_error: QEMU died of {name} (status {status}) {when}; the lab did not stop it",
+        ev,
+        {"qemu_exit": status, "signal": name},
+    )
+
+
 def _no_userspace(f: _Findings) -> _Verdict | None:
     if f.facts is None or f.facts.ready or f.facts.deadline is not None:
         return None
@@ -1970,6 +1997,13 @@ RULES: tuple[Rule, ...] = (
         "infra_error",
         "QEMU exited before the kernel printed anything.",
         _qemu_failed,
+    ),
+    Rule(
+        "qemu-signaled",
+        "infra_error",
+        "QEMU died of a signal the lab did not send (no deadline, no 'done' record): "
+        "killed from outside or crashed.",
+        _qemu_signaled,
     ),
     Rule(
         "no-userspace",

@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from realtools import REPO, cmdline, lab, qemu_processes
+from realtools import cmdline, lab, lab_toml_text, qemu_processes
 
 pytestmark = pytest.mark.real
 
@@ -54,17 +54,7 @@ def lab_toml(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "expect": ["* -> pass"],
         }
         (tcs / f"{name}.py").write_text(f"TESTCASE = {meta!r}\n" + textwrap.dedent(body))
-    text = (
-        (REPO / "lab.toml")
-        .read_text()
-        .replace(
-            "[lab]\n",
-            f'[lab]\nkernels_dir = "{REPO / "kernels"}"\n'
-            f'images_dir = "{REPO / "images"}"\ntestcases_dir = "{tcs}"\n',
-            1,
-        )
-    )
-    (root / "lab.toml").write_text(text)
+    (root / "lab.toml").write_text(lab_toml_text(tcs))
     return root / "lab.toml"
 
 

@@ -521,6 +521,20 @@ RULE_CASES: list[tuple[str, str, RunFacts | None, str]] = [
         RunFacts(ready=False, qemu_exit=1),
         "infra_error",
     ),
+    # QEMU died of a signal the lab did not send (the soak test's killer): no verdict
+    # on the kernel, whether it came before the ready marker or mid-test.
+    (
+        "qemu-signaled",
+        BOOT + "[    1.0] something\n",
+        RunFacts(ready=False, qemu_exit=137),
+        "infra_error",
+    ),
+    (
+        "qemu-signaled",
+        READY + "[    2.0] lab: testcase depletion start\n",
+        RunFacts(ready=True, qemu_exit=137, records=(task("victim", 212, "signaled", "SIGBUS"),)),
+        "infra_error",
+    ),
     (
         "no-userspace",
         BOOT + "[    1.0] something\n",

@@ -11,13 +11,12 @@ re-queues its cells, each cell appears once, and no QEMU is left behind.
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -27,6 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import realtools
+from realtools import Sshd, have_sshd
+from realtools import cmdline as _cmdline
+from realtools import comm as _comm
+from realtools import free_port as _free_port
+from realtools import keygen as _keygen
+from realtools import only_run as _run_dir
+from realtools import proc_tree as _proc_tree
+from realtools import processes_mentioning as _processes_mentioning
+from realtools import run_cells as _cells
+from realtools import start_pair as _start_pair
 
 from lab import bundle, cache, classify, hosts, matrix, runner, ssh, testcase
 from lab.config import LabConfig, load
@@ -34,167 +44,11 @@ from lab.errors import LabError
 from lab.matrix import Planned
 
 REPO = Path(__file__).resolve().parent.parent
-SSHD = Path("/usr/sbin/sshd")
 
-pytestmark = pytest.mark.skipif(
-    not SSHD.exists() or shutil.which("ssh-keygen") is None,
-    reason="needs openssh-server and ssh-keygen",
-)
+pytestmark = pytest.mark.skipif(not have_sshd(), reason="needs openssh-server and ssh-keygen")
 
 
-# --- real sshd fixtures ---------------------------------------------------------------
-
-
-def _keygen(path: Path, comment: str) -> None:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-        check=True,
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _proc_tree(root: int) -> list[int]:
-    """root and its descendants, from /proc."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += [c for c, p in parents.items() if p == pid]
-    return out
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _processes_mentioning(text: str, program: str = "") -> list[int]:
-    """Processes whose command line contains text (and whose program name starts with
-    `program`: pexpect starts QEMU as /usr/bin/qemu-system-...)."""
-    out = []
-    for p in os.listdir("/proc"):
-        if not p.isdigit() or int(p) == os.getpid():
-            continue
-        c = _cmdline(int(p))
-        if text in c and os.path.basename(c.split(" ", 1)[0]).startswith(program):
-            out.append(int(p))
-    return out
-
-
-@dataclass
-class Sshd:
-    name: str
-    dir: Path
-    port: int
-    host_pub: str  # "ssh-ed25519 AAAA..." (no comment)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def known_hosts_line(self) -> str:
-        return f"[127.0.0.1]:{self.port} {self.host_pub}\n"
-
-    def start(self) -> None:
-        log = open(self.dir / "sshd.log", "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(
-            [str(SSHD), "-D", "-e", "-f", str(self.dir / "sshd_config")],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"sshd {self.name} exited: {(self.dir / 'sshd.log').read_text()}"
-                )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"sshd {self.name} did not listen on {self.port}")
-
-    def kill(self) -> list[int]:
-        """SIGKILL the listener and every sshd session process under it (a host gone)."""
-        if self.proc is None:
-            return []
-        victims = [p for p in _proc_tree(self.proc.pid) if _comm(p) == "sshd"]
-        for pid in victims:  # the listener first: no new connections
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        return victims
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.kill()
-        elif self.proc is not None:
-            for pid in [p for p in _proc_tree(self.proc.pid) if _comm(p) == "sshd"]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-
-
-def _start_pair(root: Path, client_pub: Path) -> list[Sshd]:
-    # sshd refuses to start without its privilege separation directory.
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    out = []
-    for name in ("a", "b"):
-        d = root / f"sshd-{name}"
-        d.mkdir()
-        _keygen(d / "ssh_host_ed25519_key", f"lab-test-host-{name}")
-        shutil.copy(client_pub, d / "authorized_keys")
-        port = _free_port()
-        (d / "sshd_config").write_text(
-            textwrap.dedent(f"""\
-            Port {port}
-            ListenAddress 127.0.0.1
-            HostKey {d}/ssh_host_ed25519_key
-            PidFile {d}/sshd.pid
-            AuthorizedKeysFile {d}/authorized_keys
-            PermitRootLogin prohibit-password
-            PubkeyAuthentication yes
-            PasswordAuthentication no
-            KbdInteractiveAuthentication no
-            UsePAM no
-            StrictModes no
-            AllowAgentForwarding no
-            AllowTcpForwarding no
-            X11Forwarding no
-            PrintMotd no
-            MaxStartups 64
-            MaxSessions 32
-            ClientAliveInterval 5
-            Subsystem sftp internal-sftp
-            """)
-        )
-        pub = (d / "ssh_host_ed25519_key.pub").read_text().split()
-        s = Sshd(name, d, port, f"{pub[0]} {pub[1]}")
-        s.start()
-        out.append(s)
-    return out
+# --- real sshd fixtures (helpers in realtools) -------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -229,42 +83,8 @@ cpa = ["y", "n"]
 VARIANTS = os.environ.get("LAB_HOSTS_VARIANTS", "U0,C1")
 
 
-def write_lab(
-    tmp: Path,
-    servers: list[Sshd],
-    client_key: Path,
-    known_hosts: Path | None = None,
-    **per_host: dict[str, object],
-) -> Path:
-    """The repo's lab.toml (absolute kernels/images/testcases dirs) + [[hosts]] a and b."""
-    text = (REPO / "lab.toml").read_text()
-    text = text.replace(
-        "[lab]\n",
-        "[lab]\n"
-        f'kernels_dir = "{REPO}/kernels"\n'
-        f'images_dir = "{REPO}/images"\n'
-        f'testcases_dir = "{REPO}/testcases"\n',
-        1,
-    )
-    text += DEV_FAMILY
-    if known_hosts is None:
-        known_hosts = tmp / "known_hosts"
-        known_hosts.write_text("".join(s.known_hosts_line for s in servers))
-    for s in servers:
-        entry: dict[str, object] = {
-            "name": s.name,
-            "address": "127.0.0.1",
-            "port": s.port,
-            "user": getpass.getuser(),
-            "key_file": str(client_key),
-            "known_hosts": str(known_hosts),
-            "lab_dir": str(tmp / f"remote-{s.name}"),
-            **per_host.get(s.name, {}),
-        }
-        text += "\n[[hosts]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in entry.items())
-    f = tmp / "lab.toml"
-    f.write_text(text)
-    return f
+# The repo's lab.toml (absolute kernels/images/testcases dirs), the family, [[hosts]] a and b.
+write_lab = functools.partial(realtools.write_lab, extra=DEV_FAMILY)
 
 
 def lab(config: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -652,24 +472,11 @@ def test_cell_nobody_can_serve_any_more(tmp_path: Path) -> None:
 # --- real: matrices over the hosts ----------------------------------------------------------
 
 
-def _run_dir(results: Path) -> Path:
-    (run,) = [p for p in results.iterdir() if (p / "run.json").is_file()]
-    return run
-
-
 def _files(run: Path, cell: dict[str, object]) -> list[str]:
     # kvm-probe.result: left by the KVM probe in whichever cell probed first on a
     # machine (each lab host probes once for itself), locally as well as remotely.
     d = run / "cells" / str(cell["_dir"])
     return sorted(p.name for p in d.iterdir() if p.name != "kvm-probe.result")
-
-
-def _cells(run: Path) -> dict[str, dict[str, object]]:
-    out = {}
-    for d in sorted((run / "cells").iterdir()):
-        data = json.loads((d / "cell.json").read_text())
-        out[str(data["run_cell_id"])] = {**data, "_dir": d.name}
-    return out
 
 
 @pytest.mark.real

@@ -5,22 +5,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from realtools import REPO, cmdline, lab, qemu_processes
+from realtools import cmdline, lab, lab_popen, qemu_processes
+from realtools import only_run as _only_run
 
 pytestmark = pytest.mark.real
 
 SELECTION = ["-V", "U0", "-V", "C1", "-t", "api", "-t", "memlock", "-t", "isolation"]
-
-
-def _only_run(results: Path) -> Path:
-    (run,) = [p for p in results.iterdir() if (p / "run.json").is_file()]
-    return run
 
 
 def _outcomes(run: Path) -> dict[str, str]:
@@ -41,25 +35,7 @@ def clean_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_sigterm_keeps_finished_cells_and_resume_completes(clean_run: Path, tmp_path: Path) -> None:
     results = tmp_path / "results"
-    argv = [
-        sys.executable,
-        "-m",
-        "lab",
-        "--config",
-        str(REPO / "lab.toml"),
-        "matrix",
-        *SELECTION,
-        "--results",
-        str(results),
-    ]
-    p = subprocess.Popen(
-        argv,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    p = lab_popen("matrix", *SELECTION, "--results", str(results))
     try:
         deadline = time.monotonic() + 600
         finished: list[Path] = []
