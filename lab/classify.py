@@ -28,23 +28,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from lab.errors import LabError
+from lab.outcome import CLASSES as CLASSES  # re-exported: callers knew it here
 from lab.signatures import INT_FIELDS, SIGNATURES, Signature
-
-CLASSES: tuple[str, ...] = (
-    "pass",
-    "fail",
-    "sigbus",
-    "oom_kill",
-    "fault_livelock",
-    "refused",
-    "oops",
-    "bug",
-    "warn",
-    "panic",
-    "hang",
-    "boot_failure",
-    "infra_error",
-)
 
 MAX_EVIDENCE = 40  # evidence lines per classification
 MAX_TEXT = 2000  # characters of one console line kept in evidence
@@ -77,7 +62,7 @@ class RunFacts:
     """
 
     ready: bool = False
-    deadline: str | None = None
+    deadline: str | None = None  # a lab.outcome.Deadline; from a cell.json, any string
     qemu_exit: int | None = None
     records: tuple[Mapping[str, Any], ...] = ()
     problems: tuple[str, ...] = ()
@@ -137,7 +122,7 @@ class Evidence:
 
 @dataclass(frozen=True)
 class Classification:
-    outcome: str  # one of CLASSES
+    outcome: str  # one of CLASSES (an Outcome value)
     detail: str  # one human line
     rule: str  # id of the precedence rule that decided (see RULES)
     rule_text: str  # that rule in one sentence

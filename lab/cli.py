@@ -43,6 +43,7 @@ from lab import (
     testcase,
 )
 from lab.errors import LabError, printable
+from lab.outcome import CLASSES
 from lab.progress import Reporter
 
 
@@ -248,7 +249,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     arch = cfg.arch(args.arch)
     variant = cfg.variant(args.variant) if args.variant else cfg.variants[0]
-    tc = testcase.find(cfg.testcases_dir, args.testcase, classify.CLASSES)
+    tc = testcase.find(cfg.testcases_dir, args.testcase, CLASSES)
     if not tc.runs_on(arch.name):
         raise LabError(
             f"test case {tc.name} does not run on {arch.name} (arches: {', '.join(tc.arches)})"
@@ -621,7 +622,7 @@ def cmd_hosts_check(args: argparse.Namespace) -> int:
 
 def cmd_matrix(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    tcs = testcase.discover(cfg.testcases_dir, classify.CLASSES)
+    tcs = testcase.discover(cfg.testcases_dir, CLASSES)
     for problem in matrix.unknown_rule_keys(cfg, tcs):
         print(
             f"lab: warning: expectation uses a key no variant defines: {problem}", file=sys.stderr
@@ -698,14 +699,14 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    modes = failures.parse(cfg.extra.get("failure_mode"), cfg.file, classify.CLASSES)
+    modes = failures.parse(cfg.extra.get("failure_mode"), cfg.file, CLASSES)
     if args.list or not args.id:
         for m in modes:
             print(f"{m.id:32} {m.who}: {m.testcase} on {', '.join(m.variants)}")
             print(f'{"":32} "{m.claim}"')
         return 0
     chosen = modes if args.id == ["all"] else [failures.find(modes, i, cfg.file) for i in args.id]
-    tcs = {t.name: t for t in testcase.discover(cfg.testcases_dir, classify.CLASSES)}
+    tcs = {t.name: t for t in testcase.discover(cfg.testcases_dir, CLASSES)}
     cells: dict[str, matrix.Planned] = {}
     for m in chosen:
         if m.testcase not in tcs:

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lab import __version__, cache, results
-from lab.classify import CLASSES
 from lab.errors import LabError
+from lab.outcome import Outcome, Verdict
 from lab.signatures import BY_NAME
 
 REPORTS = ("report.html", "summary.md", "junit.xml")
@@ -56,34 +56,9 @@ MAX_CONSOLE = 256 << 20  # bytes of a console.log read for excerpts
 LIST_LIMIT = 20  # cells listed per category in the terminal summary
 MD_WIDTH = 76  # summary.md: aimed-at line width (mail clients wrap at ~78)
 
-# A fixed colour per class (background, text), so a grid reads the same in every
-# report. Failure-ish classes are warm, kernel-integrity ones red, the lab's own
-# trouble grey; `refused` is a class a test case may add.
-COLOURS: dict[str, tuple[str, str]] = {
-    "pass": ("#9be39b", "#000"),
-    "fail": ("#ffa07a", "#000"),
-    "sigbus": ("#ffd84d", "#000"),
-    "oom_kill": ("#f5a3d0", "#000"),
-    "fault_livelock": ("#b69cff", "#000"),
-    "oops": ("#ff6b6b", "#000"),
-    "bug": ("#d62828", "#fff"),
-    "warn": ("#fff1a8", "#000"),
-    "panic": ("#7b0000", "#fff"),
-    "hang": ("#80c8f0", "#000"),
-    "boot_failure": ("#5c6670", "#fff"),
-    "infra_error": ("#d0d0d0", "#000"),
-    "refused": ("#8fe0d0", "#000"),
-}
 OTHER_COLOUR = ("#c9b28f", "#000")  # a class this lab version does not know
 NOT_RUN_COLOUR = ("#f0f0f0", "#777")
 
-# Short names for the plain-text grids (summary.md), to keep them narrow.
-SHORT: dict[str, str] = {
-    "oom_kill": "oom",
-    "fault_livelock": "livelk",
-    "boot_failure": "noboot",
-    "infra_error": "infra",
-}
 # summary.md grid markers, suffixed to the short class name.
 MARK_UNEXPECTED, MARK_UNSTABLE, MARK_XARCH = "*", "~", "!"
 MD_NOT_RUN, MD_NOT_PLANNED = "-", "."
@@ -156,7 +131,8 @@ def _anchor(kind: str, name: str) -> str:
 
 
 def _short(outcome: str) -> str:
-    return SHORT.get(outcome, outcome)
+    known = Outcome.of(outcome)
+    return known.short if known else outcome
 
 
 def _seconds(value: float | None) -> str:
@@ -218,8 +194,7 @@ class RunCell:
 
     @property
     def verdict(self) -> str:
-        v = self.data.get("verdict")
-        return v if v in ("expected", "unexpected", "infra") else "infra"
+        return Verdict.of(self.data.get("verdict")) or Verdict.INFRA
 
     @property
     def detail(self) -> str:
@@ -286,12 +261,7 @@ class Slot:
 
     @property
     def verdict(self) -> str:
-        verdicts = {r.verdict for r in self.runs}
-        if "unexpected" in verdicts:
-            return "unexpected"
-        if "infra" in verdicts:
-            return "infra"
-        return "expected" if self.runs else "not_run"
+        return Verdict.worst({r.verdict for r in self.runs}) or "not_run"
 
     def distribution(self) -> str:
         """ "7x sigbus, 3x fault_livelock" (most frequent first); one run: its class."""
@@ -588,14 +558,13 @@ def _css() -> str:
         ".links a{margin-right:1em}",
         ".muted{color:#777}",
     ]
-    for cls in (*COLOURS, "other"):
-        bg, fg = COLOURS.get(cls, OTHER_COLOUR)
+    for cls, (bg, fg) in [*((o.value, o.colour) for o in Outcome), ("other", OTHER_COLOUR)]:
         rules.append(f".outcome-{cls}{{background-color:{bg};color:{fg}}}")
     return "\n".join(rules)
 
 
 def _outcome_class(outcome: str) -> str:
-    return f"outcome-{outcome}" if outcome in COLOURS else "outcome-other"
+    return f"outcome-{outcome}" if Outcome.of(outcome) else "outcome-other"
 
 
 def _badge(verdict: str) -> str:
@@ -692,7 +661,7 @@ def _header_html(run: Run) -> str:
 
 def _legend_html(run: Run) -> str:
     seen = {r.observed for r in run.cells}
-    classes = list(CLASSES) + sorted(c for c in seen | set(COLOURS) if c not in CLASSES)
+    classes = [*Outcome, *sorted(c for c in seen if Outcome.of(c) is None)]
     swatches = "".join(f'<span class="swatch {_outcome_class(c)}">{_h(c)}</span>' for c in classes)
     return (
         f'<div class="legend" id="legend"><strong>Observed outcome:</strong> {swatches}'
@@ -1226,7 +1195,7 @@ def render_markdown(run: Run) -> str:
         f"`{MARK_XARCH}` arches disagree",
         f"`{MD_NOT_RUN}` not run",
         f"`{MD_NOT_PLANNED}` not planned",
-        *(f"{SHORT[k]} = {k}" for k in sorted(used) if k in SHORT),
+        *(f"{o.short} = {o}" for k in sorted(used) if (o := Outcome.of(k)) and o.short != o),
     ]
     lines += ["", *_md_items("Legend: ", legend)]
 

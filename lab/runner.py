@@ -26,11 +26,12 @@ from typing import Any, Protocol
 
 from lab import boot, cache, classify, image, kselftest, matrix, proc, results, source
 from lab.build import Kernel
-from lab.cell import Cell, expected_banner, job_for, reproducer, verdict_for
+from lab.cell import Cell, expected_banner, job_for, reproducer
 from lab.config import ArchSpec, BootSpec, LabConfig, QemuSpec
 from lab.errors import LabError
 from lab.image import BaseImage
 from lab.machine import BootError
+from lab.outcome import Deadline, Verdict
 
 MARGIN = 30.0  # seconds the host waits beyond a test case's own (in-guest) deadline
 
@@ -52,7 +53,8 @@ class CellResult:
 
     @property
     def exit_code(self) -> int:
-        return {"expected": 0, "unexpected": 1}.get(self.verdict, 2)
+        v = Verdict.of(self.verdict)
+        return v.exit_code if v else 2
 
     @classmethod
     def from_dir(cls, directory: Path) -> CellResult:
@@ -220,7 +222,7 @@ def execute(
         log,
     )
     m = prepared.machine
-    deadline: str | None = None
+    deadline: Deadline | None = None
     ready = False
     try:
         with m:
@@ -256,7 +258,7 @@ def execute(
         "qemu": t.total,
         "cell": time.monotonic() - started,
     }
-    verdict = verdict_for(result.outcome, expected)
+    verdict = Verdict.for_outcome(result.outcome, expected)
     finish_cell(
         directory,
         result.to_json(),

@@ -54,11 +54,11 @@ import paramiko
 
 from lab import __version__, bundle, cache, matrix, remote, results, runner
 from lab.build import Kernel
-from lab.cell import verdict_for
 from lab.config import LabConfig
 from lab.errors import LabError, printable
 from lab.hosts import Host
 from lab.image import BaseImage
+from lab.outcome import Verdict
 
 CONNECT_TIMEOUT = 10  # seconds for TCP connect, SSH banner and authentication each
 KEEPALIVE = 5  # seconds between SSH keepalives on a connection
@@ -598,7 +598,7 @@ def _host_record(data: Any, asked: Mapping[str, Any]) -> dict[str, Any]:
     if len(banner) > 32 or not all(isinstance(v, str) for v in banner.values()):
         raise ValueError("cell.json 'banner' is not a small object of strings")
     expected = tuple(asked.get("expected") or ())
-    return {**out, **asked, "verdict": verdict_for(observed, expected)}
+    return {**out, **asked, "verdict": Verdict.for_outcome(observed, expected)}
 
 
 def _host_evidence(ev: Any, observed: str) -> Mapping[str, Any]:
