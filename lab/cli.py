@@ -74,12 +74,14 @@ def cmd_build(args: argparse.Namespace) -> int:
             started = time.monotonic()
             task = reporter.task(p.label)
             try:
-                kernel = build.build(cfg, p, task, force=args.force)
-            except LabError as exc:
+                built = build.build(cfg, p, task, force=args.force)
+            except LabError:
                 task.finish("failed")
-                if "build failed" in str(exc):
-                    raise BuildFailed(str(exc)) from None
                 raise
+            if built.kernel is None:
+                task.finish("failed")
+                raise BuildFailed(built.message)
+            kernel = built.kernel
             wall = time.monotonic() - started
             if kernel.cached:
                 task.finish(f"cached ({wall:.2f}s, no make): {kernel.image}")
@@ -117,9 +119,12 @@ def _kernel_for(
     build.check_host_tools()
     p = build.plan(cfg, arch, variant, 0, reporter.line)
     task = reporter.task(p.label)
-    kernel = build.build(cfg, p, task)
-    task.finish("kernel cached" if kernel.cached else "kernel built")
-    return kernel
+    built = build.build(cfg, p, task)
+    if built.kernel is None:
+        task.finish("failed")
+        raise LabError(built.message)
+    task.finish("kernel cached" if built.kernel.cached else "kernel built")
+    return built.kernel
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
@@ -372,10 +377,13 @@ def _build_kernels(
     for p in plans:
         task = reporter.task(p.label)
         try:
-            k = build.build(cfg, p, task)
-        except LabError as exc:
+            built = build.build(cfg, p, task)
+            k, why = built.kernel, built.message
+        except LabError as exc:  # bad config, lab trouble: its cells become infra cells too
+            k, why = None, str(exc)
+        if k is None:
             task.finish("FAILED")
-            failed[p.label] = str(exc).splitlines()[0]
+            failed[p.label] = why.splitlines()[0]
             continue
         task.finish(
             f"cached ({k.key})"

@@ -114,7 +114,6 @@ class BuildStatus(enum.StrEnum):
 
     BUILT = "built"
     CACHED = "cached"
-    CONFIG_FAILED = "config_failed"  # a requested Kconfig symbol did not survive olddefconfig
     BUILD_FAILED = "build_failed"  # make exited non-zero
 
     @property

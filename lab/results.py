@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from lab import __version__, cache
-from lab.errors import LabError
+from lab.errors import UserError
 
 STATUSES = ("running", "complete", "incomplete", "interrupted")
 
@@ -67,7 +67,7 @@ def resolve_run(results_dir: Path, name: str) -> Path:
         if runs
         else ""
     )
-    raise LabError(f"{name}: not a run directory (no run.json){hint}")
+    raise UserError(f"{name}: not a run directory (no run.json){hint}")
 
 
 def _depth(value: Any) -> int:
@@ -140,9 +140,9 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     try:
         data = loads_bounded(read_inside(run_dir, f, MAX_RUN_JSON), MAX_RUN_JSON)
     except (OSError, ValueError) as exc:
-        raise LabError(f"{f}: unreadable: {exc}") from None
+        raise UserError(f"{f}: unreadable: {exc}") from None
     if not isinstance(data, dict):
-        raise LabError(f"{f}: not a JSON object")
+        raise UserError(f"{f}: not a JSON object")
     return data
 
 
@@ -162,7 +162,7 @@ def locked_run(run_dir: Path) -> Iterator[None]:
     remove the first one's running cells as leftovers)."""
     fd = cache.try_lock(run_dir / LOCK)
     if fd is None:
-        raise LabError(
+        raise UserError(
             f"{run_dir}: another lab process is running this run (it holds {run_dir / LOCK}); "
             "wait for it to finish or stop it first"
         )

@@ -28,7 +28,7 @@ from lab import boot, cache, classify, image, kselftest, matrix, proc, results, 
 from lab.build import Kernel
 from lab.cell import Cell, expected_banner, job_for, reproducer
 from lab.config import ArchSpec, BootSpec, LabConfig, QemuSpec
-from lab.errors import LabError
+from lab.errors import InfraError, LabError
 from lab.image import BaseImage
 from lab.machine import BootError
 from lab.outcome import Deadline, Verdict
@@ -331,7 +331,7 @@ class Stop:
         return self._event.is_set()
 
 
-class HostDown(LabError):
+class HostDown(InfraError):
     """A lab host stopped answering (or could not take the cell): run it elsewhere.
 
     `ran` is False when the cell never reached the host (it was already known to be
