@@ -232,21 +232,21 @@ def new_run_dir(cfg: config.LabConfig, label: str = "") -> Path:
     return run
 
 
-def print_cell(res: runner.CellResult, stream: TextIO = sys.stdout) -> None:
+def print_cell(res: results.CellResult, stream: TextIO = sys.stdout) -> None:
     expected = "|".join(res.expected) or "(no expectation declared)"
     word = {"expected": "as expected", "unexpected": "UNEXPECTED", "infra": "INFRASTRUCTURE ERROR"}[
         res.verdict
     ]
-    print(f"{res.cell_id}: observed {res.observed}, expected {expected} -> {word}", file=stream)
+    print(f"{res.id}: observed {res.observed}, expected {expected} -> {word}", file=stream)
     print(f"  {res.detail}", file=stream)
     print(f"  rule: {res.rule}: {res.rule_text}", file=stream)
-    if res.evidence:
+    if res.lines:
         print("  evidence:", file=stream)
-        for ev in res.evidence[:25]:
+        for ev in res.lines[:25]:
             where = f"L{ev.get('line_no')}" if ev.get("line_no") else "agent"
             print(f"    {where:>6} {ev.get('text', '')}", file=stream)
-        if len(res.evidence) > 25:
-            print(f"    ... {len(res.evidence) - 25} more in evidence.json", file=stream)
+        if len(res.lines) > 25:
+            print(f"    ... {len(res.lines) - 25} more in evidence.json", file=stream)
     print(f"  artefacts: {res.dir}", file=stream)
 
 
@@ -476,7 +476,7 @@ def _run_matrix(
             runnable = [c for c in todo if c.kernel in kernels]
             for c in todo:
                 if c.kernel in failed:
-                    runner._infra_cell(
+                    runner.infra_cell(
                         cfg,
                         c,
                         run_dir / "cells" / c.dirname,
@@ -501,7 +501,7 @@ def _run_matrix(
                 running.add(p.id)
                 show()
 
-            def on_done(p: matrix.Planned, res: runner.CellResult | None, err: str) -> None:
+            def on_done(p: matrix.Planned, res: results.CellResult | None, err: str) -> None:
                 nonlocal finished, unexpected
                 running.discard(p.id)
                 finished += 1
@@ -550,7 +550,7 @@ def _run_matrix(
     finally:
         records = results.read_cells(run_dir)
         planned = set(results.planned_ids(run))
-        missing = planned - {results.run_cell_id(r) for r in records}
+        missing = planned - {r.run_cell_id for r in records}
         run["status"] = status if not missing or status != "complete" else "incomplete"
         run["not_run"] = sorted(missing)
         run["finished"] = results.now()

@@ -168,7 +168,9 @@ class Evidence:
 
 @dataclass(frozen=True)
 class RunCell:
-    """One finished execution of a cell, as read from its directory."""
+    """One finished execution of a cell as the report shows it: a view of the cell's
+    results.CellResult, its values cleaned for display, plus what only the report
+    needs (the console excerpt, the telling evidence line)."""
 
     run_cell_id: str
     id: str  # the slot id, without the #N repeat suffix
@@ -177,15 +179,24 @@ class RunCell:
     testcase: str
     repeat: int
     dirname: str  # under cells/
-    data: Mapping[str, Any]  # cell.json
-    ev: Mapping[str, Any]  # evidence.json
+    cell: results.CellResult
     evidence: tuple[Evidence, ...]
     files: tuple[str, ...]  # which of CELL_FILES exist
     excerpt: tuple[tuple[int, str, bool], ...]  # (line no or 0 for a gap, text, is evidence)
 
     @property
+    def data(self) -> Mapping[str, Any]:
+        """cell.json"""
+        return self.cell.data
+
+    @property
+    def ev(self) -> Mapping[str, Any]:
+        """evidence.json"""
+        return self.cell.evidence
+
+    @property
     def observed(self) -> str:
-        return _line(self.data.get("observed") or "infra_error", 64)
+        return _line(self.cell.observed, 64)
 
     @property
     def expected(self) -> tuple[str, ...]:
@@ -194,7 +205,7 @@ class RunCell:
 
     @property
     def verdict(self) -> str:
-        return Verdict.of(self.data.get("verdict")) or Verdict.INFRA
+        return Verdict.of(self.cell.verdict) or Verdict.INFRA
 
     @property
     def detail(self) -> str:
@@ -407,7 +418,7 @@ def _excerpt(
     return tuple(out)
 
 
-def _run_cell(run_dir: Path, rec: results.CellRecord) -> RunCell:
+def _run_cell(run_dir: Path, rec: results.CellResult) -> RunCell:
     data, ev = rec.data, rec.evidence
     rid = _line(data.get("run_cell_id") or data.get("id") or rec.dir.name, 300)
     arch, variant, testcase, repeat = _split_id(rid)
@@ -425,8 +436,7 @@ def _run_cell(run_dir: Path, rec: results.CellRecord) -> RunCell:
         testcase=testcase,
         repeat=repeat,
         dirname=rec.dir.name,
-        data=data,
-        ev=ev,
+        cell=rec,
         evidence=evidence,
         files=tuple(f for f in CELL_FILES if results.regular_file(run_dir, rec.dir / f)),
         excerpt=_excerpt(run_dir, rec.dir / "console.log", (e.line_no for e in evidence)),
@@ -1586,7 +1596,7 @@ def merge(runs: Sequence[Path], out: Path) -> Path:
                 f"`lab matrix --resume {r}` to run it again, or remove the directory"
             )
         for rec in records:
-            rid = results.run_cell_id(rec)
+            rid = rec.run_cell_id
             if rid in cells:
                 other, data = cells[rid]
                 if data != rec.data:

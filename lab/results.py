@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 
 from lab import __version__, cache
 from lab.errors import UserError
+from lab.outcome import Outcome, Verdict
 
 STATUSES = ("running", "complete", "incomplete", "interrupted")
 
@@ -177,24 +178,134 @@ def write_run(run_dir: Path, data: Mapping[str, Any]) -> None:
 
 
 @dataclass(frozen=True)
-class CellRecord:
-    """A finished cell as read back from disk."""
+class CellResult:
+    """One finished cell: its directory, cell.json (`data`) and evidence.json
+    (`evidence`, {} when missing or unusable).
+
+    The runner builds it and writes it once (`write`); resume, report, merge, reproduce
+    and the CLI read it back (`scan_cells`). The properties below are the one place
+    where the defaults for a foreign or damaged cell.json live."""
 
     dir: Path
     data: Mapping[str, Any]  # cell.json
-    evidence: Mapping[str, Any]  # evidence.json
+    evidence: Mapping[str, Any]  # evidence.json: the classification
+
+    @classmethod
+    def from_json(
+        cls, directory: Path, data: Mapping[str, Any], evidence: Mapping[str, Any]
+    ) -> CellResult:
+        return cls(directory, data, evidence)
+
+    @classmethod
+    def from_dir(cls, directory: Path) -> CellResult:
+        """A finished cell directory read back (bounded, confined to it)."""
+        cell = _read_cell(directory, directory)
+        if isinstance(cell, Unreadable):
+            raise UserError(f"{directory}: {cell.reason}")
+        return cell
+
+    def to_json(self) -> dict[str, Any]:
+        """cell.json's contents (evidence.json's are `evidence`)."""
+        return dict(self.data)
+
+    @classmethod
+    def infra(
+        cls,
+        directory: Path,
+        identity: Mapping[str, Any],
+        message: str,
+        marks: Mapping[str, Any] | None = None,
+    ) -> CellResult:
+        """A cell the lab could not run (a kernel that did not build, a lost lab host).
+
+        `identity`: the cell.json fields known before a run (id, expectation,
+        reproducer, ...); `marks`: lab_host, requeued_from for a lab host's cell."""
+        evidence = {
+            "outcome": Outcome.INFRA_ERROR,
+            "detail": message,
+            "rule": "lab-error",
+            "rule_text": "The lab could not run the cell.",
+            "evidence": [],
+            "matched": [],
+            "fields": {},
+        }
+        data = {
+            **identity,
+            "observed": Outcome.INFRA_ERROR,
+            "verdict": Verdict.INFRA,
+            "detail": message,
+            "timings": {},
+            "finished": now(),
+            **(marks or {}),
+        }
+        return cls(directory, data, evidence)
+
+    def write(self) -> None:
+        """evidence.json, then cell.json, the marker of a finished cell: what the marker
+        vouches for (the logs, the evidence) is on disk before it is."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        cache.write_json(self.dir / "evidence.json", self.evidence)
+        cache.fsync_tree(self.dir)
+        cache.write_json(self.dir / "cell.json", self.data)
 
     @property
     def id(self) -> str:
         return str(self.data["id"])
 
     @property
+    def run_cell_id(self) -> str:
+        return str(self.data.get("run_cell_id") or self.id)
+
+    @property
     def observed(self) -> str:
-        return str(self.data.get("observed", "infra_error"))
+        """The outcome class; a damaged cell.json (none, or not a string) reads as
+        infra_error: the lab cannot say what the kernel did."""
+        v = self.data.get("observed")
+        return v if isinstance(v, str) and v else Outcome.INFRA_ERROR
+
+    @property
+    def expected(self) -> tuple[str, ...]:
+        exp = self.data.get("expected")
+        return tuple(str(e) for e in exp) if isinstance(exp, list | tuple) else ()
 
     @property
     def verdict(self) -> str:
-        return str(self.data.get("verdict", "infra"))
+        """As written; a foreign value stays itself (exit_code counts it as infra)."""
+        return str(self.data.get("verdict", Verdict.INFRA))
+
+    @property
+    def exit_code(self) -> int:
+        """The exit status of a command that ran just this cell."""
+        v = Verdict.of(self.verdict)
+        return v.exit_code if v else 2
+
+    @property
+    def detail(self) -> str:
+        return str(self.evidence.get("detail", ""))
+
+    @property
+    def rule(self) -> str:
+        return str(self.evidence.get("rule", ""))
+
+    @property
+    def rule_text(self) -> str:
+        return str(self.evidence.get("rule_text", ""))
+
+    @property
+    def lines(self) -> tuple[Mapping[str, Any], ...]:
+        """The evidence lines ({"line_no", "text", ...}) that show why."""
+        items = self.evidence.get("evidence")
+        return tuple(e for e in items if isinstance(e, dict)) if isinstance(items, list) else ()
+
+    @property
+    def timings(self) -> Mapping[str, Any]:
+        t = self.data.get("timings")
+        return t if isinstance(t, dict) else {}
+
+    @property
+    def host(self) -> str:
+        """The lab host that ran it, "local" for this machine."""
+        return str(self.data.get("lab_host", "local"))
 
 
 @dataclass(frozen=True)
@@ -216,11 +327,11 @@ def _shape(data: Any) -> str:
     return ""
 
 
-def scan_cells(run_dir: Path) -> tuple[list[CellRecord], list[Unreadable]]:
+def scan_cells(run_dir: Path) -> tuple[list[CellResult], list[Unreadable]]:
     """The finished cells of a run, and the cell directories whose cell.json is unusable.
 
     A directory without cell.json is an interrupted attempt: neither."""
-    out: list[CellRecord] = []
+    out: list[CellResult] = []
     bad: list[Unreadable] = []
     cells = run_dir / "cells"
     if not cells.is_dir():
@@ -229,51 +340,51 @@ def scan_cells(run_dir: Path) -> tuple[list[CellRecord], list[Unreadable]]:
         if d.is_symlink():
             bad.append(Unreadable(d, "the cell directory is a symlink"))
             continue
-        f = d / "cell.json"
-        if not d.is_dir() or not os.path.lexists(f):
+        if not d.is_dir() or not os.path.lexists(d / "cell.json"):
             continue
-        try:
-            data = loads_bounded(read_inside(run_dir, f, MAX_CELL_JSON), MAX_CELL_JSON)
-        except (OSError, ValueError) as exc:
-            bad.append(Unreadable(d, f"cell.json: {exc}"))
-            continue
-        problem = _shape(data)
-        if problem:
-            bad.append(Unreadable(d, problem))
-            continue
-        try:
-            ev = loads_bounded(
-                read_inside(run_dir, d / "evidence.json", MAX_CELL_JSON), MAX_CELL_JSON
-            )
-        except (OSError, ValueError):
-            ev = {}
-        out.append(CellRecord(d, data, ev if isinstance(ev, dict) else {}))
+        cell = _read_cell(run_dir, d)
+        if isinstance(cell, Unreadable):
+            bad.append(cell)
+        else:
+            out.append(cell)
     return out, bad
 
 
-def read_cells(run_dir: Path) -> list[CellRecord]:
+def _read_cell(root: Path, d: Path) -> CellResult | Unreadable:
+    """Cell directory d (confined to root), or why its cell.json cannot be used."""
+    try:
+        data = loads_bounded(read_inside(root, d / "cell.json", MAX_CELL_JSON), MAX_CELL_JSON)
+    except (OSError, ValueError) as exc:
+        return Unreadable(d, f"cell.json: {exc}")
+    problem = _shape(data)
+    if problem:
+        return Unreadable(d, problem)
+    try:
+        ev = loads_bounded(read_inside(root, d / "evidence.json", MAX_CELL_JSON), MAX_CELL_JSON)
+    except (OSError, ValueError):
+        ev = {}
+    return CellResult(d, data, ev if isinstance(ev, dict) else {})
+
+
+def read_cells(run_dir: Path) -> list[CellResult]:
     return scan_cells(run_dir)[0]
 
 
-def run_cell_id(rec: CellRecord) -> str:
-    return str(rec.data.get("run_cell_id") or rec.id)
-
-
 def finished_ids(run_dir: Path) -> set[str]:
-    return {run_cell_id(c) for c in read_cells(run_dir)}
+    return {c.run_cell_id for c in read_cells(run_dir)}
 
 
-def summary_counts(records: Iterable[CellRecord]) -> dict[str, int]:
+def summary_counts(records: Iterable[CellResult]) -> dict[str, int]:
     counts = {"expected": 0, "unexpected": 0, "infra": 0}
     for r in records:
         counts[r.verdict] = counts.get(r.verdict, 0) + 1
     return counts
 
 
-def exit_code(run: Mapping[str, Any], records: list[CellRecord]) -> int:
+def exit_code(run: Mapping[str, Any], records: list[CellResult]) -> int:
     """0 all as expected, 1 some unexpected outcome, 2 incomplete or infrastructure error."""
     planned = set(planned_ids(run))
-    done = {run_cell_id(r) for r in records}
+    done = {r.run_cell_id for r in records}
     if planned - done or any(r.verdict == "infra" for r in records):
         return 2
     if any(r.verdict == "unexpected" for r in records):

@@ -627,7 +627,7 @@ def store_cell(
     directory: Path,
     requeued_from: tuple[str, ...],
     asked: Mapping[str, Any],
-) -> runner.CellResult:
+) -> results.CellResult:
     """Check a cell fetched from a host (tar.gz at src) against `asked` (the job
     record), stage it outside cells/, mark it, then rename it into place: a half
     fetched or unusable cell never lands in cells/. Raises LabError (one line)."""
@@ -643,14 +643,14 @@ def store_cell(
         record["lab_host"] = host
         if requeued_from:
             record["requeued_from"] = list(requeued_from)
-        runner.finish_cell(staging, ev, record)
+        results.CellResult.from_json(staging, record, ev).write()
         if directory.exists():
             shutil.rmtree(directory)
         os.rename(staging, directory)
         cache.fsync_dir(directory.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return runner.CellResult.from_dir(directory)
+    return results.CellResult.from_json(directory, record, ev)
 
 
 # --- running cells on a host ------------------------------------------------------------
@@ -721,7 +721,7 @@ class RemoteWorker:
         base: BaseImage,
         directory: Path,
         requeued_from: tuple[str, ...],
-    ) -> runner.CellResult:
+    ) -> results.CellResult:
         if self._lost:
             raise runner.HostDown(self.name, self._lost, ran=False)
         job, files = runner.prepare_cell(self.cfg, p.cell, kernel, base, p.id, p.repeat)

@@ -9,6 +9,7 @@ QEMU are replaced by fixed values, so the bytes are the same on every machine.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import types
 from collections.abc import Callable
@@ -80,7 +81,7 @@ def test_an_infra_cell_is_written_byte_for_byte(fixed_clock: None, tmp_path: Pat
     cfg, p = _plan()
     d = tmp_path / "cells" / p.dirname
     message = "kernel did not build: x86_64-C0: build failed (make exit 2)"
-    runner._infra_cell(cfg, p, d, message, {"lab_host": "h1", "requeued_from": ["h0"]})
+    runner.infra_cell(cfg, p, d, message, {"lab_host": "h1", "requeued_from": ["h0"]})
     assert sorted(f.name for f in d.iterdir()) == ["cell.json", "evidence.json"]
     _check(d, "infra", tmp_path)
 
@@ -136,7 +137,7 @@ def _scripted_launch(records: tuple[dict[str, Any], ...], how: str) -> Callable[
     return launch
 
 
-def _executed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> Path:
+def _executed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> results.CellResult:
     cfg, p = _plan()
     from test_golden import _base, _kernel  # the golden's fixed kernel and base image
 
@@ -146,19 +147,37 @@ def _executed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> Path
     d = tmp_path / "cells" / p.dirname
     res = runner.run_cell(cfg, p.cell, kernel, base, d, run_cell_id=p.id, repeat=p.repeat)
     assert res.dir == d and res.run_cell_id == p.id
-    return d
+    return res
 
 
 @pytest.mark.parametrize("how", ["record", "timeout", "boot-hang"])
 def test_an_executed_cell_is_written_byte_for_byte(
     how: str, fixed_clock: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _check(_executed(tmp_path, monkeypatch, how), how, tmp_path)
+    _check(_executed(tmp_path, monkeypatch, how).dir, how, tmp_path)
 
 
 def test_the_cell_result_is_what_was_written(
     fixed_clock: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    d = _executed(tmp_path, monkeypatch, "record")
-    again = runner.CellResult.from_dir(d)
+    """The runner's CellResult (never read back from disk) says what cell.json says."""
+    res = _executed(tmp_path, monkeypatch, "record")
+    again = results.CellResult.from_dir(res.dir)
+    assert json.loads(json.dumps(res.to_json())) == again.to_json()
+    assert json.loads(json.dumps(res.evidence)) == again.evidence
+    for view in ("id", "observed", "verdict", "expected", "detail", "rule", "lines", "host"):
+        assert getattr(res, view) == getattr(again, view), view
     assert again.observed == "pass" and again.verdict == "expected" and again.exit_code == 0
+
+
+def test_an_infra_cell_result_is_what_was_written(fixed_clock: None, tmp_path: Path) -> None:
+    cfg, p = _plan()
+    res = runner.infra_cell(cfg, p, tmp_path / "c", "lab host h1 lost", {"lab_host": "h1"})
+    again = results.CellResult.from_dir(tmp_path / "c")
+    assert json.loads(json.dumps(res.to_json())) == again.to_json()
+    assert (again.observed, again.verdict, again.exit_code, again.host) == (
+        "infra_error",
+        "infra",
+        2,
+        "h1",
+    )
