@@ -447,11 +447,9 @@ def _run_matrix(
     lab_hosts: Sequence[hosts.Host],
     forced_config: str,
 ) -> int:
-    run = results.load_run(run_dir)
-    if forced_config:
-        conf = run.get("config")
-        if isinstance(conf, dict):
-            conf["resumed_sha256"] = [*(conf.get("resumed_sha256") or []), forced_config]
+    run = results.RunMeta.from_json(results.load_run(run_dir))
+    if forced_config and isinstance(run.config, dict):
+        run.config["resumed_sha256"] = [*(run.config.get("resumed_sha256") or []), forced_config]
     done_ids = results.finished_ids(run_dir)
     todo = [c for c in cells if c.id not in done_ids]
     started = time.monotonic()
@@ -460,19 +458,20 @@ def _run_matrix(
     try:
         with Reporter() as reporter:
             kernels, failed = _build_kernels(cfg, matrix.kernels(todo), reporter)
-            run.setdefault("kernels", {}).update(
-                {label: _kernel_provenance(k) for label, k in kernels.items()}
-            )
-            run.setdefault("build_failures", {}).update(failed)
+            provenance = {label: _kernel_provenance(k) for label, k in kernels.items()}
+            run.kernels = {**(run.kernels or {}), **provenance}
+            run.build_failures = {**(run.build_failures or {}), **failed}
             images = {}
             for arch_name in sorted({c.cell.arch.name for c in todo}):
                 img = boot.base_image(cfg, cfg.arch(arch_name), reporter.line)
                 images[arch_name] = img
-                run.setdefault("images", {})[arch_name] = {"key": img.key, "path": str(img.path)}
-            run.setdefault("durations", {})["build_and_images"] = round(
-                time.monotonic() - started, 1
-            )
-            results.write_run(run_dir, run)
+                run.images = {
+                    **(run.images or {}),
+                    arch_name: {"key": img.key, "path": str(img.path)},
+                }
+            seconds = round(time.monotonic() - started, 1)
+            run.durations = {**(run.durations or {}), "build_and_images": seconds}
+            run.write(run_dir)
             runnable = [c for c in todo if c.kernel in kernels]
             for c in todo:
                 if c.kernel in failed:
@@ -527,7 +526,7 @@ def _run_matrix(
             workers: list[runner.Worker] = []
             if lab_hosts and runnable:
                 workers = _open_hosts(cfg, lab_hosts, run, reporter.line)
-                results.write_run(run_dir, run)
+                run.write(run_dir)
             try:
                 runner.run_cells(
                     cfg,
@@ -545,19 +544,20 @@ def _run_matrix(
             finally:
                 _close_hosts(workers, run)
             progress.finish(f"{finished}/{total} cells, {unexpected} not as expected")
-            run["durations"]["cells"] = round(time.monotonic() - t_cells, 1)
+            run.durations["cells"] = round(time.monotonic() - t_cells, 1)
         status = "complete"
     finally:
         records = results.read_cells(run_dir)
-        planned = set(results.planned_ids(run))
+        planned = set(results.planned_ids(run.to_json()))
         missing = planned - {r.run_cell_id for r in records}
-        run["status"] = status if not missing or status != "complete" else "incomplete"
-        run["not_run"] = sorted(missing)
-        run["finished"] = results.now()
-        run.setdefault("durations", {})["last_invocation"] = round(time.monotonic() - started, 1)
-        results.write_run(run_dir, run)
+        run.status = status if not missing or status != "complete" else "incomplete"
+        run.not_run = sorted(missing)
+        run.finished = results.now()
+        last = round(time.monotonic() - started, 1)
+        run.durations = {**(run.durations or {}), "last_invocation": last}
+        run.write(run_dir)
         report.render(run_dir)
-    code = results.exit_code(run, records)
+    code = results.exit_code(run.to_json(), records)
     if not quiet:
         print(report.text_summary(run_dir))
     return code
@@ -566,7 +566,7 @@ def _run_matrix(
 def _open_hosts(
     cfg: config.LabConfig,
     lab_hosts: Sequence[hosts.Host],
-    run: dict[str, object],
+    run: results.RunMeta,
     log: Callable[[str], None],
 ) -> list[runner.Worker]:
     from lab import ssh  # fabric/paramiko load only when hosts are used
@@ -582,14 +582,14 @@ def _open_hosts(
             "python": w.info.python_version if w else None,
             "status": "ok" if w else f"unusable: {failed.get(h.name, '')}",
         }
-    run["hosts"] = record
+    run.hosts = record
     return list(workers)
 
 
-def _close_hosts(workers: Sequence[runner.Worker], run: dict[str, object]) -> None:
+def _close_hosts(workers: Sequence[runner.Worker], run: results.RunMeta) -> None:
     from lab import ssh
 
-    record = run.get("hosts")
+    record = run.hosts
     for w in workers:
         if isinstance(w, ssh.RemoteWorker):
             w.close()

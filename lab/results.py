@@ -13,6 +13,7 @@ so an interrupted run never leaves a half-finished cell that looks complete.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -20,7 +21,7 @@ import platform
 import secrets
 import stat
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -173,8 +174,57 @@ def locked_run(run_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+@dataclass
+class RunMeta:
+    """run.json: what a run is (its id, lab version, lab.toml, selection and planned
+    cells) and what has happened to it so far (kernels built or failed, base images, lab
+    hosts, durations, status). `lab matrix` keeps one and rewrites run.json at each step.
+
+    A field is None when run.json does not have it yet (e.g. `kernels` before the build
+    step). Keys this version does not know (a merged run's, another version's) are kept
+    in `extra` and written back as they were."""
+
+    run_id: str | None = None
+    lab_version: str | None = None
+    created: str | None = None
+    status: str | None = None  # one of STATUSES
+    host: Any = None  # host_info() of the controller
+    config: Any = None  # {"file", "sha256", "resumed_sha256" (--force-config)}
+    selection: Any = None  # variants, arches, testcases, repeat, shard (what --resume replans)
+    cells: Any = None  # the planned cells: [{"id", "dir", "kernel"}]
+    kernels: dict[str, Any] | None = None  # kernel label -> provenance
+    build_failures: dict[str, str] | None = None  # kernel label -> first line of why
+    images: dict[str, Any] | None = None  # arch -> {"key", "path"}
+    durations: dict[str, Any] | None = None  # seconds per phase
+    hosts: Any = None  # lab host name -> address, capacity, status, cells
+    not_run: list[str] | None = None
+    finished: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunMeta:
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names and v is not None}
+        # What lab matrix adds to must be a table; a foreign value of another shape is
+        # replaced rather than crashing the run (it is only bookkeeping).
+        for key in ("kernels", "build_failures", "images", "durations"):
+            if key in known and not isinstance(known[key], dict):
+                known[key] = {}
+        # Unknown keys, and known ones that are null (None here means "absent").
+        extra = {k: v for k, v in data.items() if k not in known}
+        return cls(**known, extra=extra)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del out["extra"]
+        return {**self.extra, **{k: v for k, v in out.items() if v is not None}}
+
+    def write(self, run_dir: Path) -> None:
+        cache.write_json(run_dir / "run.json", self.to_json())
+
+
 def write_run(run_dir: Path, data: Mapping[str, Any]) -> None:
-    cache.write_json(run_dir / "run.json", dict(data))
+    RunMeta.from_json(data).write(run_dir)
 
 
 @dataclass(frozen=True)
@@ -396,15 +446,6 @@ def new_run(results_dir: Path, label: str, header: Mapping[str, Any]) -> Path:
     run_id = new_run_id(label)
     run_dir = results_dir / run_id
     (run_dir / "cells").mkdir(parents=True)
-    write_run(
-        run_dir,
-        {
-            "run_id": run_id,
-            "lab_version": __version__,
-            "created": now(),
-            "status": "running",
-            "host": host_info(),
-            **header,
-        },
-    )
+    meta = RunMeta(run_id, __version__, now(), "running", host_info())
+    RunMeta.from_json({**meta.to_json(), **header}).write(run_dir)
     return run_dir

@@ -8,6 +8,7 @@ written by cli.run_matrix. Builds, base images and cells are replaced by fixed r
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import types
 from collections.abc import Callable
@@ -109,3 +110,22 @@ def test_run_json_of_a_new_run_and_a_resume_byte_for_byte(
     done.rmdir()  # one cell to run again
     assert cli.run_matrix(cfg, cells, run_dir, 1, quiet=True, forced_config="f" * 64) == 2
     _check(run_dir, "resumed.run.json", tmp_path)
+
+
+def test_a_run_json_with_odd_bookkeeping_resumes_without_a_traceback(
+    fixed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A results tree may come from elsewhere: a run.json whose kernels/images/durations
+    are not tables is bookkeeping to replace, not a crash of `lab matrix --resume`."""
+    cfg, cells = _plan(tmp_path)
+    _fake_stages(monkeypatch, cfg)
+    header = cli._run_header(cfg, cells, {"variants": None, "arches": ["x86_64"]})
+    run_dir = results.new_run(cfg.results_dir, "matrix", header)
+    meta = json.loads((run_dir / "run.json").read_text())
+    odd = {"kernels": [], "build_failures": "x", "images": 3, "durations": None, "hosts": 7}
+    (run_dir / "run.json").write_text(json.dumps({**meta, **odd, "future_key": [1]}))
+    assert cli.run_matrix(cfg, cells, run_dir, 1, quiet=True) == 2
+    after = json.loads((run_dir / "run.json").read_text())
+    assert set(after["kernels"]) == {"x86_64/U0"} and set(after["build_failures"]) == {"x86_64/U1"}
+    assert set(after["durations"]) == {"build_and_images", "cells", "last_invocation"}
+    assert after["future_key"] == [1] and after["hosts"] == 7 and after["status"] == "complete"
