@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lab import __version__, cache, results
-from lab.errors import LabError
+from lab.errors import UserError
 from lab.outcome import Outcome, Verdict
 from lab.signatures import BY_NAME
 
@@ -1514,10 +1514,10 @@ def format_compare(changes: Sequence[Change], a: str = "A", b: str = "B") -> str
 def _matrix_run(run_dir: Path) -> dict[str, Any]:
     meta = results.load_run(run_dir)
     if not isinstance(meta, dict) or not isinstance(meta.get("cells"), list):
-        raise LabError(f"{run_dir}: not a matrix run (run.json has no list of cells)")
+        raise UserError(f"{run_dir}: not a matrix run (run.json has no list of cells)")
     cfg = meta.get("config")
     if not isinstance(cfg, dict) or not isinstance(cfg.get("sha256"), str):
-        raise LabError(f"{run_dir}: run.json has no config sha256")
+        raise UserError(f"{run_dir}: run.json has no config sha256")
     return meta
 
 
@@ -1531,7 +1531,7 @@ def _merge_keyed(into: dict[str, Any], label: str, value: Any, what: str, src: P
     k1 = have.get("key") if isinstance(have, dict) else have
     k2 = value.get("key") if isinstance(value, dict) else value
     if k1 != k2:
-        raise LabError(
+        raise UserError(
             f"{src}: {what} {label} has key {k2}, another run has {k1}; "
             "the runs did not build the same thing"
         )
@@ -1550,7 +1550,7 @@ def _copy_cell(run_dir: Path, src: Path, dest: Path) -> None:
             try:
                 f = results.open_inside(run_dir, path)
             except ValueError as exc:
-                raise LabError(f"merge: {path}: {exc}") from None
+                raise UserError(f"merge: {path}: {exc}") from None
             with f, open(dest / path.name, "wb") as out:
                 shutil.copyfileobj(f, out)
 
@@ -1562,16 +1562,16 @@ def merge(runs: Sequence[Path], out: Path) -> Path:
     leaves nothing behind.
     """
     if not runs:
-        raise LabError("merge: no runs given")
+        raise UserError("merge: no runs given")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise LabError(f"{out}: already exists; merge writes a new run directory")
+        raise UserError(f"{out}: already exists; merge writes a new run directory")
     metas = [_matrix_run(r) for r in runs]
     shas = {m["config"]["sha256"] for m in metas}
     if len(shas) > 1:
         listing = ", ".join(
             f"{r.name}: {m['config']['sha256'][:12]}" for r, m in zip(runs, metas, strict=True)
         )
-        raise LabError(f"merge: the runs used different configs ({listing})")
+        raise UserError(f"merge: the runs used different configs ({listing})")
 
     planned: dict[str, dict[str, Any]] = {}
     kernels: dict[str, Any] = {}
@@ -1591,7 +1591,7 @@ def merge(runs: Sequence[Path], out: Path) -> Path:
         records, unreadable = results.scan_cells(r)
         if unreadable:
             u = unreadable[0]
-            raise LabError(
+            raise UserError(
                 f"merge: {u.dir}: unreadable cell ({_line(u.reason, 300)}); run "
                 f"`lab matrix --resume {r}` to run it again, or remove the directory"
             )
@@ -1600,7 +1600,7 @@ def merge(runs: Sequence[Path], out: Path) -> Path:
             if rid in cells:
                 other, data = cells[rid]
                 if data != rec.data:
-                    raise LabError(
+                    raise UserError(
                         f"merge: cell {rid} has different results in {other.parent.parent} and {r}"
                     )
                 continue
@@ -1608,7 +1608,7 @@ def merge(runs: Sequence[Path], out: Path) -> Path:
     names = collections.Counter(d.name for d, _ in cells.values())
     clash = [n for n, k in names.items() if k > 1]
     if clash:
-        raise LabError(f"merge: two different cells use the directory cells/{clash[0]}")
+        raise UserError(f"merge: two different cells use the directory cells/{clash[0]}")
 
     first = metas[0]
     sel = {k: v for k, v in _dict(first.get("selection")).items() if k != "shard"}

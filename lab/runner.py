@@ -28,7 +28,7 @@ from lab import boot, cache, classify, image, kselftest, matrix, proc, source
 from lab.build import Kernel
 from lab.cell import Cell, expected_banner, job_for, reproducer
 from lab.config import ArchSpec, BootSpec, LabConfig, QemuSpec
-from lab.errors import InfraError, LabError
+from lab.errors import InfraError, LabError, UserError
 from lab.image import BaseImage
 from lab.machine import BootError
 from lab.outcome import Deadline, Verdict
@@ -86,7 +86,7 @@ def guest_files(
     }
     for need in cell.testcase.needs:
         if not need.startswith(kselftest.PREFIX):
-            raise LabError(
+            raise UserError(
                 f"{cell.testcase.path}: unknown need {need!r} "
                 f"(known: {kselftest.PREFIX}<dir>/<name>)"
             )

@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass
 
 from lab.config import ArchSpec
-from lab.errors import LabError
+from lab.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def detect(arch: ArchSpec) -> Toolchain:
     gcc = shutil.which(gcc_name)
     if gcc is None:
         package = arch.compiler_package or gcc_name
-        raise LabError(
+        raise UserError(
             f"{gcc_name} not found (needed for {arch.name}); "
             f"install it with: sudo apt-get install {package}"
         )
