@@ -454,7 +454,7 @@ def _run_matrix(
     todo = [c for c in cells if c.id not in done_ids]
     started = time.monotonic()
     stop = runner.Stop()
-    status = "interrupted"
+    status: results.RunStatus = "interrupted"
     try:
         with Reporter() as reporter:
             kernels, failed = _build_kernels(cfg, matrix.kernels(todo), reporter)

@@ -20,16 +20,18 @@ import os
 import platform
 import secrets
 import stat
+import typing
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from lab import __version__, cache
 from lab.errors import UserError
 from lab.outcome import Outcome, Verdict
 
-STATUSES = ("running", "complete", "incomplete", "interrupted")
+RunStatus = Literal["running", "complete", "incomplete", "interrupted"]  # run.json status
+STATUSES: tuple[RunStatus, ...] = typing.get_args(RunStatus)
 
 # A results tree may come from elsewhere (a CI artefact, a shard from another host):
 # what is read from it is bounded in size and nesting and confined to it.
@@ -187,7 +189,7 @@ class RunMeta:
     run_id: str | None = None
     lab_version: str | None = None
     created: str | None = None
-    status: str | None = None  # one of STATUSES
+    status: str | None = None  # a RunStatus (any string in a foreign run.json)
     host: Any = None  # host_info() of the controller
     config: Any = None  # {"file", "sha256", "resumed_sha256" (--force-config)}
     selection: Any = None  # variants, arches, testcases, repeat, shard (what --resume replans)
