@@ -42,7 +42,7 @@ from lab import (
     source,
     testcase,
 )
-from lab.errors import LabError, printable
+from lab.errors import LabError, UserError, printable
 from lab.outcome import CLASSES
 from lab.progress import Reporter
 
@@ -120,7 +120,7 @@ def _kernel_for(
     p = build.plan(cfg, arch, variant, 0, reporter.line)
     task = reporter.task(p.label)
     built = build.build(cfg, p, task)
-    if built.kernel is None:
+    if built.kernel is None:  # a result, but lab boot/run cannot go on without the kernel
         task.finish("failed")
         raise LabError(built.message)
     task.finish("kernel cached" if built.kernel.cached else "kernel built")
@@ -256,7 +256,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     variant = cfg.variant(args.variant) if args.variant else cfg.variants[0]
     tc = testcase.find(cfg.testcases_dir, args.testcase, CLASSES)
     if not tc.runs_on(arch.name):
-        raise LabError(
+        raise UserError(
             f"test case {tc.name} does not run on {arch.name} (arches: {', '.join(tc.arches)})"
         )
     the_cell = cell.Cell(arch, variant, tc)
@@ -308,9 +308,9 @@ def _cell_facts(cell_dir: Path) -> classify.RunFacts:
             else {}
         )
     except (OSError, ValueError) as exc:
-        raise LabError(f"{cell_dir}: unreadable cell: {exc}") from None
+        raise UserError(f"{cell_dir}: unreadable cell: {exc}") from None
     if not isinstance(info, dict):
-        raise LabError(f"{cell_dir}/cell.json: not a JSON object")
+        raise UserError(f"{cell_dir}/cell.json: not a JSON object")
     records = list(reader.records)
     # A cell recorded before cell.json kept `ready`: inferred from the agent's records.
     ready = info.get("ready", any(r.get("type") == "ready" for r in records))
@@ -326,7 +326,7 @@ def _cell_facts(cell_dir: Path) -> classify.RunFacts:
             }
         )
     except LabError as exc:
-        raise LabError(f"{cell_dir / 'cell.json'}: {exc}") from None
+        raise UserError(f"{cell_dir / 'cell.json'}: {exc}") from None
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -334,18 +334,18 @@ def cmd_classify(args: argparse.Namespace) -> int:
     facts = None
     if path.is_dir():
         if not os.path.lexists(path / "console.log"):
-            raise LabError(f"{path}: neither a console log nor a cell directory (no console.log)")
+            raise UserError(f"{path}: neither a console log nor a cell directory (no console.log)")
         facts = _cell_facts(path)
         try:  # a cell directory may come from anywhere: nothing outside it is read
             raw = results.read_inside(path, path / "console.log", MAX_CONSOLE, whole=False)
         except (OSError, ValueError) as exc:
-            raise LabError(f"{path / 'console.log'}: {exc}") from None
+            raise UserError(f"{path / 'console.log'}: {exc}") from None
         path = path / "console.log"
     else:
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
-            raise LabError(f"{path}: no such console log") from None
+            raise UserError(f"{path}: no such console log") from None
     # Bytes, then decode: a console's CR CR LF must not turn into extra lines.
     text = raw.decode(errors="replace")
     result = classify.classify(text, facts)
@@ -609,7 +609,7 @@ def cmd_hosts_check(args: argparse.Namespace) -> int:
     cfg = _load(args)
     declared = _hosts(cfg)
     if not declared:
-        raise LabError(f"{cfg.file}: no [[hosts]] declared (see docs/scaling.md)")
+        raise UserError(f"{cfg.file}: no [[hosts]] declared (see docs/scaling.md)")
     chosen = hosts.select(declared, args.hosts, cfg.file) if args.hosts else declared
     answers: dict[str, list[ssh.CheckLine]] = {}
 
@@ -640,7 +640,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     lab_hosts = hosts.select(declared, args.hosts, cfg.file) if args.hosts else []
     forced = ""
     if args.force_config and not args.resume:
-        raise LabError("--force-config applies only to --resume RUN")
+        raise UserError("--force-config applies only to --resume RUN")
     if args.resume:
         run_dir = results.resolve_run(cfg.results_dir, args.resume)
         run = results.load_run(run_dir)
@@ -649,7 +649,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         current = cache.file_digest(cfg.file)
         if recorded != current:
             if not args.force_config:
-                raise LabError(
+                raise UserError(
                     f"{run_dir}: the run used a lab.toml with sha256 {str(recorded)[:12]}, "
                     f"{cfg.file} now has {current[:12]}: resume with the lab.toml the run "
                     "used, or add --force-config to mix cells of both (run.json records both)"
@@ -659,7 +659,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         if not isinstance(sel, dict) or not all(
             k in sel for k in ("variants", "arches", "testcases", "repeat")
         ):
-            raise LabError(f"{run_dir / 'run.json'}: no usable 'selection' to resume from")
+            raise UserError(f"{run_dir / 'run.json'}: no usable 'selection' to resume from")
         cells = matrix.plan(
             cfg, tcs, spec, sel["variants"], sel["arches"], sel["testcases"], sel["repeat"]
         )
@@ -671,7 +671,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         if args.shard:
             cells = matrix.shard(cells, *matrix.parse_shard(args.shard))
         if not cells:
-            raise LabError("the selection holds no cells")
+            raise UserError("the selection holds no cells")
         if args.list:
             for c in cells:
                 rule = c.cell.expectation()
