@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from lab import __version__, cache, kconfig, patches, prereqs, proc, source, templates, toolchain
 from lab.config import ArchSpec, LabConfig, Variant
-from lab.errors import InfraError, LabError
+from lab.errors import InfraError, UserError
+from lab.outcome import BuildStatus
 
 if TYPE_CHECKING:  # annotations only: SSH lab hosts run the runner without rich
     from lab.progress import Reporter, Task
@@ -104,6 +105,21 @@ class Kernel:
     log: Path
     meta: Mapping[str, Any]
     cached: bool
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """How building one planned kernel ended. A kernel that does not compile is a
+    result (README: exit status 1 under `lab build`, infra cells under `lab matrix`),
+    not an error of the lab, so it is data; bad input and lab trouble still raise."""
+
+    status: BuildStatus
+    kernel: Kernel | None  # set exactly when status.ok
+    message: str = ""  # why it failed: the make exit, its first errors, the log's path
+
+    @classmethod
+    def of(cls, kernel: Kernel) -> BuildResult:
+        return cls(BuildStatus.CACHED if kernel.cached else BuildStatus.BUILT, kernel)
 
 
 def render_fragments(cfg: LabConfig, arch: ArchSpec, variant: Variant) -> tuple[Fragment, ...]:
@@ -283,7 +299,7 @@ def configure(
         base = base_cache.read_text()
     else:
         if _run_make(p, srctree, objtree, [p.base], log_file) != 0:
-            raise LabError(
+            raise UserError(
                 f"{p.label}: 'make {p.base}' failed (lab.toml [build] base: a make target "
                 f"such as tinyconfig or a file under {cfg.config_dir}); see {log_file}"
             )
@@ -293,11 +309,11 @@ def configure(
     merged = kconfig.merge(base, settings.values())
     (objtree / ".config").write_text(merged)
     if _run_make(p, srctree, objtree, ["olddefconfig"], log_file) != 0:
-        raise LabError(f"{p.label}: make olddefconfig failed; see {log_file}")
+        raise UserError(f"{p.label}: make olddefconfig failed; see {log_file}")
     final = (objtree / ".config").read_text()
     dropped = kconfig.verify(settings, kconfig.parse_config(final))
     if dropped:
-        raise LabError(_dropped_message(p, srctree, dropped, kconfig.parse_config(final)))
+        raise UserError(_dropped_message(p, srctree, dropped, kconfig.parse_config(final)))
     return ConfigResult(base, merged, final, settings)
 
 
@@ -341,10 +357,10 @@ def _tree_paths(cfg: LabConfig, p: BuildPlan) -> tuple[Path, Path]:
     return objtree, cfg.cache_dir / "locks" / f"tree-{p.tree_key}.lock"
 
 
-def build(cfg: LabConfig, p: BuildPlan, task: Task, force: bool = False) -> Kernel:
-    """Build the planned kernel (or return it from the cache)."""
+def build(cfg: LabConfig, p: BuildPlan, task: Task, force: bool = False) -> BuildResult:
+    """Build the planned kernel (or take it from the cache)."""
     if not force and (hit := lookup(cfg, p)) is not None:
-        return hit
+        return BuildResult.of(hit)
     durations: dict[str, float] = {}
     t0 = time.monotonic()
 
@@ -363,7 +379,7 @@ def build(cfg: LabConfig, p: BuildPlan, task: Task, force: bool = False) -> Kern
     task.phase("waiting for build tree")
     with cache.locked(lock):
         if not force and (hit := lookup(cfg, p)) is not None:
-            return hit
+            return BuildResult.of(hit)
         log_file = objtree / ".lab" / "build.log"
         log_file.parent.mkdir(exist_ok=True)
         log_file.write_text(f"# lab {__version__} build of {p.label} key {p.key}\n")
@@ -389,13 +405,15 @@ def build(cfg: LabConfig, p: BuildPlan, task: Task, force: bool = False) -> Kern
         if rc != 0:
             errors = first_errors(log_file.read_text(errors="replace"))
             shown = "\n  ".join(errors) if errors else "(no error line found)"
-            raise LabError(
+            return BuildResult(
+                BuildStatus.BUILD_FAILED,
+                None,
                 f"{p.label}: build failed (make exit {rc}); first errors:\n  {shown}\n"
-                f"full log: {log_file}"
+                f"full log: {log_file}",
             )
         task.phase("collect")
         kernel = _collect(cfg, p, srctree, objtree, conf, log_file, durations, compiled, t0)
-    return kernel
+    return BuildResult.of(kernel)
 
 
 def _collect(

@@ -20,7 +20,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.errors import LabError
+from lab.errors import InfraError
 
 PACKAGES = ("lab", "pexpect", "ptyprocess", "jinja2", "markupsafe")
 MANIFEST = "BUNDLE"  # written into the bundle root; its presence marks a complete upload
@@ -59,7 +59,7 @@ def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     locations = list(spec.submodule_search_locations or []) if spec else []
     if not locations:
-        raise LabError(f"cannot bundle {name!r} for lab hosts: the package is not installed")
+        raise InfraError(f"cannot bundle {name!r} for lab hosts: the package is not installed")
     return Path(locations[0])
 
 

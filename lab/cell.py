@@ -66,11 +66,3 @@ def reproducer(cfg: LabConfig, cell: Cell) -> str:
             cell.variant.name,
         ]
     )
-
-
-def verdict_for(observed: str, expected: tuple[str, ...]) -> str:
-    if observed == "infra_error":
-        return "infra"
-    if not expected:
-        return "unexpected"
-    return "expected" if observed in expected else "unexpected"

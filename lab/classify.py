@@ -28,24 +28,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from lab.errors import LabError
+from lab.errors import UserError
+from lab.outcome import CLASSES as CLASSES  # re-exported: callers knew it here
 from lab.signatures import INT_FIELDS, SIGNATURES, Signature
-
-CLASSES: tuple[str, ...] = (
-    "pass",
-    "fail",
-    "sigbus",
-    "oom_kill",
-    "fault_livelock",
-    "refused",
-    "oops",
-    "bug",
-    "warn",
-    "panic",
-    "hang",
-    "boot_failure",
-    "infra_error",
-)
 
 MAX_EVIDENCE = 40  # evidence lines per classification
 MAX_TEXT = 2000  # characters of one console line kept in evidence
@@ -91,7 +76,7 @@ class RunFacts:
     """
 
     ready: bool = False
-    deadline: str | None = None
+    deadline: str | None = None  # a lab.outcome.Deadline; from a cell.json, any string
     qemu_exit: int | None = None
     records: tuple[Mapping[str, Any], ...] = ()
     problems: tuple[str, ...] = ()
@@ -107,7 +92,7 @@ class RunFacts:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise LabError(f"facts: unknown key(s) {unknown}; expected some of {sorted(known)}")
+            raise UserError(f"facts: unknown key(s) {unknown}; expected some of {sorted(known)}")
         ready = data.get("ready", False)
         deadline = data.get("deadline")
         qemu_exit = data.get("qemu_exit")
@@ -115,19 +100,19 @@ class RunFacts:
         problems = data.get("problems", [])
         banner = data.get("expected_banner")
         if not isinstance(ready, bool):
-            raise LabError("facts: 'ready' must be true or false")
+            raise UserError("facts: 'ready' must be true or false")
         if deadline is not None and not isinstance(deadline, str):
-            raise LabError("facts: 'deadline' must be a string or null")
+            raise UserError("facts: 'deadline' must be a string or null")
         if qemu_exit is not None and _int(qemu_exit) is None:
-            raise LabError("facts: 'qemu_exit' must be an integer or null")
+            raise UserError("facts: 'qemu_exit' must be an integer or null")
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-            raise LabError("facts: 'records' must be a list of objects")
+            raise UserError("facts: 'records' must be a list of objects")
         if not isinstance(problems, list) or not all(isinstance(p, str) for p in problems):
-            raise LabError("facts: 'problems' must be a list of strings")
+            raise UserError("facts: 'problems' must be a list of strings")
         if banner is not None and not (
             isinstance(banner, dict) and all(isinstance(v, str) for v in banner.values())
         ):
-            raise LabError("facts: 'expected_banner' must be an object of strings or null")
+            raise UserError("facts: 'expected_banner' must be an object of strings or null")
         return cls(ready, deadline, qemu_exit, tuple(records), tuple(problems), banner)
 
 
@@ -151,7 +136,7 @@ class Evidence:
 
 @dataclass(frozen=True)
 class Classification:
-    outcome: str  # one of CLASSES
+    outcome: str  # one of CLASSES (an Outcome value)
     detail: str  # one human line
     rule: str  # id of the precedence rule that decided (see RULES)
     rule_text: str  # that rule in one sentence

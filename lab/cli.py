@@ -42,7 +42,8 @@ from lab import (
     source,
     testcase,
 )
-from lab.errors import LabError, printable
+from lab.errors import LabError, UserError, printable
+from lab.outcome import CLASSES
 from lab.progress import Reporter
 
 
@@ -73,12 +74,14 @@ def cmd_build(args: argparse.Namespace) -> int:
             started = time.monotonic()
             task = reporter.task(p.label)
             try:
-                kernel = build.build(cfg, p, task, force=args.force)
-            except LabError as exc:
+                built = build.build(cfg, p, task, force=args.force)
+            except LabError:
                 task.finish("failed")
-                if "build failed" in str(exc):
-                    raise BuildFailed(str(exc)) from None
                 raise
+            if built.kernel is None:
+                task.finish("failed")
+                raise BuildFailed(built.message)
+            kernel = built.kernel
             wall = time.monotonic() - started
             if kernel.cached:
                 task.finish(f"cached ({wall:.2f}s, no make): {kernel.image}")
@@ -116,9 +119,12 @@ def _kernel_for(
     build.check_host_tools()
     p = build.plan(cfg, arch, variant, 0, reporter.line)
     task = reporter.task(p.label)
-    kernel = build.build(cfg, p, task)
-    task.finish("kernel cached" if kernel.cached else "kernel built")
-    return kernel
+    built = build.build(cfg, p, task)
+    if built.kernel is None:  # a result, but lab boot/run cannot go on without the kernel
+        task.finish("failed")
+        raise LabError(built.message)
+    task.finish("kernel cached" if built.kernel.cached else "kernel built")
+    return built.kernel
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
@@ -226,21 +232,21 @@ def new_run_dir(cfg: config.LabConfig, label: str = "") -> Path:
     return run
 
 
-def print_cell(res: runner.CellResult, stream: TextIO = sys.stdout) -> None:
+def print_cell(res: results.CellResult, stream: TextIO = sys.stdout) -> None:
     expected = "|".join(res.expected) or "(no expectation declared)"
     word = {"expected": "as expected", "unexpected": "UNEXPECTED", "infra": "INFRASTRUCTURE ERROR"}[
         res.verdict
     ]
-    print(f"{res.cell_id}: observed {res.observed}, expected {expected} -> {word}", file=stream)
+    print(f"{res.id}: observed {res.observed}, expected {expected} -> {word}", file=stream)
     print(f"  {res.detail}", file=stream)
     print(f"  rule: {res.rule}: {res.rule_text}", file=stream)
-    if res.evidence:
+    if res.lines:
         print("  evidence:", file=stream)
-        for ev in res.evidence[:25]:
+        for ev in res.lines[:25]:
             where = f"L{ev.get('line_no')}" if ev.get("line_no") else "agent"
             print(f"    {where:>6} {ev.get('text', '')}", file=stream)
-        if len(res.evidence) > 25:
-            print(f"    ... {len(res.evidence) - 25} more in evidence.json", file=stream)
+        if len(res.lines) > 25:
+            print(f"    ... {len(res.lines) - 25} more in evidence.json", file=stream)
     print(f"  artefacts: {res.dir}", file=stream)
 
 
@@ -248,9 +254,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     arch = cfg.arch(args.arch)
     variant = cfg.variant(args.variant) if args.variant else cfg.variants[0]
-    tc = testcase.find(cfg.testcases_dir, args.testcase, classify.CLASSES)
+    tc = testcase.find(cfg.testcases_dir, args.testcase, CLASSES)
     if not tc.runs_on(arch.name):
-        raise LabError(
+        raise UserError(
             f"test case {tc.name} does not run on {arch.name} (arches: {', '.join(tc.arches)})"
         )
     the_cell = cell.Cell(arch, variant, tc)
@@ -302,9 +308,9 @@ def _cell_facts(cell_dir: Path) -> classify.RunFacts:
             else {}
         )
     except (OSError, ValueError) as exc:
-        raise LabError(f"{cell_dir}: unreadable cell: {exc}") from None
+        raise UserError(f"{cell_dir}: unreadable cell: {exc}") from None
     if not isinstance(info, dict):
-        raise LabError(f"{cell_dir}/cell.json: not a JSON object")
+        raise UserError(f"{cell_dir}/cell.json: not a JSON object")
     records = list(reader.records)
     # A cell recorded before cell.json kept `ready`: inferred from the agent's records.
     ready = info.get("ready", any(r.get("type") == "ready" for r in records))
@@ -320,7 +326,7 @@ def _cell_facts(cell_dir: Path) -> classify.RunFacts:
             }
         )
     except LabError as exc:
-        raise LabError(f"{cell_dir / 'cell.json'}: {exc}") from None
+        raise UserError(f"{cell_dir / 'cell.json'}: {exc}") from None
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -328,18 +334,18 @@ def cmd_classify(args: argparse.Namespace) -> int:
     facts = None
     if path.is_dir():
         if not os.path.lexists(path / "console.log"):
-            raise LabError(f"{path}: neither a console log nor a cell directory (no console.log)")
+            raise UserError(f"{path}: neither a console log nor a cell directory (no console.log)")
         facts = _cell_facts(path)
         try:  # a cell directory may come from anywhere: nothing outside it is read
             raw = results.read_inside(path, path / "console.log", MAX_CONSOLE, whole=False)
         except (OSError, ValueError) as exc:
-            raise LabError(f"{path / 'console.log'}: {exc}") from None
+            raise UserError(f"{path / 'console.log'}: {exc}") from None
         path = path / "console.log"
     else:
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
-            raise LabError(f"{path}: no such console log") from None
+            raise UserError(f"{path}: no such console log") from None
     # Bytes, then decode: a console's CR CR LF must not turn into extra lines.
     text = raw.decode(errors="replace")
     result = classify.classify(text, facts)
@@ -371,10 +377,13 @@ def _build_kernels(
     for p in plans:
         task = reporter.task(p.label)
         try:
-            k = build.build(cfg, p, task)
-        except LabError as exc:
+            built = build.build(cfg, p, task)
+            k, why = built.kernel, built.message
+        except LabError as exc:  # bad config, lab trouble: its cells become infra cells too
+            k, why = None, str(exc)
+        if k is None:
             task.finish("FAILED")
-            failed[p.label] = str(exc).splitlines()[0]
+            failed[p.label] = why.splitlines()[0]
             continue
         task.finish(
             f"cached ({k.key})"
@@ -438,36 +447,35 @@ def _run_matrix(
     lab_hosts: Sequence[hosts.Host],
     forced_config: str,
 ) -> int:
-    run = results.load_run(run_dir)
-    if forced_config:
-        conf = run.get("config")
-        if isinstance(conf, dict):
-            conf["resumed_sha256"] = [*(conf.get("resumed_sha256") or []), forced_config]
+    run = results.RunMeta.from_json(results.load_run(run_dir))
+    if forced_config and isinstance(run.config, dict):
+        run.config["resumed_sha256"] = [*(run.config.get("resumed_sha256") or []), forced_config]
     done_ids = results.finished_ids(run_dir)
     todo = [c for c in cells if c.id not in done_ids]
     started = time.monotonic()
     stop = runner.Stop()
-    status = "interrupted"
+    status: results.RunStatus = "interrupted"
     try:
         with Reporter() as reporter:
             kernels, failed = _build_kernels(cfg, matrix.kernels(todo), reporter)
-            run.setdefault("kernels", {}).update(
-                {label: _kernel_provenance(k) for label, k in kernels.items()}
-            )
-            run.setdefault("build_failures", {}).update(failed)
+            provenance = {label: _kernel_provenance(k) for label, k in kernels.items()}
+            run.kernels = {**(run.kernels or {}), **provenance}
+            run.build_failures = {**(run.build_failures or {}), **failed}
             images = {}
             for arch_name in sorted({c.cell.arch.name for c in todo}):
                 img = boot.base_image(cfg, cfg.arch(arch_name), reporter.line)
                 images[arch_name] = img
-                run.setdefault("images", {})[arch_name] = {"key": img.key, "path": str(img.path)}
-            run.setdefault("durations", {})["build_and_images"] = round(
-                time.monotonic() - started, 1
-            )
-            results.write_run(run_dir, run)
+                run.images = {
+                    **(run.images or {}),
+                    arch_name: {"key": img.key, "path": str(img.path)},
+                }
+            seconds = round(time.monotonic() - started, 1)
+            run.durations = {**(run.durations or {}), "build_and_images": seconds}
+            run.write(run_dir)
             runnable = [c for c in todo if c.kernel in kernels]
             for c in todo:
                 if c.kernel in failed:
-                    runner._infra_cell(
+                    runner.infra_cell(
                         cfg,
                         c,
                         run_dir / "cells" / c.dirname,
@@ -492,7 +500,7 @@ def _run_matrix(
                 running.add(p.id)
                 show()
 
-            def on_done(p: matrix.Planned, res: runner.CellResult | None, err: str) -> None:
+            def on_done(p: matrix.Planned, res: results.CellResult | None, err: str) -> None:
                 nonlocal finished, unexpected
                 running.discard(p.id)
                 finished += 1
@@ -518,7 +526,7 @@ def _run_matrix(
             workers: list[runner.Worker] = []
             if lab_hosts and runnable:
                 workers = _open_hosts(cfg, lab_hosts, run, reporter.line)
-                results.write_run(run_dir, run)
+                run.write(run_dir)
             try:
                 runner.run_cells(
                     cfg,
@@ -536,19 +544,20 @@ def _run_matrix(
             finally:
                 _close_hosts(workers, run)
             progress.finish(f"{finished}/{total} cells, {unexpected} not as expected")
-            run["durations"]["cells"] = round(time.monotonic() - t_cells, 1)
+            run.durations["cells"] = round(time.monotonic() - t_cells, 1)
         status = "complete"
     finally:
         records = results.read_cells(run_dir)
-        planned = set(results.planned_ids(run))
-        missing = planned - {results.run_cell_id(r) for r in records}
-        run["status"] = status if not missing or status != "complete" else "incomplete"
-        run["not_run"] = sorted(missing)
-        run["finished"] = results.now()
-        run.setdefault("durations", {})["last_invocation"] = round(time.monotonic() - started, 1)
-        results.write_run(run_dir, run)
+        planned = set(results.planned_ids(run.to_json()))
+        missing = planned - {r.run_cell_id for r in records}
+        run.status = status if not missing or status != "complete" else "incomplete"
+        run.not_run = sorted(missing)
+        run.finished = results.now()
+        last = round(time.monotonic() - started, 1)
+        run.durations = {**(run.durations or {}), "last_invocation": last}
+        run.write(run_dir)
         report.render(run_dir)
-    code = results.exit_code(run, records)
+    code = results.exit_code(run.to_json(), records)
     if not quiet:
         print(report.text_summary(run_dir))
     return code
@@ -557,7 +566,7 @@ def _run_matrix(
 def _open_hosts(
     cfg: config.LabConfig,
     lab_hosts: Sequence[hosts.Host],
-    run: dict[str, object],
+    run: results.RunMeta,
     log: Callable[[str], None],
 ) -> list[runner.Worker]:
     from lab import ssh  # fabric/paramiko load only when hosts are used
@@ -573,14 +582,14 @@ def _open_hosts(
             "python": w.info.python_version if w else None,
             "status": "ok" if w else f"unusable: {failed.get(h.name, '')}",
         }
-    run["hosts"] = record
+    run.hosts = record
     return list(workers)
 
 
-def _close_hosts(workers: Sequence[runner.Worker], run: dict[str, object]) -> None:
+def _close_hosts(workers: Sequence[runner.Worker], run: results.RunMeta) -> None:
     from lab import ssh
 
-    record = run.get("hosts")
+    record = run.hosts
     for w in workers:
         if isinstance(w, ssh.RemoteWorker):
             w.close()
@@ -600,7 +609,7 @@ def cmd_hosts_check(args: argparse.Namespace) -> int:
     cfg = _load(args)
     declared = _hosts(cfg)
     if not declared:
-        raise LabError(f"{cfg.file}: no [[hosts]] declared (see docs/scaling.md)")
+        raise UserError(f"{cfg.file}: no [[hosts]] declared (see docs/scaling.md)")
     chosen = hosts.select(declared, args.hosts, cfg.file) if args.hosts else declared
     answers: dict[str, list[ssh.CheckLine]] = {}
 
@@ -621,7 +630,7 @@ def cmd_hosts_check(args: argparse.Namespace) -> int:
 
 def cmd_matrix(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    tcs = testcase.discover(cfg.testcases_dir, classify.CLASSES)
+    tcs = testcase.discover(cfg.testcases_dir, CLASSES)
     for problem in matrix.unknown_rule_keys(cfg, tcs):
         print(
             f"lab: warning: expectation uses a key no variant defines: {problem}", file=sys.stderr
@@ -631,7 +640,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     lab_hosts = hosts.select(declared, args.hosts, cfg.file) if args.hosts else []
     forced = ""
     if args.force_config and not args.resume:
-        raise LabError("--force-config applies only to --resume RUN")
+        raise UserError("--force-config applies only to --resume RUN")
     if args.resume:
         run_dir = results.resolve_run(cfg.results_dir, args.resume)
         run = results.load_run(run_dir)
@@ -640,7 +649,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         current = cache.file_digest(cfg.file)
         if recorded != current:
             if not args.force_config:
-                raise LabError(
+                raise UserError(
                     f"{run_dir}: the run used a lab.toml with sha256 {str(recorded)[:12]}, "
                     f"{cfg.file} now has {current[:12]}: resume with the lab.toml the run "
                     "used, or add --force-config to mix cells of both (run.json records both)"
@@ -650,7 +659,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         if not isinstance(sel, dict) or not all(
             k in sel for k in ("variants", "arches", "testcases", "repeat")
         ):
-            raise LabError(f"{run_dir / 'run.json'}: no usable 'selection' to resume from")
+            raise UserError(f"{run_dir / 'run.json'}: no usable 'selection' to resume from")
         cells = matrix.plan(
             cfg, tcs, spec, sel["variants"], sel["arches"], sel["testcases"], sel["repeat"]
         )
@@ -662,7 +671,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         if args.shard:
             cells = matrix.shard(cells, *matrix.parse_shard(args.shard))
         if not cells:
-            raise LabError("the selection holds no cells")
+            raise UserError("the selection holds no cells")
         if args.list:
             for c in cells:
                 rule = c.cell.expectation()
@@ -698,14 +707,14 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    modes = failures.parse(cfg.extra.get("failure_mode"), cfg.file, classify.CLASSES)
+    modes = failures.parse(cfg.extra.get("failure_mode"), cfg.file, CLASSES)
     if args.list or not args.id:
         for m in modes:
             print(f"{m.id:32} {m.who}: {m.testcase} on {', '.join(m.variants)}")
             print(f'{"":32} "{m.claim}"')
         return 0
     chosen = modes if args.id == ["all"] else [failures.find(modes, i, cfg.file) for i in args.id]
-    tcs = {t.name: t for t in testcase.discover(cfg.testcases_dir, classify.CLASSES)}
+    tcs = {t.name: t for t in testcase.discover(cfg.testcases_dir, CLASSES)}
     cells: dict[str, matrix.Planned] = {}
     for m in chosen:
         if m.testcase not in tcs:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab import templates, variants
-from lab.errors import LabError
+from lab.errors import UserError
 from lab.tomlread import Scalar, Table
 
 SOURCE_KINDS = ("debian", "tarball", "tree", "git")
@@ -54,7 +54,7 @@ def check_cmdline(value: str, where: str) -> str:
     Whitespace (newlines, tabs) is fine: the command line is split into words later.
     """
     if any(unicodedata.category(c) == "Cc" for c in " ".join(value.split())):
-        raise LabError(
+        raise UserError(
             f"{where}: {value!r} contains a control character; "
             "a kernel command line is printable text"
         )
@@ -172,7 +172,7 @@ class LabConfig:
 
     def arch(self, name: str) -> ArchSpec:
         if name not in self.arches:
-            raise LabError(
+            raise UserError(
                 f"{self.file}: unknown arch {name!r}; valid: {', '.join(self.arches) or '(none)'}"
             )
         return self.arches[name]
@@ -182,7 +182,7 @@ class LabConfig:
             if v.name == name:
                 return v
         valid = ", ".join(v.name for v in self.variants) or "(none)"
-        raise LabError(f"{self.file}: unknown variant {name!r}; valid: {valid}")
+        raise UserError(f"{self.file}: unknown variant {name!r}; valid: {valid}")
 
 
 def default_cache_dir() -> Path:
@@ -196,21 +196,21 @@ def load(file: Path) -> LabConfig:
         with file.open("rb") as f:
             raw = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise LabError(
+        raise UserError(
             f"{file}: not found (pass --config PATH or run from the lab directory)"
         ) from None
     except OSError as exc:
-        raise LabError(f"{file}: cannot read: {exc.strerror}") from None
+        raise UserError(f"{file}: cannot read: {exc.strerror}") from None
     if len(raw) > MAX_FILE_BYTES:
-        raise LabError(f"{file}: larger than {MAX_FILE_BYTES >> 20} MiB; not a lab.toml")
+        raise UserError(f"{file}: larger than {MAX_FILE_BYTES >> 20} MiB; not a lab.toml")
     try:
         data = tomllib.loads(raw.decode())
     except UnicodeDecodeError as exc:
-        raise LabError(f"{file}: not UTF-8 text (byte {exc.start})") from None
+        raise UserError(f"{file}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
-        raise LabError(f"{file}: malformed TOML: {exc}") from None
+        raise UserError(f"{file}: malformed TOML: {exc}") from None
     except RecursionError:
-        raise LabError(f"{file}: malformed TOML: arrays or tables nested too deeply") from None
+        raise UserError(f"{file}: malformed TOML: arrays or tables nested too deeply") from None
     return parse(data, file)
 
 
@@ -224,9 +224,9 @@ def _check_values(data: dict[str, object], file: Path) -> None:
     while stack:
         key, value = stack.pop()
         if isinstance(value, float) and not math.isfinite(value):
-            raise LabError(f"{file}: {key}: {value} is not a finite number")
+            raise UserError(f"{file}: {key}: {value} is not a finite number")
         if isinstance(value, str) and "\0" in value:
-            raise LabError(f"{file}: {key}: {value!r} contains a control character (NUL)")
+            raise UserError(f"{file}: {key}: {value!r} contains a control character (NUL)")
         if isinstance(value, dict):
             stack += [(f"{key}.{k}", v) for k, v in value.items()]
         elif isinstance(value, list):
@@ -486,13 +486,13 @@ def _family(family: str, t: Table, root: Path) -> list[Variant]:
 
     product = math.prod(len(v) for v in axes.values())
     if product > MAX_COMBINATIONS:
-        raise LabError(
+        raise UserError(
             f"{where} axes: {' x '.join(str(len(v)) for v in axes.values())} = {product} "
             f"combinations; at most {MAX_COMBINATIONS} (split the family)"
         )
     expanded = variants.expand(axes, include, exclude, constants)
     if not expanded:
-        raise LabError(
+        raise UserError(
             f"{where}: every combination is excluded ({len(exclude)} exclude entries) "
             "and no include adds one"
         )
@@ -508,7 +508,7 @@ def _family(family: str, t: Table, root: Path) -> list[Variant]:
 
         name = render("name", name_tpl).strip()
         if not valid_name(name):
-            raise LabError(
+            raise UserError(
                 f"{where} name: {name!r} (for {combo}) is not a valid variant name; {NAME_RULE}"
             )
         ctx["variant"] = name

@@ -2,11 +2,20 @@
 
 
 class LabError(Exception):
-    """A problem the user can fix: bad input, missing tool. Printed as one line."""
+    """A problem printed as one line at the CLI (exit status 2). Raise one of the two
+    kinds below; catch this one where either kind ends the same way (a cell becomes
+    an infra_error, a command exits 2)."""
+
+
+class UserError(LabError):
+    """The input is wrong and the user can fix it: a bad lab.toml, test case, patch,
+    template, option or results directory, a missing host tool. The message names the
+    file, key or value and what would be valid."""
 
 
 class InfraError(LabError):
-    """The lab or the host failed, not the input."""
+    """The lab or the host failed, not the input: a tool that worked before failed, a
+    download or an extraction broke, a lab host was lost."""
 
 
 # C0 and C1 controls, DEL, and the bidi/format controls that reorder what a terminal or

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from lab.errors import LabError
+from lab.errors import UserError
 
 Scalar = str | int | bool | float
 
@@ -56,14 +56,14 @@ def norm(value: Scalar) -> str:
 
 def parse_rule(text: str, where: str, classes: Sequence[str] = ()) -> Rule:
     if "->" not in text:
-        raise LabError(f"{where}: rule {text!r} has no '->' (write 'key=value ... -> outcome')")
+        raise UserError(f"{where}: rule {text!r} has no '->' (write 'key=value ... -> outcome')")
     cond, _, outcome = text.rpartition("->")
     outcomes = tuple(o.strip() for o in outcome.split("|") if o.strip())
     if not outcomes:
-        raise LabError(f"{where}: rule {text!r} names no outcome")
+        raise UserError(f"{where}: rule {text!r} names no outcome")
     for o in outcomes:
         if classes and o not in classes:
-            raise LabError(
+            raise UserError(
                 f"{where}: rule {text!r}: unknown outcome {o!r}; valid: {', '.join(classes)}"
             )
     terms = []
@@ -73,7 +73,7 @@ def parse_rule(text: str, where: str, classes: Sequence[str] = ()) -> Rule:
         negate = "!=" in word
         key, sep, value = word.partition("!=" if negate else "=")
         if not sep or not key or not value:
-            raise LabError(
+            raise UserError(
                 f"{where}: rule {text!r}: bad term {word!r} (use key=value, key=a|b or key!=value)"
             )
         terms.append(Term(key, negate, tuple(norm(v) for v in value.split("|"))))

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.errors import LabError
+from lab.errors import UserError
 from lab.tomlread import Table
 
 ANSWERS = ("reproduced", "not reproduced", "different outcome")
@@ -47,7 +47,7 @@ def parse(raw: object, file: Path, classes: Sequence[str] = ()) -> list[FailureM
     if raw is None:
         return []
     if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
-        raise LabError(f"{file}: failure_mode must be an array of tables ([[failure_mode]])")
+        raise UserError(f"{file}: failure_mode must be an array of tables ([[failure_mode]])")
     out: list[FailureMode] = []
     for i, entry in enumerate(raw):
         t = Table(file, f"failure_mode[{i}]", dict(entry))
@@ -76,7 +76,7 @@ def find(modes: Sequence[FailureMode], ident: str, file: Path) -> FailureMode:
     for m in modes:
         if m.id == ident:
             return m
-    raise LabError(
+    raise UserError(
         f"{file}: unknown failure mode {ident!r}; valid: "
         f"{', '.join(m.id for m in modes) or '(none declared)'}"
     )

@@ -15,7 +15,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.errors import LabError
+from lab.errors import UserError
 from lab.tomlread import Table
 
 POLICIES = ("strict", "accept-new")
@@ -62,7 +62,7 @@ def parse(raw: object, file: Path, arch_names: Collection[str] = ()) -> list[Hos
     if raw is None:
         return []
     if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
-        raise LabError(f"{file}: hosts must be an array of tables ([[hosts]])")
+        raise UserError(f"{file}: hosts must be an array of tables ([[hosts]])")
     root = file.resolve().parent
     out: list[Host] = []
     for i, entry in enumerate(raw):
@@ -120,16 +120,16 @@ def select(hosts: Sequence[Host], spec: str, file: Path) -> list[Host]:
     """`--hosts NAME,...` or `all`; an unknown name is an error listing the valid ones."""
     names = [n for n in (x.strip() for x in spec.split(",")) if n]
     if not hosts:
-        raise LabError(f"{file}: --hosts {spec!r}: no [[hosts]] declared")
+        raise UserError(f"{file}: --hosts {spec!r}: no [[hosts]] declared")
     if names == ["all"]:
         return list(hosts)
     by_name = {h.name: h for h in hosts}
     chosen: list[Host] = []
     for n in names:
         if n not in by_name:
-            raise LabError(f"{file}: unknown host {n!r}; valid: all, {', '.join(by_name)}")
+            raise UserError(f"{file}: unknown host {n!r}; valid: all, {', '.join(by_name)}")
         if by_name[n] not in chosen:
             chosen.append(by_name[n])
     if not chosen:
-        raise LabError(f"--hosts {spec!r}: name at least one host, or 'all'")
+        raise UserError(f"--hosts {spec!r}: name at least one host, or 'all'")
     return chosen

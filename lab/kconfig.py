@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.errors import LabError
+from lab.errors import UserError
 
 _SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 # What Kconfig accepts as a value: tristate, decimal, hex, or a quoted string.
@@ -38,7 +38,7 @@ def parse_fragment(text: str, source: str) -> list[Setting]:
         line = raw.strip()
         if m := _SET.match(line):
             if not _VALUE.match(m[2]):
-                raise LabError(
+                raise UserError(
                     f"{source}:{no}: {m[1]}: {m[2]!r} is not a kconfig value "
                     '(y, m, n, a number, 0x-hex or a "quoted string"); '
                     "did a template join two lines?"
@@ -47,12 +47,12 @@ def parse_fragment(text: str, source: str) -> list[Setting]:
         elif m := _UNSET.match(line):
             out.append(Setting(m[1], "n", f"{source}:{no}"))
         elif line.startswith("# CONFIG_"):
-            raise LabError(
+            raise UserError(
                 f"{source}:{no}: malformed line {line[:80]!r} "
                 "(expected '# CONFIG_FOO is not set'; did a template join two lines?)"
             )
         elif line and not line.startswith("#"):
-            raise LabError(
+            raise UserError(
                 f"{source}:{no}: not a kconfig line: {line!r} "
                 "(expected CONFIG_FOO=value or '# CONFIG_FOO is not set')"
             )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lab import cache, image, prereqs, toolchain
 from lab.config import ArchSpec
-from lab.errors import LabError
+from lab.errors import LabError, UserError
 
 PREFIX = "kselftest:"
 # Per selftest: the guest-arch package with the static library it links (fetched through
@@ -36,12 +36,12 @@ def build(
     """The guest binary for `kselftest:<dir>/<name>`; built once per input hash."""
     name = spec.removeprefix(PREFIX)
     if name not in LIBS:
-        raise LabError(f"unknown selftest {spec!r}; known: {', '.join(PREFIX + k for k in LIBS)}")
+        raise UserError(f"unknown selftest {spec!r}; known: {', '.join(PREFIX + k for k in LIBS)}")
     package, libs = LIBS[name]
     src = srctree / "tools" / "testing" / "selftests" / f"{name}.c"
     header = srctree / "tools" / "testing" / "selftests" / "kselftest.h"
     if not src.is_file():
-        raise LabError(f"{spec}: {src} not found in the kernel source")
+        raise UserError(f"{spec}: {src} not found in the kernel source")
     tools = toolchain.detect(arch)
     key = cache.digest_json(
         {

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import pexpect
 
@@ -40,10 +40,14 @@ TROUBLE = re.compile(
 SETTLE = 1.0  # seconds of extra console collected after a boot-time oops
 
 
+BootKind = Literal["panic", "oops", "hang", "exited"]
+Followed = Literal["record", "exited", "timeout"]  # how Machine.follow returned
+
+
 class BootError(LabError):
     """The guest did not reach its ready marker. `kind`: panic, oops, hang, exited."""
 
-    def __init__(self, kind: str, message: str, lines: list[str]) -> None:
+    def __init__(self, kind: BootKind, message: str, lines: list[str]) -> None:
         super().__init__(message)
         self.kind = kind
         self.lines = lines
@@ -378,7 +382,7 @@ class Machine:
         until: Callable[[dict[str, Any]], bool],
         timeout: float,
         on_record: Callable[[dict[str, Any]], None] = lambda _r: None,
-    ) -> str:
+    ) -> Followed:
         """Pump the console and the result channel until a record satisfies `until`.
 
         Returns "record", "exited" (QEMU ended first) or "timeout".

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lab.cell import Cell
 from lab.config import LabConfig
-from lab.errors import LabError
+from lab.errors import UserError
 from lab.testcase import TestCase
 from lab.tomlread import Table
 
@@ -57,7 +57,7 @@ def parse_spec(raw: object, file: str) -> MatrixSpec:
     if raw is None:
         return MatrixSpec()
     if not isinstance(raw, dict):
-        raise LabError(f"{file}: [matrix] must be a table")
+        raise UserError(f"{file}: [matrix] must be a table")
     t = Table(Path(file), "matrix", dict(raw))
     excludes = []
     for entry in t.table_list("exclude"):
@@ -90,7 +90,7 @@ def _match(name: str, patterns: Sequence[str]) -> bool:
 def _check(names: Sequence[str], patterns: Sequence[str], what: str, file: str) -> None:
     for p in patterns:
         if not any(fnmatch.fnmatchcase(n, p) for n in names):
-            raise LabError(
+            raise UserError(
                 f"{file}: {what} {p!r} matches nothing; valid: {', '.join(names) or '(none)'}"
             )
 
@@ -100,7 +100,7 @@ def _check_testcase_arches(testcases: Sequence[TestCase], arches: Sequence[str])
     for tc in testcases:
         for a in tc.arches:
             if a != "*" and a not in arches:
-                raise LabError(
+                raise UserError(
                     f"{tc.path}: TESTCASE['arches']: unknown arch {a!r}; "
                     f"valid: {', '.join(arches)}, or '*'"
                 )
@@ -136,7 +136,7 @@ def plan(
     repeats = repeat or spec.repeat
     if not 1 <= repeats <= MAX_REPEAT:
         size = "too large" if repeats > MAX_REPEAT else "too small"
-        raise LabError(f"--repeat {repeats} is {size}; must be 1..{MAX_REPEAT}")
+        raise UserError(f"--repeat {repeats} is {size}; must be 1..{MAX_REPEAT}")
     cells: list[Planned] = []
     for arch_name in a_names:
         if not _match(arch_name, spec.arches) or (cli_a and not _match(arch_name, cli_a)):
@@ -159,7 +159,7 @@ def plan(
                 ):
                     continue
                 if len(cells) + repeats > MAX_CELLS:
-                    raise LabError(
+                    raise UserError(
                         f"{file}: the selection holds more than {MAX_CELLS} cells; at most "
                         f"{MAX_CELLS} (narrow it with --variant, --arch, --testcase or [matrix])"
                     )
@@ -172,7 +172,7 @@ def shard(cells: Sequence[Planned], index: int, total: int) -> list[Planned]:
     """Shard `index` (1-based) of `total`: whole kernels go to one shard, so each shard
     builds only what it runs; kernels are dealt round-robin in a stable order."""
     if total < 1 or not 1 <= index <= total:
-        raise LabError(f"--shard {index}/{total}: use K/N with 1 <= K <= N")
+        raise UserError(f"--shard {index}/{total}: use K/N with 1 <= K <= N")
     kernels = sorted({c.kernel for c in cells})
     mine = {k for i, k in enumerate(kernels) if i % total == index - 1}
     return [c for c in cells if c.kernel in mine]
@@ -182,9 +182,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         k, n = (int(x) for x in text.split("/"))
     except ValueError:
-        raise LabError(f"--shard {text!r}: use K/N, e.g. 2/3") from None
+        raise UserError(f"--shard {text!r}: use K/N, e.g. 2/3") from None
     if n < 1 or not 1 <= k <= n:
-        raise LabError(f"--shard {text!r}: use K/N with 1 <= K <= N")
+        raise UserError(f"--shard {text!r}: use K/N with 1 <= K <= N")
     return k, n
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab import cache, prereqs
-from lab.errors import InfraError, LabError
+from lab.errors import InfraError, UserError
 from lab.source import Log, Source
 
 
@@ -59,7 +59,7 @@ def load_series(patches_dir: Path, names: tuple[str, ...]) -> Series:
                 if patches_dir.is_dir()
                 else []
             )
-            raise LabError(
+            raise UserError(
                 f"patch series {name!r}: {series_file} not found; "
                 f"available: {', '.join(available) or '(none)'}"
             )
@@ -70,13 +70,13 @@ def load_series(patches_dir: Path, names: tuple[str, ...]) -> Series:
             rel = entry.split()[0]
             # The series file lists patches beside it (quilt's layout), nothing else.
             if rel.startswith("/") or ".." in rel.split("/"):
-                raise LabError(
+                raise UserError(
                     f"{series_file}:{no}: {rel!r} is outside the series directory; "
                     "list patch files that sit beside the series file"
                 )
             path = series_file.parent / rel
             if not path.is_file():
-                raise LabError(f"{series_file}:{no}: patch {entry!r} not found")
+                raise UserError(f"{series_file}:{no}: patch {entry!r} not found")
             patches.append(Patch(name, entry, path, cache.file_digest(path)))
     return Series(tuple(patches))
 
@@ -281,19 +281,19 @@ def _apply_one(tree: Path, patch: Patch) -> None:
     with patch.path.open("rb") as f:
         raw = f.read(MAX_PATCH_BYTES + 1)
     if len(raw) > MAX_PATCH_BYTES:
-        raise LabError(f"patch {label} ({patch.path}): larger than {MAX_PATCH_BYTES >> 20} MiB")
+        raise UserError(f"patch {label} ({patch.path}): larger than {MAX_PATCH_BYTES >> 20} MiB")
     text = raw.decode(errors="replace")
     # Checked before `patch` runs at all: nothing from a patch may reach outside the tree.
     touched = touched_files(text)
     for rel in touched:
         if reason := outside_reason(tree, rel):
-            raise LabError(
+            raise UserError(
                 f"patch {label} ({patch.path}): path {rel!r} {reason}, outside the kernel "
                 "tree; a patch may only touch files inside the tree"
             )
     dry = _run_patch(tree, patch.path, dry_run=True)
     if dry.returncode != 0:
-        raise LabError(
+        raise UserError(
             f"patch {label} does not apply: {explain_failure(text, dry.stdout + dry.stderr)}"
         )
     for rel in touched:
@@ -319,7 +319,7 @@ def _run_patch(tree: Path, path: Path, dry_run: bool) -> subprocess.CompletedPro
     try:
         return subprocess.run(argv, cwd=tree, capture_output=True, text=True)
     except FileNotFoundError:
-        raise LabError("patch not found; install it with: sudo apt-get install patch") from None
+        raise UserError("patch not found; install it with: sudo apt-get install patch") from None
 
 
 def _unshare(path: Path) -> None:

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lab import __version__, cache, results
-from lab.classify import CLASSES
-from lab.errors import LabError
+from lab.errors import UserError
+from lab.outcome import Outcome, Verdict
 from lab.signatures import BY_NAME
 
 REPORTS = ("report.html", "summary.md", "junit.xml")
@@ -56,34 +56,9 @@ MAX_CONSOLE = 256 << 20  # bytes of a console.log read for excerpts
 LIST_LIMIT = 20  # cells listed per category in the terminal summary
 MD_WIDTH = 76  # summary.md: aimed-at line width (mail clients wrap at ~78)
 
-# A fixed colour per class (background, text), so a grid reads the same in every
-# report. Failure-ish classes are warm, kernel-integrity ones red, the lab's own
-# trouble grey; `refused` is a class a test case may add.
-COLOURS: dict[str, tuple[str, str]] = {
-    "pass": ("#9be39b", "#000"),
-    "fail": ("#ffa07a", "#000"),
-    "sigbus": ("#ffd84d", "#000"),
-    "oom_kill": ("#f5a3d0", "#000"),
-    "fault_livelock": ("#b69cff", "#000"),
-    "oops": ("#ff6b6b", "#000"),
-    "bug": ("#d62828", "#fff"),
-    "warn": ("#fff1a8", "#000"),
-    "panic": ("#7b0000", "#fff"),
-    "hang": ("#80c8f0", "#000"),
-    "boot_failure": ("#5c6670", "#fff"),
-    "infra_error": ("#d0d0d0", "#000"),
-    "refused": ("#8fe0d0", "#000"),
-}
 OTHER_COLOUR = ("#c9b28f", "#000")  # a class this lab version does not know
 NOT_RUN_COLOUR = ("#f0f0f0", "#777")
 
-# Short names for the plain-text grids (summary.md), to keep them narrow.
-SHORT: dict[str, str] = {
-    "oom_kill": "oom",
-    "fault_livelock": "livelk",
-    "boot_failure": "noboot",
-    "infra_error": "infra",
-}
 # summary.md grid markers, suffixed to the short class name.
 MARK_UNEXPECTED, MARK_UNSTABLE, MARK_XARCH = "*", "~", "!"
 MD_NOT_RUN, MD_NOT_PLANNED = "-", "."
@@ -156,7 +131,8 @@ def _anchor(kind: str, name: str) -> str:
 
 
 def _short(outcome: str) -> str:
-    return SHORT.get(outcome, outcome)
+    known = Outcome.of(outcome)
+    return known.short if known else outcome
 
 
 def _seconds(value: float | None) -> str:
@@ -192,7 +168,9 @@ class Evidence:
 
 @dataclass(frozen=True)
 class RunCell:
-    """One finished execution of a cell, as read from its directory."""
+    """One finished execution of a cell as the report shows it: a view of the cell's
+    results.CellResult, its values cleaned for display, plus what only the report
+    needs (the console excerpt, the telling evidence line)."""
 
     run_cell_id: str
     id: str  # the slot id, without the #N repeat suffix
@@ -201,15 +179,24 @@ class RunCell:
     testcase: str
     repeat: int
     dirname: str  # under cells/
-    data: Mapping[str, Any]  # cell.json
-    ev: Mapping[str, Any]  # evidence.json
+    cell: results.CellResult
     evidence: tuple[Evidence, ...]
     files: tuple[str, ...]  # which of CELL_FILES exist
     excerpt: tuple[tuple[int, str, bool], ...]  # (line no or 0 for a gap, text, is evidence)
 
     @property
+    def data(self) -> Mapping[str, Any]:
+        """cell.json"""
+        return self.cell.data
+
+    @property
+    def ev(self) -> Mapping[str, Any]:
+        """evidence.json"""
+        return self.cell.evidence
+
+    @property
     def observed(self) -> str:
-        return _line(self.data.get("observed") or "infra_error", 64)
+        return _line(self.cell.observed, 64)
 
     @property
     def expected(self) -> tuple[str, ...]:
@@ -218,8 +205,7 @@ class RunCell:
 
     @property
     def verdict(self) -> str:
-        v = self.data.get("verdict")
-        return v if v in ("expected", "unexpected", "infra") else "infra"
+        return Verdict.of(self.cell.verdict) or Verdict.INFRA
 
     @property
     def detail(self) -> str:
@@ -286,12 +272,7 @@ class Slot:
 
     @property
     def verdict(self) -> str:
-        verdicts = {r.verdict for r in self.runs}
-        if "unexpected" in verdicts:
-            return "unexpected"
-        if "infra" in verdicts:
-            return "infra"
-        return "expected" if self.runs else "not_run"
+        return Verdict.worst({r.verdict for r in self.runs}) or "not_run"
 
     def distribution(self) -> str:
         """ "7x sigbus, 3x fault_livelock" (most frequent first); one run: its class."""
@@ -437,7 +418,7 @@ def _excerpt(
     return tuple(out)
 
 
-def _run_cell(run_dir: Path, rec: results.CellRecord) -> RunCell:
+def _run_cell(run_dir: Path, rec: results.CellResult) -> RunCell:
     data, ev = rec.data, rec.evidence
     rid = _line(data.get("run_cell_id") or data.get("id") or rec.dir.name, 300)
     arch, variant, testcase, repeat = _split_id(rid)
@@ -455,8 +436,7 @@ def _run_cell(run_dir: Path, rec: results.CellRecord) -> RunCell:
         testcase=testcase,
         repeat=repeat,
         dirname=rec.dir.name,
-        data=data,
-        ev=ev,
+        cell=rec,
         evidence=evidence,
         files=tuple(f for f in CELL_FILES if results.regular_file(run_dir, rec.dir / f)),
         excerpt=_excerpt(run_dir, rec.dir / "console.log", (e.line_no for e in evidence)),
@@ -588,14 +568,13 @@ def _css() -> str:
         ".links a{margin-right:1em}",
         ".muted{color:#777}",
     ]
-    for cls in (*COLOURS, "other"):
-        bg, fg = COLOURS.get(cls, OTHER_COLOUR)
+    for cls, (bg, fg) in [*((o.value, o.colour) for o in Outcome), ("other", OTHER_COLOUR)]:
         rules.append(f".outcome-{cls}{{background-color:{bg};color:{fg}}}")
     return "\n".join(rules)
 
 
 def _outcome_class(outcome: str) -> str:
-    return f"outcome-{outcome}" if outcome in COLOURS else "outcome-other"
+    return f"outcome-{outcome}" if Outcome.of(outcome) else "outcome-other"
 
 
 def _badge(verdict: str) -> str:
@@ -692,7 +671,7 @@ def _header_html(run: Run) -> str:
 
 def _legend_html(run: Run) -> str:
     seen = {r.observed for r in run.cells}
-    classes = list(CLASSES) + sorted(c for c in seen | set(COLOURS) if c not in CLASSES)
+    classes = [*Outcome, *sorted(c for c in seen if Outcome.of(c) is None)]
     swatches = "".join(f'<span class="swatch {_outcome_class(c)}">{_h(c)}</span>' for c in classes)
     return (
         f'<div class="legend" id="legend"><strong>Observed outcome:</strong> {swatches}'
@@ -1226,7 +1205,7 @@ def render_markdown(run: Run) -> str:
         f"`{MARK_XARCH}` arches disagree",
         f"`{MD_NOT_RUN}` not run",
         f"`{MD_NOT_PLANNED}` not planned",
-        *(f"{SHORT[k]} = {k}" for k in sorted(used) if k in SHORT),
+        *(f"{o.short} = {o}" for k in sorted(used) if (o := Outcome.of(k)) and o.short != o),
     ]
     lines += ["", *_md_items("Legend: ", legend)]
 
@@ -1535,10 +1514,10 @@ def format_compare(changes: Sequence[Change], a: str = "A", b: str = "B") -> str
 def _matrix_run(run_dir: Path) -> dict[str, Any]:
     meta = results.load_run(run_dir)
     if not isinstance(meta, dict) or not isinstance(meta.get("cells"), list):
-        raise LabError(f"{run_dir}: not a matrix run (run.json has no list of cells)")
+        raise UserError(f"{run_dir}: not a matrix run (run.json has no list of cells)")
     cfg = meta.get("config")
     if not isinstance(cfg, dict) or not isinstance(cfg.get("sha256"), str):
-        raise LabError(f"{run_dir}: run.json has no config sha256")
+        raise UserError(f"{run_dir}: run.json has no config sha256")
     return meta
 
 
@@ -1552,7 +1531,7 @@ def _merge_keyed(into: dict[str, Any], label: str, value: Any, what: str, src: P
     k1 = have.get("key") if isinstance(have, dict) else have
     k2 = value.get("key") if isinstance(value, dict) else value
     if k1 != k2:
-        raise LabError(
+        raise UserError(
             f"{src}: {what} {label} has key {k2}, another run has {k1}; "
             "the runs did not build the same thing"
         )
@@ -1571,7 +1550,7 @@ def _copy_cell(run_dir: Path, src: Path, dest: Path) -> None:
             try:
                 f = results.open_inside(run_dir, path)
             except ValueError as exc:
-                raise LabError(f"merge: {path}: {exc}") from None
+                raise UserError(f"merge: {path}: {exc}") from None
             with f, open(dest / path.name, "wb") as out:
                 shutil.copyfileobj(f, out)
 
@@ -1583,16 +1562,16 @@ def merge(runs: Sequence[Path], out: Path) -> Path:
     leaves nothing behind.
     """
     if not runs:
-        raise LabError("merge: no runs given")
+        raise UserError("merge: no runs given")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise LabError(f"{out}: already exists; merge writes a new run directory")
+        raise UserError(f"{out}: already exists; merge writes a new run directory")
     metas = [_matrix_run(r) for r in runs]
     shas = {m["config"]["sha256"] for m in metas}
     if len(shas) > 1:
         listing = ", ".join(
             f"{r.name}: {m['config']['sha256'][:12]}" for r, m in zip(runs, metas, strict=True)
         )
-        raise LabError(f"merge: the runs used different configs ({listing})")
+        raise UserError(f"merge: the runs used different configs ({listing})")
 
     planned: dict[str, dict[str, Any]] = {}
     kernels: dict[str, Any] = {}
@@ -1612,16 +1591,16 @@ def merge(runs: Sequence[Path], out: Path) -> Path:
         records, unreadable = results.scan_cells(r)
         if unreadable:
             u = unreadable[0]
-            raise LabError(
+            raise UserError(
                 f"merge: {u.dir}: unreadable cell ({_line(u.reason, 300)}); run "
                 f"`lab matrix --resume {r}` to run it again, or remove the directory"
             )
         for rec in records:
-            rid = results.run_cell_id(rec)
+            rid = rec.run_cell_id
             if rid in cells:
                 other, data = cells[rid]
                 if data != rec.data:
-                    raise LabError(
+                    raise UserError(
                         f"merge: cell {rid} has different results in {other.parent.parent} and {r}"
                     )
                 continue
@@ -1629,7 +1608,7 @@ def merge(runs: Sequence[Path], out: Path) -> Path:
     names = collections.Counter(d.name for d, _ in cells.values())
     clash = [n for n, k in names.items() if k > 1]
     if clash:
-        raise LabError(f"merge: two different cells use the directory cells/{clash[0]}")
+        raise UserError(f"merge: two different cells use the directory cells/{clash[0]}")
 
     first = metas[0]
     sel = {k: v for k, v in _dict(first.get("selection")).items() if k != "shard"}

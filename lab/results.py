@@ -13,21 +13,25 @@ so an interrupted run never leaves a half-finished cell that looks complete.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
 import platform
 import secrets
 import stat
+import typing
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from lab import __version__, cache
-from lab.errors import LabError
+from lab.errors import UserError
+from lab.outcome import Outcome, Verdict
 
-STATUSES = ("running", "complete", "incomplete", "interrupted")
+RunStatus = Literal["running", "complete", "incomplete", "interrupted"]  # run.json status
+STATUSES: tuple[RunStatus, ...] = typing.get_args(RunStatus)
 
 # A results tree may come from elsewhere (a CI artefact, a shard from another host):
 # what is read from it is bounded in size and nesting and confined to it.
@@ -67,7 +71,7 @@ def resolve_run(results_dir: Path, name: str) -> Path:
         if runs
         else ""
     )
-    raise LabError(f"{name}: not a run directory (no run.json){hint}")
+    raise UserError(f"{name}: not a run directory (no run.json){hint}")
 
 
 def _depth(value: Any) -> int:
@@ -140,9 +144,9 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     try:
         data = loads_bounded(read_inside(run_dir, f, MAX_RUN_JSON), MAX_RUN_JSON)
     except (OSError, ValueError) as exc:
-        raise LabError(f"{f}: unreadable: {exc}") from None
+        raise UserError(f"{f}: unreadable: {exc}") from None
     if not isinstance(data, dict):
-        raise LabError(f"{f}: not a JSON object")
+        raise UserError(f"{f}: not a JSON object")
     return data
 
 
@@ -162,7 +166,7 @@ def locked_run(run_dir: Path) -> Iterator[None]:
     remove the first one's running cells as leftovers)."""
     fd = cache.try_lock(run_dir / LOCK)
     if fd is None:
-        raise LabError(
+        raise UserError(
             f"{run_dir}: another lab process is running this run (it holds {run_dir / LOCK}); "
             "wait for it to finish or stop it first"
         )
@@ -172,29 +176,188 @@ def locked_run(run_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+@dataclass
+class RunMeta:
+    """run.json: what a run is (its id, lab version, lab.toml, selection and planned
+    cells) and what has happened to it so far (kernels built or failed, base images, lab
+    hosts, durations, status). `lab matrix` keeps one and rewrites run.json at each step.
+
+    A field is None when run.json does not have it yet (e.g. `kernels` before the build
+    step). Keys this version does not know (a merged run's, another version's) are kept
+    in `extra` and written back as they were."""
+
+    run_id: str | None = None
+    lab_version: str | None = None
+    created: str | None = None
+    status: str | None = None  # a RunStatus (any string in a foreign run.json)
+    host: Any = None  # host_info() of the controller
+    config: Any = None  # {"file", "sha256", "resumed_sha256" (--force-config)}
+    selection: Any = None  # variants, arches, testcases, repeat, shard (what --resume replans)
+    cells: Any = None  # the planned cells: [{"id", "dir", "kernel"}]
+    kernels: dict[str, Any] | None = None  # kernel label -> provenance
+    build_failures: dict[str, str] | None = None  # kernel label -> first line of why
+    images: dict[str, Any] | None = None  # arch -> {"key", "path"}
+    durations: dict[str, Any] | None = None  # seconds per phase
+    hosts: Any = None  # lab host name -> address, capacity, status, cells
+    not_run: list[str] | None = None
+    finished: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunMeta:
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names and v is not None}
+        # What lab matrix adds to must be a table; a foreign value of another shape is
+        # replaced rather than crashing the run (it is only bookkeeping).
+        for key in ("kernels", "build_failures", "images", "durations"):
+            if key in known and not isinstance(known[key], dict):
+                known[key] = {}
+        # Unknown keys, and known ones that are null (None here means "absent").
+        extra = {k: v for k, v in data.items() if k not in known}
+        return cls(**known, extra=extra)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del out["extra"]
+        return {**self.extra, **{k: v for k, v in out.items() if v is not None}}
+
+    def write(self, run_dir: Path) -> None:
+        cache.write_json(run_dir / "run.json", self.to_json())
+
+
 def write_run(run_dir: Path, data: Mapping[str, Any]) -> None:
-    cache.write_json(run_dir / "run.json", dict(data))
+    RunMeta.from_json(data).write(run_dir)
 
 
 @dataclass(frozen=True)
-class CellRecord:
-    """A finished cell as read back from disk."""
+class CellResult:
+    """One finished cell: its directory, cell.json (`data`) and evidence.json
+    (`evidence`, {} when missing or unusable).
+
+    The runner builds it and writes it once (`write`); resume, report, merge, reproduce
+    and the CLI read it back (`scan_cells`). The properties below are the one place
+    where the defaults for a foreign or damaged cell.json live."""
 
     dir: Path
     data: Mapping[str, Any]  # cell.json
-    evidence: Mapping[str, Any]  # evidence.json
+    evidence: Mapping[str, Any]  # evidence.json: the classification
+
+    @classmethod
+    def from_json(
+        cls, directory: Path, data: Mapping[str, Any], evidence: Mapping[str, Any]
+    ) -> CellResult:
+        return cls(directory, data, evidence)
+
+    @classmethod
+    def from_dir(cls, directory: Path) -> CellResult:
+        """A finished cell directory read back (bounded, confined to it)."""
+        cell = _read_cell(directory, directory)
+        if isinstance(cell, Unreadable):
+            raise UserError(f"{directory}: {cell.reason}")
+        return cell
+
+    def to_json(self) -> dict[str, Any]:
+        """cell.json's contents (evidence.json's are `evidence`)."""
+        return dict(self.data)
+
+    @classmethod
+    def infra(
+        cls,
+        directory: Path,
+        identity: Mapping[str, Any],
+        message: str,
+        marks: Mapping[str, Any] | None = None,
+    ) -> CellResult:
+        """A cell the lab could not run (a kernel that did not build, a lost lab host).
+
+        `identity`: the cell.json fields known before a run (id, expectation,
+        reproducer, ...); `marks`: lab_host, requeued_from for a lab host's cell."""
+        evidence = {
+            "outcome": Outcome.INFRA_ERROR,
+            "detail": message,
+            "rule": "lab-error",
+            "rule_text": "The lab could not run the cell.",
+            "evidence": [],
+            "matched": [],
+            "fields": {},
+        }
+        data = {
+            **identity,
+            "observed": Outcome.INFRA_ERROR,
+            "verdict": Verdict.INFRA,
+            "detail": message,
+            "timings": {},
+            "finished": now(),
+            **(marks or {}),
+        }
+        return cls(directory, data, evidence)
+
+    def write(self) -> None:
+        """evidence.json, then cell.json, the marker of a finished cell: what the marker
+        vouches for (the logs, the evidence) is on disk before it is."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        cache.write_json(self.dir / "evidence.json", self.evidence)
+        cache.fsync_tree(self.dir)
+        cache.write_json(self.dir / "cell.json", self.data)
 
     @property
     def id(self) -> str:
         return str(self.data["id"])
 
     @property
+    def run_cell_id(self) -> str:
+        return str(self.data.get("run_cell_id") or self.id)
+
+    @property
     def observed(self) -> str:
-        return str(self.data.get("observed", "infra_error"))
+        """The outcome class; a damaged cell.json (none, or not a string) reads as
+        infra_error: the lab cannot say what the kernel did."""
+        v = self.data.get("observed")
+        return v if isinstance(v, str) and v else Outcome.INFRA_ERROR
+
+    @property
+    def expected(self) -> tuple[str, ...]:
+        exp = self.data.get("expected")
+        return tuple(str(e) for e in exp) if isinstance(exp, list | tuple) else ()
 
     @property
     def verdict(self) -> str:
-        return str(self.data.get("verdict", "infra"))
+        """As written; a foreign value stays itself (exit_code counts it as infra)."""
+        return str(self.data.get("verdict", Verdict.INFRA))
+
+    @property
+    def exit_code(self) -> int:
+        """The exit status of a command that ran just this cell."""
+        v = Verdict.of(self.verdict)
+        return v.exit_code if v else 2
+
+    @property
+    def detail(self) -> str:
+        return str(self.evidence.get("detail", ""))
+
+    @property
+    def rule(self) -> str:
+        return str(self.evidence.get("rule", ""))
+
+    @property
+    def rule_text(self) -> str:
+        return str(self.evidence.get("rule_text", ""))
+
+    @property
+    def lines(self) -> tuple[Mapping[str, Any], ...]:
+        """The evidence lines ({"line_no", "text", ...}) that show why."""
+        items = self.evidence.get("evidence")
+        return tuple(e for e in items if isinstance(e, dict)) if isinstance(items, list) else ()
+
+    @property
+    def timings(self) -> Mapping[str, Any]:
+        t = self.data.get("timings")
+        return t if isinstance(t, dict) else {}
+
+    @property
+    def host(self) -> str:
+        """The lab host that ran it, "local" for this machine."""
+        return str(self.data.get("lab_host", "local"))
 
 
 @dataclass(frozen=True)
@@ -216,11 +379,11 @@ def _shape(data: Any) -> str:
     return ""
 
 
-def scan_cells(run_dir: Path) -> tuple[list[CellRecord], list[Unreadable]]:
+def scan_cells(run_dir: Path) -> tuple[list[CellResult], list[Unreadable]]:
     """The finished cells of a run, and the cell directories whose cell.json is unusable.
 
     A directory without cell.json is an interrupted attempt: neither."""
-    out: list[CellRecord] = []
+    out: list[CellResult] = []
     bad: list[Unreadable] = []
     cells = run_dir / "cells"
     if not cells.is_dir():
@@ -229,51 +392,51 @@ def scan_cells(run_dir: Path) -> tuple[list[CellRecord], list[Unreadable]]:
         if d.is_symlink():
             bad.append(Unreadable(d, "the cell directory is a symlink"))
             continue
-        f = d / "cell.json"
-        if not d.is_dir() or not os.path.lexists(f):
+        if not d.is_dir() or not os.path.lexists(d / "cell.json"):
             continue
-        try:
-            data = loads_bounded(read_inside(run_dir, f, MAX_CELL_JSON), MAX_CELL_JSON)
-        except (OSError, ValueError) as exc:
-            bad.append(Unreadable(d, f"cell.json: {exc}"))
-            continue
-        problem = _shape(data)
-        if problem:
-            bad.append(Unreadable(d, problem))
-            continue
-        try:
-            ev = loads_bounded(
-                read_inside(run_dir, d / "evidence.json", MAX_CELL_JSON), MAX_CELL_JSON
-            )
-        except (OSError, ValueError):
-            ev = {}
-        out.append(CellRecord(d, data, ev if isinstance(ev, dict) else {}))
+        cell = _read_cell(run_dir, d)
+        if isinstance(cell, Unreadable):
+            bad.append(cell)
+        else:
+            out.append(cell)
     return out, bad
 
 
-def read_cells(run_dir: Path) -> list[CellRecord]:
+def _read_cell(root: Path, d: Path) -> CellResult | Unreadable:
+    """Cell directory d (confined to root), or why its cell.json cannot be used."""
+    try:
+        data = loads_bounded(read_inside(root, d / "cell.json", MAX_CELL_JSON), MAX_CELL_JSON)
+    except (OSError, ValueError) as exc:
+        return Unreadable(d, f"cell.json: {exc}")
+    problem = _shape(data)
+    if problem:
+        return Unreadable(d, problem)
+    try:
+        ev = loads_bounded(read_inside(root, d / "evidence.json", MAX_CELL_JSON), MAX_CELL_JSON)
+    except (OSError, ValueError):
+        ev = {}
+    return CellResult(d, data, ev if isinstance(ev, dict) else {})
+
+
+def read_cells(run_dir: Path) -> list[CellResult]:
     return scan_cells(run_dir)[0]
 
 
-def run_cell_id(rec: CellRecord) -> str:
-    return str(rec.data.get("run_cell_id") or rec.id)
-
-
 def finished_ids(run_dir: Path) -> set[str]:
-    return {run_cell_id(c) for c in read_cells(run_dir)}
+    return {c.run_cell_id for c in read_cells(run_dir)}
 
 
-def summary_counts(records: Iterable[CellRecord]) -> dict[str, int]:
+def summary_counts(records: Iterable[CellResult]) -> dict[str, int]:
     counts = {"expected": 0, "unexpected": 0, "infra": 0}
     for r in records:
         counts[r.verdict] = counts.get(r.verdict, 0) + 1
     return counts
 
 
-def exit_code(run: Mapping[str, Any], records: list[CellRecord]) -> int:
+def exit_code(run: Mapping[str, Any], records: list[CellResult]) -> int:
     """0 all as expected, 1 some unexpected outcome, 2 incomplete or infrastructure error."""
     planned = set(planned_ids(run))
-    done = {run_cell_id(r) for r in records}
+    done = {r.run_cell_id for r in records}
     if planned - done or any(r.verdict == "infra" for r in records):
         return 2
     if any(r.verdict == "unexpected" for r in records):
@@ -285,15 +448,6 @@ def new_run(results_dir: Path, label: str, header: Mapping[str, Any]) -> Path:
     run_id = new_run_id(label)
     run_dir = results_dir / run_id
     (run_dir / "cells").mkdir(parents=True)
-    write_run(
-        run_dir,
-        {
-            "run_id": run_id,
-            "lab_version": __version__,
-            "created": now(),
-            "status": "running",
-            "host": host_info(),
-            **header,
-        },
-    )
+    meta = RunMeta(run_id, __version__, now(), "running", host_info())
+    RunMeta.from_json({**meta.to_json(), **header}).write(run_dir)
     return run_dir

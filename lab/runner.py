@@ -24,55 +24,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-from lab import boot, cache, classify, image, kselftest, matrix, proc, results, source
+from lab import boot, cache, classify, image, kselftest, matrix, proc, source
 from lab.build import Kernel
-from lab.cell import Cell, expected_banner, job_for, reproducer, verdict_for
+from lab.cell import Cell, expected_banner, job_for, reproducer
 from lab.config import ArchSpec, BootSpec, LabConfig, QemuSpec
-from lab.errors import LabError
+from lab.errors import InfraError, LabError, UserError
 from lab.image import BaseImage
 from lab.machine import BootError
+from lab.outcome import Deadline, Verdict
+from lab.results import CellResult
 
 MARGIN = 30.0  # seconds the host waits beyond a test case's own (in-guest) deadline
-
-
-@dataclass(frozen=True)
-class CellResult:
-    cell_id: str
-    run_cell_id: str
-    dir: Path
-    observed: str
-    expected: tuple[str, ...]  # empty: the test case declares no expectation here
-    verdict: str  # expected | unexpected | infra
-    detail: str
-    rule: str
-    rule_text: str
-    evidence: tuple[Mapping[str, Any], ...]  # {"line_no", "text", ...}
-    timings: Mapping[str, float | None]
-    host: str = "local"
-
-    @property
-    def exit_code(self) -> int:
-        return {"expected": 0, "unexpected": 1}.get(self.verdict, 2)
-
-    @classmethod
-    def from_dir(cls, directory: Path) -> CellResult:
-        """Read a finished cell directory back (e.g. one fetched from a lab host)."""
-        data = cache.read_json(directory / "cell.json")
-        ev = cache.read_json(directory / "evidence.json")
-        return cls(
-            cell_id=str(data["id"]),
-            run_cell_id=str(data.get("run_cell_id", data["id"])),
-            dir=directory,
-            observed=str(data["observed"]),
-            expected=tuple(data.get("expected", [])),
-            verdict=str(data["verdict"]),
-            detail=str(ev.get("detail", "")),
-            rule=str(ev.get("rule", "")),
-            rule_text=str(ev.get("rule_text", "")),
-            evidence=tuple(ev.get("evidence", [])),
-            timings=data.get("timings", {}),
-            host=str(data.get("lab_host", "local")),
-        )
 
 
 @dataclass(frozen=True)
@@ -124,7 +86,7 @@ def guest_files(
     }
     for need in cell.testcase.needs:
         if not need.startswith(kselftest.PREFIX):
-            raise LabError(
+            raise UserError(
                 f"{cell.testcase.path}: unknown need {need!r} "
                 f"(known: {kselftest.PREFIX}<dir>/<name>)"
             )
@@ -146,7 +108,6 @@ def prepare_cell(
     log: Callable[[str], None] = lambda _m: None,
 ) -> tuple[CellJob, dict[str, tuple[bytes, int]]]:
     """The job and the guest files of a cell (local: it may build a kselftest binary)."""
-    rule = cell.expectation()
     req = boot.BootRequest(
         arch=cell.arch,
         variant=cell.variant,
@@ -156,15 +117,7 @@ def prepare_cell(
         extra_cmdline=cell.testcase.cmdline,
     )
     record = {
-        "id": cell.id,
-        "run_cell_id": run_cell_id or cell.id,
-        "repeat": repeat,
-        "arch": cell.arch.name,
-        "variant": cell.variant.name,
-        "testcase": cell.testcase.name,
-        "params": dict(cell.variant.params),
-        "expected": list(rule.outcomes) if rule else [],
-        "expected_rule": rule.text if rule else None,
+        **identity(cfg, cell, run_cell_id, repeat),
         "kernel": {
             "key": kernel.key,
             "image": kernel.image.name,
@@ -173,7 +126,6 @@ def prepare_cell(
             "dir": str(kernel.dir),
         },
         "image": {"key": base.key, "path": str(base.path)},
-        "reproducer": reproducer(cfg, cell),
     }
     job = CellJob(
         record=record,
@@ -187,6 +139,24 @@ def prepare_cell(
         test_timeout=cell.testcase.timeout + MARGIN,
     )
     return job, guest_files(cfg, cell, log)
+
+
+def identity(cfg: LabConfig, cell: Cell, run_cell_id: str = "", repeat: int = 1) -> dict[str, Any]:
+    """The cell.json fields known before the cell runs: which cell, what it expects,
+    how to run it again. An infra cell (CellResult.infra) has just these."""
+    rule = cell.expectation()
+    return {
+        "id": cell.id,
+        "run_cell_id": run_cell_id or cell.id,
+        "repeat": repeat,
+        "arch": cell.arch.name,
+        "variant": cell.variant.name,
+        "testcase": cell.testcase.name,
+        "params": dict(cell.variant.params),
+        "expected": list(rule.outcomes) if rule else [],
+        "expected_rule": rule.text if rule else None,
+        "reproducer": reproducer(cfg, cell),
+    }
 
 
 def execute(
@@ -220,7 +190,7 @@ def execute(
         log,
     )
     m = prepared.machine
-    deadline: str | None = None
+    deadline: Deadline | None = None
     ready = False
     try:
         with m:
@@ -256,10 +226,9 @@ def execute(
         "qemu": t.total,
         "cell": time.monotonic() - started,
     }
-    verdict = verdict_for(result.outcome, expected)
-    finish_cell(
+    verdict = Verdict.for_outcome(result.outcome, expected)
+    cell = CellResult.from_json(
         directory,
-        result.to_json(),
         {
             **job.record,
             **recorded_facts(facts),
@@ -275,16 +244,10 @@ def execute(
             "host": platform.node(),
             "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         },
+        result.to_json(),
     )
-    return CellResult.from_dir(directory)
-
-
-def finish_cell(directory: Path, evidence: Mapping[str, Any], record: Mapping[str, Any]) -> None:
-    """evidence.json, then cell.json, the marker of a finished cell: what the marker
-    vouches for (the logs, the evidence) is on disk before it is."""
-    cache.write_json(directory / "evidence.json", evidence)
-    cache.fsync_tree(directory)
-    cache.write_json(directory / "cell.json", record)
+    cell.write()
+    return cell
 
 
 def recorded_facts(facts: classify.RunFacts) -> dict[str, Any]:
@@ -329,7 +292,7 @@ class Stop:
         return self._event.is_set()
 
 
-class HostDown(LabError):
+class HostDown(InfraError):
     """A lab host stopped answering (or could not take the cell): run it elsewhere.
 
     `ran` is False when the cell never reached the host (it was already known to be
@@ -509,7 +472,7 @@ def schedule(
         lost = "; ".join(f"{w.name}: {w.lost()}" for w in workers if w.lost())
         msg = f"no usable worker left for {arch} cells ({lost or 'none serves it'})"
         d = run_dir / "cells" / p.dirname
-        _infra_cell(cfg, p, d, msg, {"requeued_from": list(tried)} if tried else None)
+        infra_cell(cfg, p, d, msg, {"requeued_from": list(tried)} if tried else None)
         on_done(p, None, msg)
 
     def attempt(w: Worker, p: matrix.Planned, tried: tuple[str, ...]) -> None:
@@ -536,7 +499,7 @@ def schedule(
             on_note(f"[{p.id}] {exc}")
             if tried:  # already re-queued once: give up on the cell
                 msg = f"{exc} (the cell was re-queued from {', '.join(tried)} before)"
-                _infra_cell(cfg, p, d, msg, marks)
+                infra_cell(cfg, p, d, msg, marks)
                 queue.done()
                 on_done(p, None, msg)
                 return
@@ -548,7 +511,7 @@ def schedule(
                 shutil.rmtree(d, ignore_errors=True)
                 queue.done()
                 return
-            _infra_cell(cfg, p, d, str(exc), marks or None)
+            infra_cell(cfg, p, d, str(exc), marks or None)
             queue.done()
             on_done(p, None, str(exc))
             return
@@ -604,45 +567,16 @@ def schedule(
         shutil.rmtree(run_dir / ".staging", ignore_errors=True)
 
 
-def _infra_cell(
+def infra_cell(
     cfg: LabConfig,
     p: matrix.Planned,
     d: Path,
     message: str,
-    extra: Mapping[str, Any] | None = None,
-) -> None:
-    """A cell the lab could not run (e.g. a kernel that did not build): an infra result.
+    marks: Mapping[str, Any] | None = None,
+) -> CellResult:
+    """Write planned cell p as one the lab could not run (e.g. its kernel did not build).
 
-    `extra`: more cell.json fields (lab_host, requeued_from for a lab host's cell)."""
-    d.mkdir(parents=True, exist_ok=True)
-    rule = p.cell.expectation()
-    finish_cell(
-        d,
-        {
-            "outcome": "infra_error",
-            "detail": message,
-            "rule": "lab-error",
-            "rule_text": "The lab could not run the cell.",
-            "evidence": [],
-            "matched": [],
-            "fields": {},
-        },
-        {
-            "id": p.cell.id,
-            "run_cell_id": p.id,
-            "repeat": p.repeat,
-            "arch": p.cell.arch.name,
-            "variant": p.cell.variant.name,
-            "testcase": p.cell.testcase.name,
-            "params": dict(p.cell.variant.params),
-            "observed": "infra_error",
-            "expected": list(rule.outcomes) if rule else [],
-            "expected_rule": rule.text if rule else None,
-            "verdict": "infra",
-            "detail": message,
-            "reproducer": reproducer(cfg, p.cell),
-            "timings": {},
-            "finished": results.now(),
-            **(extra or {}),
-        },
-    )
+    `marks`: more cell.json fields (lab_host, requeued_from for a lab host's cell)."""
+    cell = CellResult.infra(d, identity(cfg, p.cell, p.id, p.repeat), message, marks)
+    cell.write()
+    return cell

@@ -6,7 +6,7 @@ import fnmatch
 from collections.abc import Iterable, Sequence
 
 from lab.config import ArchSpec, LabConfig, Variant
-from lab.errors import LabError
+from lab.errors import UserError
 
 
 def _split(patterns: Iterable[str]) -> list[str]:
@@ -18,7 +18,7 @@ def _pick(names: Sequence[str], patterns: Sequence[str], what: str, file: str) -
     for pattern in _split(patterns):
         matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not matched:
-            raise LabError(f"{file}: unknown {what} {pattern!r}; valid: {', '.join(names)}")
+            raise UserError(f"{file}: unknown {what} {pattern!r}; valid: {', '.join(names)}")
         chosen.extend(n for n in matched if n not in chosen)
     return chosen
 

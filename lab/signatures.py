@@ -31,9 +31,12 @@ entries come before catch-alls (e.g. `x86_page_fault_oops` before `kernel_bug_ot
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
-ROLES = ("report", "supporting", "info", "end", "marker")
+Role = Literal["report", "supporting", "info", "end", "marker"]
+ROLES: tuple[Role, ...] = typing.get_args(Role)
 
 # Named groups whose values are converted to int when a field is extracted.
 INT_FIELDS = frozenset(
@@ -78,7 +81,7 @@ class Context:
 class Signature:
     name: str
     outcome: str | None
-    role: str
+    role: Role
     pattern: re.Pattern[str]
     source: str
     words: str

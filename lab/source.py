@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lab import cache, prereqs
 from lab.config import SourceSpec
-from lab.errors import InfraError, LabError
+from lab.errors import InfraError, LabError, UserError
 
 Log = Callable[[str], None]
 
@@ -82,7 +82,7 @@ def _tarball(spec: SourceSpec, log: Log) -> Path:
     if path.is_file():
         return path
     if spec.kind == "tarball":
-        raise LabError(f"source tarball {path} not found (lab.toml [source] path)")
+        raise UserError(f"source tarball {path} not found (lab.toml [source] path)")
     apt = prereqs.program("apt-get")
     if os.geteuid() == 0 and shutil.which(apt):
         log(f"installing {spec.package} with apt-get (provides {path})")
@@ -94,9 +94,9 @@ def _tarball(spec: SourceSpec, log: Log) -> Path:
         )
         if proc.returncode != 0 or not path.is_file():
             last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise LabError(f"apt-get install {spec.package} failed: {last[0]}")
+            raise InfraError(f"apt-get install {spec.package} failed: {last[0]}")
         return path
-    raise LabError(
+    raise UserError(
         f"kernel source {path} is missing; install it with: sudo apt-get install {spec.package}"
     )
 
@@ -142,7 +142,9 @@ def _extract(tarball: Path, dest: Path) -> None:
     entries = list(scratch.iterdir())
     top = entries[0] if len(entries) == 1 and entries[0].is_dir() else scratch
     if not (top / "Makefile").is_file() or not (top / "Kconfig").is_file():
-        raise LabError(f"{tarball} does not contain a kernel tree (no Makefile and Kconfig at top)")
+        raise UserError(
+            f"{tarball} does not contain a kernel tree (no Makefile and Kconfig at top)"
+        )
     os.rename(top, dest)
     if top != scratch:
         scratch.rmdir()
@@ -163,9 +165,11 @@ def _make_files_read_only(tree: Path) -> None:
 
 def _check_tree(tree: Path, spec: SourceSpec) -> None:
     if not (tree / "Makefile").is_file() or not (tree / "Kconfig").is_file():
-        raise LabError(f"lab.toml [source] path: {tree} is not a kernel tree (no Makefile/Kconfig)")
+        raise UserError(
+            f"lab.toml [source] path: {tree} is not a kernel tree (no Makefile/Kconfig)"
+        )
     if (tree / ".config").exists() or (tree / "include" / "config").exists():
-        raise LabError(
+        raise UserError(
             f"{tree} has been configured in place (.config or include/config exists); "
             "out-of-tree builds need a clean tree: run 'make mrproper' there"
         )
@@ -197,10 +201,10 @@ def _git(args: list[str], cwd: Path | None = None) -> str:
             [prereqs.program("git"), *args], cwd=cwd, capture_output=True, text=True
         )
     except FileNotFoundError:
-        raise LabError("git not found; install it with: sudo apt-get install git") from None
+        raise UserError("git not found; install it with: sudo apt-get install git") from None
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
-        raise LabError(f"git {args[0]} failed: {last}")
+        raise InfraError(f"git {args[0]} failed: {last}")
     return proc.stdout
 
 
@@ -220,10 +224,10 @@ def _git_resolve(spec: SourceSpec, cache_root: Path, log: Log) -> str:
     out = _git(["ls-remote", "--", spec.url, spec.ref, f"{spec.ref}^{{}}"])
     lines = [line.split() for line in out.splitlines() if line.strip()]
     if not lines:
-        raise LabError(f"lab.toml [source] ref: {spec.ref!r} not found at {spec.url}")
+        raise UserError(f"lab.toml [source] ref: {spec.ref!r} not found at {spec.url}")
     commit = lines[-1][0]  # the peeled tag (^{}) sorts last when present
     if not _SHA.match(commit):  # it becomes a git argument: a commit, never an option
-        raise LabError(f"git ls-remote {spec.url}: {commit[:60]!r} is not a commit id")
+        raise InfraError(f"git ls-remote {spec.url}: {commit[:60]!r} is not a commit id")
     cache.memo_put(memo, cache_root / "locks" / "src-git-refs.lock", key, commit)
     return commit
 

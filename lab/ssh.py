@@ -54,11 +54,11 @@ import paramiko
 
 from lab import __version__, bundle, cache, matrix, remote, results, runner
 from lab.build import Kernel
-from lab.cell import verdict_for
 from lab.config import LabConfig
-from lab.errors import LabError, printable
+from lab.errors import InfraError, LabError, UserError, printable
 from lab.hosts import Host
 from lab.image import BaseImage
+from lab.outcome import Verdict
 
 CONNECT_TIMEOUT = 10  # seconds for TCP connect, SSH banner and authentication each
 KEEPALIVE = 5  # seconds between SSH keepalives on a connection
@@ -164,7 +164,7 @@ else:
 """
 
 
-class HostKeyError(LabError):
+class HostKeyError(UserError):
     """The host's key is unknown (strict policy) or changed: the host is refused."""
 
 
@@ -262,7 +262,7 @@ def describe(exc: BaseException) -> str:
 def connect(host: Host) -> Any:
     """An open fabric.Connection with the host key checked per policy."""
     if not host.key_file.is_file() or not os.access(host.key_file, os.R_OK):
-        raise LabError(f"{_where(host)}: key_file {host.key_file}: missing or unreadable")
+        raise UserError(f"{_where(host)}: key_file {host.key_file}: missing or unreadable")
     # An explicit empty SSHConfig: ~/.ssh/config and /etc/ssh/ssh_config are not read,
     # so lab.toml alone decides address, user, key and proxies (none).
     config = fabric.Config(ssh_config=paramiko.SSHConfig())
@@ -287,7 +287,7 @@ def connect(host: Host) -> Any:
         try:
             client.get_host_keys().load(str(host.known_hosts))
         except (OSError, paramiko.SSHException) as exc:
-            raise LabError(f"{_where(host)}: known_hosts {host.known_hosts}: {exc}") from None
+            raise UserError(f"{_where(host)}: known_hosts {host.known_hosts}: {exc}") from None
     client.set_missing_host_key_policy(
         _StrictPolicy() if host.host_key_policy == "strict" else _AcceptNewPolicy(host.known_hosts)
     )
@@ -372,7 +372,7 @@ def hello(conn: Any, host: Host, binaries: Iterable[str]) -> Hello:
     argv = [host.python, "-c", BOOTSTRAP, "hello", host.lab_dir, *sorted(set(binaries))]
     code, out, err = run(conn, argv, timeout=60)
     if code != 0:
-        raise LabError(
+        raise UserError(
             f"{_where(host)}: cannot run python {host.python!r} there "
             f"(status {code}: {_tail(err) or 'no output'})"
         )
@@ -397,9 +397,9 @@ def hello(conn: Any, host: Host, binaries: Iterable[str]) -> Hello:
             },
         )
     except (ValueError, KeyError, IndexError, TypeError):
-        raise LabError(f"{_where(host)}: unexpected answer from python: {_tail(out)}") from None
+        raise InfraError(f"{_where(host)}: unexpected answer from python: {_tail(out)}") from None
     if h.python < MIN_PYTHON:
-        raise LabError(
+        raise UserError(
             f"{_where(host)}: {h.executable} is Python {h.python_version}; the lab needs "
             f'>= {".".join(map(str, MIN_PYTHON))} (set python = "..." in its [[hosts]] entry)'
         )
@@ -430,7 +430,7 @@ def ensure_bundle(conn: Any, host: Host, lab_dir: str) -> tuple[str, bool]:
     argv = [host.python, "-c", BOOTSTRAP, "unpack", tmp, dest, _manifest_sha256(b)]
     code, _out, err = run(conn, argv, 120)
     if code != 0:
-        raise LabError(f"{_where(host)}: unpacking the lab bundle failed: {_tail(err)}")
+        raise InfraError(f"{_where(host)}: unpacking the lab bundle failed: {_tail(err)}")
     return dest, True
 
 
@@ -455,10 +455,10 @@ def extract_cell(src: Path, dest: Path, host: str) -> None:
         with tarfile.open(src, mode="r:gz") as tar:
             for i, m in enumerate(tar):
                 if i >= MAX_MEMBERS:
-                    raise LabError(f"{where} has more than {MAX_MEMBERS} files; refused")
+                    raise InfraError(f"{where} has more than {MAX_MEMBERS} files; refused")
                 rel = PurePosixPath(m.name)
                 if rel.is_absolute() or ".." in rel.parts:
-                    raise LabError(f"refusing path {printable(m.name, 200, True)} in {where}")
+                    raise InfraError(f"refusing path {printable(m.name, 200, True)} in {where}")
                 target = dest / rel
                 if m.isdir():
                     target.mkdir(parents=True, exist_ok=True)
@@ -470,16 +470,16 @@ def extract_cell(src: Path, dest: Path, host: str) -> None:
                             size += len(block)
                             total += len(block)
                             if size > MAX_MEMBER:
-                                raise LabError(
+                                raise InfraError(
                                     f"{where}: {printable(m.name, 200, True)} is larger than "
                                     f"{MAX_MEMBER} bytes; refused"
                                 )
                             if total > MAX_EXTRACTED:
-                                raise LabError(f"{where} holds more than {MAX_EXTRACTED} bytes")
+                                raise InfraError(f"{where} holds more than {MAX_EXTRACTED} bytes")
                             out.write(block)
                 # anything else (links, devices) is not part of a cell: skipped
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise LabError(f"{where} is unreadable: {printable(str(exc), 300, True)}") from None
+        raise InfraError(f"{where} is unreadable: {printable(str(exc), 300, True)}") from None
 
 
 def pump(chan: Any, sink: BinaryIO, budget: float, host: str) -> tuple[int, str, str]:
@@ -496,7 +496,7 @@ def pump(chan: Any, sink: BinaryIO, budget: float, host: str) -> tuple[int, str,
             data = chan.recv(1 << 16)
             size += len(data)
             if size > MAX_RESULT:
-                raise LabError(
+                raise InfraError(
                     f"lab host {host} sent more than {MAX_RESULT >> 20} MiB for one cell; refused"
                 )
             sink.write(data)
@@ -598,7 +598,7 @@ def _host_record(data: Any, asked: Mapping[str, Any]) -> dict[str, Any]:
     if len(banner) > 32 or not all(isinstance(v, str) for v in banner.values()):
         raise ValueError("cell.json 'banner' is not a small object of strings")
     expected = tuple(asked.get("expected") or ())
-    return {**out, **asked, "verdict": verdict_for(observed, expected)}
+    return {**out, **asked, "verdict": Verdict.for_outcome(observed, expected)}
 
 
 def _host_evidence(ev: Any, observed: str) -> Mapping[str, Any]:
@@ -627,7 +627,7 @@ def store_cell(
     directory: Path,
     requeued_from: tuple[str, ...],
     asked: Mapping[str, Any],
-) -> runner.CellResult:
+) -> results.CellResult:
     """Check a cell fetched from a host (tar.gz at src) against `asked` (the job
     record), stage it outside cells/, mark it, then rename it into place: a half
     fetched or unusable cell never lands in cells/. Raises LabError (one line)."""
@@ -639,18 +639,18 @@ def store_cell(
             ev = _host_evidence(_read_json(staging, "evidence.json"), record["observed"])
         except (OSError, ValueError) as exc:
             why = printable(str(exc), 300, one_line=True)
-            raise LabError(f"the cell from lab host {host} is unusable: {why}") from None
+            raise InfraError(f"the cell from lab host {host} is unusable: {why}") from None
         record["lab_host"] = host
         if requeued_from:
             record["requeued_from"] = list(requeued_from)
-        runner.finish_cell(staging, ev, record)
+        results.CellResult.from_json(staging, record, ev).write()
         if directory.exists():
             shutil.rmtree(directory)
         os.rename(staging, directory)
         cache.fsync_dir(directory.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return runner.CellResult.from_dir(directory)
+    return results.CellResult.from_json(directory, record, ev)
 
 
 # --- running cells on a host ------------------------------------------------------------
@@ -721,7 +721,7 @@ class RemoteWorker:
         base: BaseImage,
         directory: Path,
         requeued_from: tuple[str, ...],
-    ) -> runner.CellResult:
+    ) -> results.CellResult:
         if self._lost:
             raise runner.HostDown(self.name, self._lost, ran=False)
         job, files = runner.prepare_cell(self.cfg, p.cell, kernel, base, p.id, p.repeat)
@@ -751,7 +751,7 @@ class RemoteWorker:
             if status == remote.EXIT_OK:
                 problem = result_problem(err, received)
                 if problem:
-                    raise LabError(f"the cell from lab host {self.name} {problem}")
+                    raise InfraError(f"the cell from lab host {self.name} {problem}")
                 with self._lock:
                     self.cells += 1
                 return store_cell(self.name, fetched, directory, requeued_from, job.record)
@@ -813,7 +813,7 @@ class RemoteWorker:
         argv = [self.host.python, "-c", BOOTSTRAP, "sha256", path]
         code, out, err = run(conn, argv, timeout=300)
         if code != 0:
-            raise LabError(f"{_where(self.host)}: cannot hash {path}: {_tail(err) or code}")
+            raise InfraError(f"{_where(self.host)}: cannot hash {path}: {_tail(err) or code}")
         return out.strip()
 
     def _ensure(self, conn: Any, rel: str, local: Path) -> tuple[str, str]:
@@ -837,7 +837,7 @@ class RemoteWorker:
                 got = self._remote_sha256(conn, tmp)
                 if got != want:
                     sftp.remove(tmp)
-                    raise LabError(
+                    raise InfraError(
                         f"{_where(self.host)}: the upload of {rel} arrived with sha256 "
                         f"{printable(got[:16], one_line=True)}, sent {want[:16]}"
                     )
@@ -906,7 +906,7 @@ def open_worker(cfg: LabConfig, host: Host, log: Callable[[str], None]) -> Remot
         bundle_dir, uploaded = ensure_bundle(conn, host, info.lab_dir)
     except TRANSPORT_ERRORS as exc:
         conn.close()
-        raise LabError(f"{_where(host)}: {describe(exc)}") from None
+        raise InfraError(f"{_where(host)}: {describe(exc)}") from None
     except BaseException:
         conn.close()
         raise

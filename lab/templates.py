@@ -19,7 +19,7 @@ import jinja2
 import jinja2.exceptions
 import jinja2.sandbox
 
-from lab.errors import LabError
+from lab.errors import UserError
 
 
 @lru_cache(maxsize=8)
@@ -58,18 +58,18 @@ def render_file(directory: Path, name: str, context: Mapping[str, Any]) -> str:
     except (OSError, RuntimeError, ValueError):
         inside = False
     if not inside or not path.is_file():
-        raise LabError(f"{path}: config template not found (config templates live in {directory})")
+        raise UserError(f"{path}: config template not found (config templates live in {directory})")
     try:
         return _environment(str(directory)).get_template(name).render(**context)
     except jinja2.UndefinedError as exc:
         line = _error_line(exc, name)
-        raise LabError(
+        raise UserError(
             f"{path}{line}: {exc.message}; variables available: {_describe(context)}"
         ) from None
     except jinja2.TemplateSyntaxError as exc:
-        raise LabError(f"{path}:{exc.lineno}: template syntax error: {exc.message}") from None
+        raise UserError(f"{path}:{exc.lineno}: template syntax error: {exc.message}") from None
     except Exception as exc:
-        raise LabError(f"{path}{_error_line(exc, name)}: {_problem(exc, directory)}") from None
+        raise UserError(f"{path}{_error_line(exc, name)}: {_problem(exc, directory)}") from None
 
 
 def render_string(source: str, context: Mapping[str, Any], where: str, directory: Path) -> str:
@@ -81,13 +81,13 @@ def render_string(source: str, context: Mapping[str, Any], where: str, directory
         env = _environment(str(directory))
         return env.from_string(source).render(**context)
     except jinja2.UndefinedError as exc:
-        raise LabError(
+        raise UserError(
             f"{where}: {exc.message}; variables available: {_describe(context)}"
         ) from None
     except jinja2.TemplateSyntaxError as exc:
-        raise LabError(f"{where}: template syntax error: {exc.message}") from None
+        raise UserError(f"{where}: template syntax error: {exc.message}") from None
     except Exception as exc:
-        raise LabError(f"{where}: {_problem(exc, directory)}") from None
+        raise UserError(f"{where}: {_problem(exc, directory)}") from None
 
 
 def _error_line(exc: BaseException, name: str) -> str:

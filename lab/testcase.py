@@ -17,7 +17,7 @@ from typing import Any
 
 from lab import expect
 from lab.config import MAX_MEMORY_MIB, MAX_SECONDS, check_cmdline
-from lab.errors import LabError
+from lab.errors import UserError
 
 # A test case is a few kilobytes of Python; the bound keeps a stray file from
 # costing the host its memory (ast trees are ~10x the source).
@@ -59,13 +59,13 @@ def _read(path: Path) -> str:
         with path.open("rb") as f:
             raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise LabError(f"{path}: cannot read: {exc.strerror}") from None
+        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
     if len(raw) > MAX_FILE_BYTES:
-        raise LabError(f"{path}: larger than {MAX_FILE_BYTES >> 10} KiB; not a test case")
+        raise UserError(f"{path}: larger than {MAX_FILE_BYTES >> 10} KiB; not a test case")
     try:
         return raw.decode()
     except UnicodeDecodeError as exc:
-        raise LabError(
+        raise UserError(
             f"{path}: not UTF-8 text (byte {exc.start}); test cases are Python source"
         ) from None
 
@@ -93,15 +93,15 @@ def _literal(path: Path) -> dict[str, Any]:
         tree = ast.parse(text, filename=str(path))
     except SyntaxError as exc:
         line = f":{exc.lineno}" if exc.lineno else ""
-        raise LabError(f"{path}{line}: syntax error: {exc.msg}") from None
+        raise UserError(f"{path}{line}: syntax error: {exc.msg}") from None
     except (MemoryError, RecursionError):
-        raise LabError(f"{path}: too complex to parse (nesting too deep)") from None
+        raise UserError(f"{path}: too complex to parse (nesting too deep)") from None
     # The host reads the first binding, the guest's module ends up with the last: they
     # must be the same one, so TESTCASE is bound once and never changed.
     changes = [getattr(n, "lineno", 0) for n in ast.walk(tree) if _changes(n)]
     if len(changes) > 1:
         lines = ", ".join(str(n) for n in sorted(changes)[:5])
-        raise LabError(
+        raise UserError(
             f"{path}: TESTCASE is bound or changed more than once (lines {lines}); "
             "assign it once, as a literal dict"
         )
@@ -119,14 +119,14 @@ def _literal(path: Path) -> dict[str, Any]:
             value = ast.literal_eval(value_node)
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             # TypeError: an unhashable key or set member, e.g. {["k"]: 1}.
-            raise LabError(
+            raise UserError(
                 f"{path}:{node.lineno}: TESTCASE must be a literal dict "
                 "(strings, numbers, booleans, lists)"
             ) from None
         if not isinstance(value, dict):
-            raise LabError(f"{path}:{node.lineno}: TESTCASE must be a dict")
+            raise UserError(f"{path}:{node.lineno}: TESTCASE must be a dict")
         return value
-    raise LabError(f"{path}: no module-level TESTCASE = {{...}} literal")
+    raise UserError(f"{path}: no module-level TESTCASE = {{...}} literal")
 
 
 def load(path: Path, classes: Sequence[str] = ()) -> TestCase:
@@ -134,31 +134,31 @@ def load(path: Path, classes: Sequence[str] = ()) -> TestCase:
     where = f"{path}: TESTCASE"
     unknown = sorted(set(meta) - set(KEYS))
     if unknown:
-        raise LabError(f"{where}: unknown key {unknown[0]!r}; valid: {', '.join(KEYS)}")
+        raise UserError(f"{where}: unknown key {unknown[0]!r}; valid: {', '.join(KEYS)}")
 
     def get(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
         value = meta.get(key, default)
         if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
-            raise LabError(f"{where}[{key!r}]: expected {KEYS[key]}, got {value!r}")
+            raise UserError(f"{where}[{key!r}]: expected {KEYS[key]}, got {value!r}")
         return value
 
     name = get("name", str, path.stem)
     if name != path.stem:
-        raise LabError(f"{where}['name']: {name!r} must equal the file name {path.stem!r}")
+        raise UserError(f"{where}['name']: {name!r} must equal the file name {path.stem!r}")
     arches = get("arches", list, ["*"])
     rules_text = get("expect", list, ["* -> pass"])
     needs = get("needs", list, [])
     for key, items in (("arches", arches), ("expect", rules_text), ("needs", needs)):
         if not all(isinstance(x, str) for x in items):
-            raise LabError(f"{where}[{key!r}]: expected a list of strings")
+            raise UserError(f"{where}[{key!r}]: expected a list of strings")
     timeout = float(get("timeout", (int, float), 60))
     if not math.isfinite(timeout) or timeout <= 0:
-        raise LabError(f"{where}['timeout']: {timeout!r} must be a positive, finite number")
+        raise UserError(f"{where}['timeout']: {timeout!r} must be a positive, finite number")
     if timeout > MAX_SECONDS:
-        raise LabError(f"{where}['timeout']: {timeout:g} is too large; at most {MAX_SECONDS:g}")
+        raise UserError(f"{where}['timeout']: {timeout:g} is too large; at most {MAX_SECONDS:g}")
     memory_mib = get("memory_mib", int, 0)
     if memory_mib != 0 and not 64 <= memory_mib <= MAX_MEMORY_MIB:
-        raise LabError(
+        raise UserError(
             f"{where}['memory_mib']: {memory_mib} is not valid; "
             f"0 (the arch default) or 64..{MAX_MEMORY_MIB}"
         )
@@ -178,7 +178,7 @@ def load(path: Path, classes: Sequence[str] = ()) -> TestCase:
 
 def discover(directory: Path, classes: Sequence[str] = ()) -> list[TestCase]:
     if not directory.is_dir():
-        raise LabError(f"test case directory {directory} not found (lab.toml [lab] testcases_dir)")
+        raise UserError(f"test case directory {directory} not found (lab.toml [lab] testcases_dir)")
     return [load(p, classes) for p in sorted(directory.glob("*.py")) if not p.name.startswith("_")]
 
 
@@ -186,5 +186,5 @@ def find(directory: Path, name: str, classes: Sequence[str] = ()) -> TestCase:
     path = directory / f"{name}.py"
     if not path.is_file():
         names = [p.stem for p in sorted(directory.glob("*.py")) if not p.name.startswith("_")]
-        raise LabError(f"unknown test case {name!r}; valid: {', '.join(names) or '(none)'}")
+        raise UserError(f"unknown test case {name!r}; valid: {', '.join(names) or '(none)'}")
     return load(path, classes)

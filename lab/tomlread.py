@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from lab.errors import LabError
+from lab.errors import UserError
 
 Scalar = str | int | bool | float
 _MISSING: Any = object()
@@ -41,7 +41,7 @@ class Table:
         return f"{self.path}.{name}" if self.path else name
 
     def fail(self, message: str) -> NoReturn:
-        raise LabError(f"{self.file}: {message}")
+        raise UserError(f"{self.file}: {message}")
 
     def fail_key(self, name: str, message: str) -> NoReturn:
         self.fail(f"{self.key(name)}: {message}")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from test_report import Spec, make_run
 
-from lab import cache, classify, cli, config, matrix, report, results, runner, testcase
+from lab import cache, classify, cli, config, matrix, report, results, testcase
 from lab.errors import LabError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -208,7 +208,8 @@ def test_cell_json_is_written_after_the_files_it_vouches_for(
     d.mkdir()
     (d / "console.log").write_text("a console the guest wrote\n")
     (d / "result.jsonl").write_text('{"type": "ready"}\n')
-    runner.finish_cell(d, {"outcome": "pass"}, {"id": "x86_64/C0/api", "observed": "pass"})
+    cell = {"id": "x86_64/C0/api", "observed": "pass"}
+    results.CellResult.from_json(d, cell, {"outcome": "pass"}).write()
     marker = next(i for i, f in enumerate(fsyncs) if f.startswith(str(d / ".cell.json.")))
     for name in ("console.log", "result.jsonl", "evidence.json"):
         assert fsyncs.index(str(d / name)) < marker, name

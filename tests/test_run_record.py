@@ -1,0 +1,131 @@
+"""run.json as `lab matrix` writes it (a new run, then a --resume), pinned byte for byte.
+
+The report goldens check how a run directory is read; this checks how run.json is
+written by cli.run_matrix. Builds, base images and cells are replaced by fixed results
+(one kernel built, one failed), and the clock, host and run id by fixed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_golden import _base, _kernel
+
+from lab import __version__, boot, cache, classify, cli, matrix, results, runner, testcase
+from lab.config import LabConfig, load
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "data" / "run-record"
+REGEN = os.environ.get("LAB_REGEN") == "1"  # rewrite the files below instead of comparing
+RUN_ID = "20261126-080000-matrix-5e1f"
+FAILED = "x86_64-U1: build failed (make exit 2); first errors:"
+CACHE = Path("/home/lab/.cache/lab")  # cfg.cache_dir comes from the environment: pin it
+
+
+def _plan(tmp_path: Path) -> tuple[LabConfig, list[matrix.Planned]]:
+    cfg = dataclasses.replace(
+        load(REPO / "lab.toml"), results_dir=tmp_path / "results", cache_dir=CACHE
+    )
+    tcs = testcase.discover(cfg.testcases_dir, classify.CLASSES)
+    names = [v.name for v in cfg.variants[:2]]
+    return cfg, matrix.plan(cfg, tcs, matrix.MatrixSpec(), names, ["x86_64"], ["api"])
+
+
+@pytest.fixture
+def fixed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(results, "now", lambda: "2026-11-26T08:30:00+00:00")
+    monkeypatch.setattr(results, "new_run_id", lambda _label="": RUN_ID)
+    monkeypatch.setattr(results, "host_info", lambda: {"node": "controller", "cpus": 2})
+    ticks = iter(float(i) for i in range(10_000))
+    monkeypatch.setattr(cli, "time", types.SimpleNamespace(monotonic=lambda: next(ticks)))
+
+
+def _fake_stages(monkeypatch: pytest.MonkeyPatch, cfg: LabConfig) -> None:
+    def build_kernels(
+        _cfg: LabConfig, pairs: list[tuple[str, str]], _rep: object, _jobs: int = 0
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        kernels, failed = {}, {}
+        for arch, variant in pairs:
+            label = f"{arch}/{variant}"
+            if variant == cfg.variants[1].name:
+                failed[label] = FAILED.replace("U1", variant)
+            else:
+                kernels[label] = _kernel(cfg, arch, variant)
+        return kernels, failed
+
+    def run_cells(
+        cfg_: LabConfig,
+        cells: list[matrix.Planned],
+        run_dir: Path,
+        *_a: Any,
+        **_k: Any,
+    ) -> None:
+        on_start: Callable[[matrix.Planned], None] = _a[4]
+        on_done: Callable[..., None] = _a[5]
+        for p in cells:
+            on_start(p)
+            res = runner.infra_cell(cfg_, p, run_dir / "cells" / p.dirname, "scripted")
+            on_done(p, res, "")
+
+    monkeypatch.setattr(cli, "_build_kernels", build_kernels)
+    monkeypatch.setattr(boot, "base_image", lambda c, a, _log: _base(c, a.name))
+    monkeypatch.setattr(runner, "run_cells", run_cells)
+
+
+def _check(run_dir: Path, name: str, tmp_path: Path) -> None:
+    text = (run_dir / "run.json").read_text()
+    text = text.replace(str(tmp_path), "$TMP").replace(str(REPO), "$REPO")
+    text = text.replace(f'"lab_version": "{__version__}"', '"lab_version": "$VERSION"')
+    text = text.replace(cache.file_digest(REPO / "lab.toml"), "$LAB_TOML_SHA256")
+    golden = GOLDEN / name
+    if REGEN:
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(text)
+    assert text == golden.read_text(), f"{golden} differs (LAB_REGEN=1 rewrites it)"
+
+
+def test_run_json_of_a_new_run_and_a_resume_byte_for_byte(
+    fixed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg, cells = _plan(tmp_path)
+    _fake_stages(monkeypatch, cfg)
+    selection = {"variants": None, "arches": ["x86_64"], "testcases": ["api"], "repeat": 1}
+    header = cli._run_header(cfg, cells, {**selection, "shard": None})
+    run_dir = results.new_run(cfg.results_dir, "matrix", header)
+    _check(run_dir, "new.run.json", tmp_path)
+
+    assert cli.run_matrix(cfg, cells, run_dir, 1, quiet=True) == 2  # infra cells
+    _check(run_dir, "finished.run.json", tmp_path)
+
+    (done,) = [d for d in (run_dir / "cells").iterdir() if "U0" in d.name]
+    for f in done.iterdir():
+        f.unlink()
+    done.rmdir()  # one cell to run again
+    assert cli.run_matrix(cfg, cells, run_dir, 1, quiet=True, forced_config="f" * 64) == 2
+    _check(run_dir, "resumed.run.json", tmp_path)
+
+
+def test_a_run_json_with_odd_bookkeeping_resumes_without_a_traceback(
+    fixed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A results tree may come from elsewhere: a run.json whose kernels/images/durations
+    are not tables is bookkeeping to replace, not a crash of `lab matrix --resume`."""
+    cfg, cells = _plan(tmp_path)
+    _fake_stages(monkeypatch, cfg)
+    header = cli._run_header(cfg, cells, {"variants": None, "arches": ["x86_64"]})
+    run_dir = results.new_run(cfg.results_dir, "matrix", header)
+    meta = json.loads((run_dir / "run.json").read_text())
+    odd = {"kernels": [], "build_failures": "x", "images": 3, "durations": None, "hosts": 7}
+    (run_dir / "run.json").write_text(json.dumps({**meta, **odd, "future_key": [1]}))
+    assert cli.run_matrix(cfg, cells, run_dir, 1, quiet=True) == 2
+    after = json.loads((run_dir / "run.json").read_text())
+    assert set(after["kernels"]) == {"x86_64/U0"} and set(after["build_failures"]) == {"x86_64/U1"}
+    assert set(after["durations"]) == {"build_and_images", "cells", "last_invocation"}
+    assert after["future_key"] == [1] and after["hosts"] == 7 and after["status"] == "complete"
