@@ -28,10 +28,7 @@ from lab import (
     classify,
     config,
     doctor,
-    failures,
-    hosts,
     image,
-    kconfig,
     machine,
     matrix,
     proc,
@@ -39,9 +36,10 @@ from lab import (
     results,
     runner,
     selection,
-    source,
     testcase,
 )
+from lab.build import kconfig, source
+from lab.config import failures, hosts
 from lab.errors import LabError, UserError, printable
 from lab.outcome import CLASSES
 from lab.progress import Reporter

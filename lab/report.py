@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lab import __version__, cache, results
+from lab.classify.signatures import BY_NAME
 from lab.errors import UserError
 from lab.outcome import Outcome, Verdict
-from lab.signatures import BY_NAME
 
 REPORTS = ("report.html", "summary.md", "junit.xml")
 CELL_FILES = (

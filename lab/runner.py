@@ -24,8 +24,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-from lab import boot, cache, classify, image, kselftest, matrix, proc, source
-from lab.build import Kernel
+from lab import boot, cache, classify, image, matrix, proc
+from lab.build import Kernel, kselftest, source
 from lab.cell import Cell, expected_banner, job_for, reproducer
 from lab.config import ArchSpec, BootSpec, LabConfig, QemuSpec
 from lab.errors import InfraError, LabError, UserError

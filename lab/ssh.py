@@ -55,8 +55,8 @@ import paramiko
 from lab import __version__, bundle, cache, matrix, remote, results, runner
 from lab.build import Kernel
 from lab.config import LabConfig
+from lab.config.hosts import Host
 from lab.errors import InfraError, LabError, UserError, printable
-from lab.hosts import Host
 from lab.image import BaseImage
 from lab.outcome import Verdict
 

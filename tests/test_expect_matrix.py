@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lab import classify, config, expect, failures, matrix, testcase
+from lab import classify, config, expect, matrix, testcase
+from lab.config import failures
 from lab.errors import LabError
 
 

@@ -19,7 +19,7 @@ from test_labguest import _run_agent, guest_agent  # noqa: F401 (a fixture)
 from lab import classify as cl
 from lab import report
 from lab.classify import RunFacts, classify
-from lab.signatures import SIGNATURES
+from lab.classify.signatures import SIGNATURES
 
 # --- D3: linear signatures ----------------------------------------------------------
 

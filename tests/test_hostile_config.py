@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from lab import config, matrix, qemu, source, templates, testcase
+from lab import config, matrix, qemu, testcase
+from lab.build import source
+from lab.config import templates
 from lab.errors import LabError
 
 TESTCASE = 'TESTCASE = {"purpose": "p", "arches": ARCHES}\n\n\ndef run(t):\n    pass\n'

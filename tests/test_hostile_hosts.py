@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from lab import bundle, cache, classify, hosts, matrix, remote, results, runner, ssh, testcase
-from lab.config import LabConfig, load
+from lab import bundle, cache, classify, matrix, remote, results, runner, ssh, testcase
+from lab.config import LabConfig, hosts, load
 from lab.errors import LabError
 from lab.progress import Reporter
 

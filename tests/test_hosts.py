@@ -38,8 +38,8 @@ from realtools import processes_mentioning as _processes_mentioning
 from realtools import run_cells as _cells
 from realtools import start_pair as _start_pair
 
-from lab import bundle, cache, classify, hosts, matrix, runner, ssh, testcase
-from lab.config import LabConfig, load
+from lab import bundle, cache, classify, matrix, runner, ssh, testcase
+from lab.config import LabConfig, hosts, load
 from lab.errors import LabError
 from lab.matrix import Planned
 

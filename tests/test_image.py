@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from lab import cpio, image
+from lab import image
 from lab.config import ImageSpec
 from lab.errors import LabError
-from lab.image import ImageRecipe
+from lab.image import ImageRecipe, cpio
 
 # A mirror of the guest's release as a host's apt sources would name it (.example: no host).
 FIXTURE_SOURCES = (

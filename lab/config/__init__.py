@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab import templates, variants
+from lab.config import templates, variants
+from lab.config.tomlread import Scalar, Table
 from lab.errors import UserError
-from lab.tomlread import Scalar, Table
 
 SOURCE_KINDS = ("debian", "tarball", "tree", "git")
 ACCELS = ("auto", "kvm", "tcg")
@@ -118,7 +118,7 @@ class BootSpec:
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """The guest image recipe's knobs (the rest is in lab/image.py and images/)."""
+    """The guest image recipe's knobs (the rest is in lab/image/__init__.py and images/)."""
 
     extra_packages: tuple[str, ...]  # Debian packages added to busybox + Python
     # (URI, suites, components); empty: the host's apt sources for the guest's release

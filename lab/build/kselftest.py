@@ -13,7 +13,9 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from lab import cache, image, prereqs, toolchain
+from lab import cache, prereqs
+from lab import image
+from lab.build import toolchain
 from lab.config import ArchSpec
 from lab.errors import LabError, UserError
 

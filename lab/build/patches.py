@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lab import cache, prereqs
 from lab.errors import InfraError, UserError
-from lab.source import Log, Source
+from lab.build.source import Log, Source
 
 
 @dataclass(frozen=True)

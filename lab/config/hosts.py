@@ -15,8 +15,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.config.tomlread import Table
 from lab.errors import UserError
-from lab.tomlread import Table
 
 POLICIES = ("strict", "accept-new")
 DEFAULT_LAB_DIR = "~/.cache/lab-remote"

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.config.tomlread import Table
 from lab.errors import UserError
-from lab.tomlread import Table
 
 ANSWERS = ("reproduced", "not reproduced", "different outcome")
 

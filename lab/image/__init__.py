@@ -39,14 +39,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lab import cpio, prereqs
+from lab import prereqs
 from lab.config import ImageSpec
 from lab.errors import InfraError, LabError
+from lab.image import cpio
 
 # Bump when the builder's output for the same recipe changes (layout, trimming logic, pyc...).
 BUILDER_VERSION = 1
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_INIT = REPO_ROOT / "images" / "init"
 
 Log = Callable[[str], None]

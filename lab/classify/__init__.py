@@ -8,7 +8,7 @@ or another one. Three stages:
    numbers kept), strips terminal escapes and the prefixes in front of a kernel
    message: the lab's host timestamp (`console.timed.log`), `<N>` syslog levels,
    the printk timestamp and a `[T123]` caller id.
-2. Every line is matched against the declarative table in `lab.signatures`; the
+2. Every line is matched against the declarative table in `lab.classify.signatures`; the
    first matching entry wins for that line.
 3. `RULES`, an explicit ordered list, picks the class: the first rule whose
    condition holds decides, and its id is recorded. docs/outcomes.md explains
@@ -28,9 +28,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from lab.classify.signatures import INT_FIELDS, SIGNATURES, Signature
 from lab.errors import UserError
 from lab.outcome import CLASSES as CLASSES  # re-exported: callers knew it here
-from lab.signatures import INT_FIELDS, SIGNATURES, Signature
 
 MAX_EVIDENCE = 40  # evidence lines per classification
 MAX_TEXT = 2000  # characters of one console line kept in evidence

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 
-from lab.tomlread import Scalar
+from lab.config.tomlread import Scalar
 
 Params = dict[str, Scalar]
 
