@@ -18,31 +18,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from lab import (
-    __version__,
-    boot,
-    build,
-    cache,
-    cell,
-    channel,
-    classify,
-    config,
-    doctor,
-    image,
-    machine,
-    matrix,
-    proc,
-    report,
-    results,
-    runner,
-    selection,
-    testcase,
-)
+from lab import __version__, build, cache, classify, config, doctor, image, proc, report, results
 from lab.build import kconfig, source
 from lab.config import failures, hosts
 from lab.errors import LabError, UserError, printable
 from lab.outcome import CLASSES
 from lab.progress import Reporter
+from lab.run import cell, matrix, runner, selection, testcase
+from lab.vm import boot, channel, machine
 
 
 class BuildFailed(LabError):

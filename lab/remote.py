@@ -144,8 +144,8 @@ def exec_cell(lab_dir: Path) -> int:
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return _fail(EXIT_BAD_REQUEST, f"malformed request: {exc}")
 
-    from lab import runner
     from lab.errors import LabError
+    from lab.run import runner
 
     def log(message: str) -> None:
         sys.stderr.write(f"lab-remote: {message}\n")
@@ -178,7 +178,8 @@ def exec_cell(lab_dir: Path) -> int:
 
 
 def facts(arches: dict[str, Any], cache_root: Path) -> dict[str, Any]:
-    from lab import accel, runner
+    from lab.run import runner
+    from lab.vm import accel
 
     out: dict[str, Any] = {}
     for name, data in arches.items():

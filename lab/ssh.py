@@ -52,13 +52,14 @@ import fabric
 import invoke.exceptions
 import paramiko
 
-from lab import __version__, bundle, cache, matrix, remote, results, runner
+from lab import __version__, bundle, cache, remote, results
 from lab.build import Kernel
 from lab.config import LabConfig
 from lab.config.hosts import Host
 from lab.errors import InfraError, LabError, UserError, printable
 from lab.image import BaseImage
 from lab.outcome import Verdict
+from lab.run import matrix, runner
 
 CONNECT_TIMEOUT = 10  # seconds for TCP connect, SSH banner and authentication each
 KEEPALIVE = 5  # seconds between SSH keepalives on a connection

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 from test_report import Spec, make_run
 
-from lab import cache, classify, cli, config, matrix, report, results, testcase
+from lab import cache, classify, cli, config, report, results
 from lab.errors import LabError
+from lab.run import matrix, testcase
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -22,10 +22,11 @@ from typing import Any
 
 import pytest
 
-from lab import bundle, cache, classify, matrix, remote, results, runner, ssh, testcase
+from lab import bundle, cache, classify, remote, results, ssh
 from lab.config import LabConfig, hosts, load
 from lab.errors import LabError
 from lab.progress import Reporter
+from lab.run import matrix, runner, testcase
 
 REPO = Path(__file__).resolve().parent.parent
 ESC = "\x1b]0;owned\x07\x1b[2J\x1b[31m"

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from test_report import FULL, Spec, make_run
 
-from lab import classify, cli, report, results, runner
+from lab import classify, cli, report, results
 from lab.errors import LabError
+from lab.run import runner
 
 SECRET = "root:x:0:0:TOPSECRET-passwd-line:/root:/bin/bash"
 

@@ -1,6 +1,6 @@
 """Reports, compare and merge on synthetic run directories (and real ones when present).
 
-The synthetic run mirrors what lab.runner and lab.cli.run_matrix write: run.json with
+The synthetic run mirrors what lab.run.runner and lab.cli.run_matrix write: run.json with
 the planned cells and provenance, one directory per finished cell with cell.json,
 evidence.json and the logs. It holds every case a report must show: expected and
 unexpected cells, an infra cell, repetitions that disagree, arches that disagree,
@@ -509,7 +509,7 @@ def test_compare_orders_regressions_first(tmp_path: Path) -> None:
 
 
 def _shards(tmp_path: Path, n: int) -> list[Path]:
-    """FULL dealt into n shards by kernel, as lab.matrix.shard does."""
+    """FULL dealt into n shards by kernel, as lab.run.matrix.shard does."""
     kernels = sorted({"/".join(_parts(s.id)[:2]) for s in FULL})
     out = []
     for k in range(n):

@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 from test_golden import _base, _kernel
 
-from lab import __version__, boot, cache, classify, cli, matrix, results, runner, testcase
+from lab import __version__, cache, classify, cli, results
 from lab.config import LabConfig, load
+from lab.run import matrix, runner, testcase
+from lab.vm import boot
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "data" / "run-record"

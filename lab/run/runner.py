@@ -1,6 +1,6 @@
 """Running cells: boot a guest per cell, follow it, classify, write the cell directory.
 
-The side-effect half of cells (lab.cell is the pure half). A cell directory holds:
+The side-effect half of cells (lab.run.cell is the pure half). A cell directory holds:
 
   console.log, console.timed.log   the raw console and its host-timestamped copy
   result.jsonl                     the agent's records as received
@@ -24,15 +24,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-from lab import boot, cache, classify, image, matrix, proc
+from lab import cache, classify, image, proc
 from lab.build import Kernel, kselftest, source
-from lab.cell import Cell, expected_banner, job_for, reproducer
 from lab.config import ArchSpec, BootSpec, LabConfig, QemuSpec
 from lab.errors import InfraError, LabError, UserError
 from lab.image import BaseImage
-from lab.machine import BootError
 from lab.outcome import Deadline, Verdict
 from lab.results import CellResult
+from lab.run import matrix
+from lab.run.cell import Cell, expected_banner, job_for, reproducer
+from lab.vm import boot
+from lab.vm.machine import BootError
 
 MARGIN = 30.0  # seconds the host waits beyond a test case's own (in-guest) deadline
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab import expect
 from lab.config import MAX_MEMORY_MIB, MAX_SECONDS, check_cmdline
 from lab.errors import UserError
+from lab.run import expect
 
 # A test case is a few kilobytes of Python; the bound keeps a stray file from
 # costing the host its memory (ast trees are ~10x the source).
@@ -32,7 +32,7 @@ KEYS = {
     "destructive": "true if it leaves the guest unusable (always a fresh boot)",
     "cmdline": "kernel command line additions",
     "memory_mib": "guest memory it needs (0: the arch default)",
-    "expect": "rules 'condition -> outcome' (see lab/expect.py)",
+    "expect": "rules 'condition -> outcome' (see lab/run/expect.py)",
     "needs": "host-built artefacts, e.g. ['kselftest:vm/memfd_secret']",
 }
 

@@ -17,11 +17,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lab import accel, image
+from lab import image
 from lab.build import Kernel
 from lab.config import ArchSpec, BootSpec, LabConfig, Variant
-from lab.machine import Machine
-from lab.qemu import Launch, kernel_cmdline
+from lab.vm import accel
+from lab.vm.machine import Machine
+from lab.vm.qemu import Launch, kernel_cmdline
 
 Files = Mapping[str, tuple[bytes, int]]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from lab import cache
 from lab.config import ArchSpec
 from lab.errors import LabError
-from lab.qemu import Launch
+from lab.vm.qemu import Launch
 
 # `uname -m` of hosts that can run each guest arch under KVM.
 _NATIVE = {"x86_64": ("x86_64",), "arm64": ("aarch64", "arm64")}
@@ -101,7 +101,7 @@ def choose(
 
 def _probe(launch: Launch, workdir: Path, timeout: float, boot_id: str) -> Choice:
     """Boot `launch` (its initrd holds `boot_id`, which the ready marker must carry)."""
-    from lab.machine import BootError, Machine  # the probe is the one place that boots
+    from lab.vm.machine import BootError, Machine  # the probe is the one place that boots
 
     probe = replace(launch, accel="kvm", result_file=workdir / "kvm-probe.result")
     try:

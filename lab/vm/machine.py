@@ -26,9 +26,10 @@ from typing import Any, Literal
 
 import pexpect
 
-from lab import channel, prereqs, proc
+from lab import prereqs, proc
 from lab.errors import InfraError, LabError
-from lab.qemu import Launch
+from lab.vm import channel
+from lab.vm.qemu import Launch
 
 # Any ready marker; only the one with this boot's id counts (see Machine.wait_ready).
 READY = re.compile(rb"LABREADY (\S+)\s")

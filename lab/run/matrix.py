@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.cell import Cell
 from lab.config import LabConfig
 from lab.config.tomlread import Table
 from lab.errors import UserError
-from lab.testcase import TestCase
+from lab.run.cell import Cell
+from lab.run.testcase import TestCase
 
 MAX_REPEAT = 1000
 # Far above a real matrix (the repo's is a few hundred cells), and low enough that

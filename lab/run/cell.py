@@ -1,6 +1,6 @@
 """One matrix cell: (arch, variant, test case), its expectation and verdict. Pure.
 
-Running a cell (boot, follow, classify, save) is lab.runner's business.
+Running a cell (boot, follow, classify, save) is lab.run.runner's business.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from lab import expect
 from lab.config import ArchSpec, LabConfig, Variant
-from lab.testcase import TestCase
+from lab.run import expect
+from lab.run.testcase import TestCase
 
 
 @dataclass(frozen=True)

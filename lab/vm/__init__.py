@@ -1,0 +1,1 @@
+"""vm: see docs/architecture.md."""
