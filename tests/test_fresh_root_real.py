@@ -17,7 +17,7 @@ copy, copies this checkout in and, chrooted into it:
 
 Mounts (/proc, /sys, /dev, the caches) live in a private mount namespace (`unshare -m`) that
 dies with the command, so nothing stays mounted whatever happens to the test; apt inside the
-root uses the host's apt sources (the ones lab/image/__init__.py picks for the guest image), so only
+root uses the host's apt sources (the ones lab/image/ picks for the guest image), so only
 the package registries are reached. The root's .deb and pip caches persist under
 LAB_CACHE_DIR so a rerun downloads little.
 """
@@ -77,7 +77,7 @@ def _sources_text() -> str:
     """The host's apt sources for bookworm, as the lab reads them, in one-line format."""
     picked = image.release_sources(image.host_sources(), image.RELEASE_SUITES)
     if not picked:
-        pytest.fail("the host's apt sources have no bookworm entry (see lab/image/__init__.py)")
+        pytest.fail("the host's apt sources have no bookworm entry (see lab/image/)")
     lines = []
     for src in picked:
         keyring = src.signed_by or prereqs.DEBIAN_KEYRING

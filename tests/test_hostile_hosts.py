@@ -3,7 +3,7 @@
 What a host sends back is data: the cell directory as a tar.gz on stdout, log lines
 on stderr. These tests feed hostile data to the controller's own functions (the
 pump that reads the channel, extraction, validation and storing of the cell) and run
-the host-side checks (lab.remote, the bootstrap script) here with python3.
+the host-side checks (lab.hosts.remote, the bootstrap script) here with python3.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 
-from lab import bundle, cache, classify, remote, results, ssh
+from lab import cache, classify, results
 from lab.config import LabConfig, hosts, load
 from lab.errors import LabError
+from lab.hosts import bundle, remote, ssh
 from lab.progress import Reporter
 from lab.run import matrix, runner, testcase
 
@@ -419,12 +420,12 @@ def test_bundle_is_present_only_when_every_file_matches(tmp_path: Path) -> None:
     assert _bootstrap("unpack", str(tgz), str(dest), want).returncode == 0
     assert _bootstrap("verify", str(dest), want).returncode == 0
     # Same size, other content: a size check would call it present.
-    victim = dest / "lab" / "remote.py"
+    victim = dest / "lab" / "hosts" / "remote.py"
     data = victim.read_bytes()
     victim.write_bytes(data.replace(b"EXIT_OK = 0", b"EXIT_OK = 9"))
     assert victim.stat().st_size == len(data)
     bad = _bootstrap("verify", str(dest), want)
-    assert bad.returncode != 0 and "lab/remote.py" in bad.stderr
+    assert bad.returncode != 0 and "lab/hosts/remote.py" in bad.stderr
     # A manifest that is not the one this controller built.
     assert _bootstrap("verify", str(dest), "0" * 64).returncode != 0
     # A corrupted upload is refused before it becomes the bundle.

@@ -38,9 +38,10 @@ from realtools import processes_mentioning as _processes_mentioning
 from realtools import run_cells as _cells
 from realtools import start_pair as _start_pair
 
-from lab import bundle, cache, classify, ssh
+from lab import cache, classify
 from lab.config import LabConfig, hosts, load
 from lab.errors import LabError
+from lab.hosts import bundle, ssh
 from lab.run import matrix, runner, testcase
 from lab.run.matrix import Planned
 
@@ -227,7 +228,7 @@ def test_bundle_uploaded_once_then_skipped(
     # (python -S: no site-packages at all).
     probe = subprocess.run(
         ["env", "-i", f"PYTHONPATH={where}", "/usr/bin/python3", "-S", "-c",
-         "import sys, lab.remote, lab.run.runner; "
+         "import sys, lab.hosts.remote, lab.run.runner; "
          "print(sorted({m.split('.')[0] for m in sys.modules} & "
          "{'rich', 'fabric', 'paramiko', 'pexpect', 'jinja2'}))"],
         capture_output=True, text=True, check=True,

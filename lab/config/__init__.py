@@ -118,7 +118,7 @@ class BootSpec:
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """The guest image recipe's knobs (the rest is in lab/image/__init__.py and images/)."""
+    """The guest image recipe's knobs (the rest is in lab/image/ and images/)."""
 
     extra_packages: tuple[str, ...]  # Debian packages added to busybox + Python
     # (URI, suites, components); empty: the host's apt sources for the guest's release

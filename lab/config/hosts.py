@@ -2,8 +2,8 @@
 
 A lab host runs matrix cells for the controller (the machine running `lab matrix`):
 it needs only python3 >= 3.11 and QEMU; the controller ships everything else (see
-lab.ssh). This module only turns the table into validated data; connecting is
-lab.ssh's business. Reference: docs/lab-toml.md, docs/scaling.md.
+lab.hosts.ssh). This module only turns the table into validated data; connecting is
+lab.hosts.ssh's business. Reference: docs/lab-toml.md, docs/scaling.md.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""run: see docs/architecture.md."""
+"""run: test cases and expectations, cells, the matrix plan, the runner and its workers."""

@@ -308,7 +308,7 @@ class HostDown(InfraError):
 
 
 class Worker(Protocol):
-    """Somewhere cells run: this machine, or one SSH lab host (lab.ssh.RemoteWorker)."""
+    """Somewhere cells run: this machine, or one SSH lab host (lab.hosts.ssh.RemoteWorker)."""
 
     @property
     def name(self) -> str:

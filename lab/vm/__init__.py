@@ -1,1 +1,1 @@
-"""vm: see docs/architecture.md."""
+"""vm: one QEMU guest (argv, accelerator, console state machine, channel, boot)."""

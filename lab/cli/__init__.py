@@ -550,7 +550,7 @@ def _open_hosts(
     run: results.RunMeta,
     log: Callable[[str], None],
 ) -> list[runner.Worker]:
-    from lab import ssh  # fabric/paramiko load only when hosts are used
+    from lab.hosts import ssh
 
     workers, failed = ssh.open_workers(cfg, lab_hosts, log)
     record: dict[str, object] = {}
@@ -568,7 +568,7 @@ def _open_hosts(
 
 
 def _close_hosts(workers: Sequence[runner.Worker], run: results.RunMeta) -> None:
-    from lab import ssh
+    from lab.hosts import ssh
 
     record = run.hosts
     for w in workers:
@@ -585,7 +585,7 @@ def _hosts(cfg: config.LabConfig) -> list[hosts.Host]:
 
 
 def cmd_hosts_check(args: argparse.Namespace) -> int:
-    from lab import ssh
+    from lab.hosts import ssh
 
     cfg = _load(args)
     declared = _hosts(cfg)

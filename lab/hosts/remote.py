@@ -1,7 +1,7 @@
-"""The lab host's side of SSH execution: `python3 -m lab.remote COMMAND ...`.
+"""The lab host's side of SSH execution: `python3 -m lab.hosts.remote COMMAND ...`.
 
-Runs from an uploaded bundle (PYTHONPATH=<lab_dir>/bundles/<digest>, see lab.bundle)
-with nothing but python3 and QEMU on the host. The controller side is lab.ssh.
+Runs from an uploaded bundle (PYTHONPATH=<lab_dir>/bundles/<digest>, see lab.hosts.bundle)
+with nothing but python3 and QEMU on the host. The controller side is lab.hosts.ssh.
 
   exec LAB_DIR   Read one cell request (a JSON line) from stdin, run it with
                  runner.execute, write the finished cell directory to stdout as a
@@ -221,7 +221,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps(facts(json.loads(argv[2]), Path(argv[1]) / "cache")))
         return 0
     print(
-        f"usage: python3 -m lab.remote exec LAB_DIR | facts LAB_DIR ARCHES_JSON: {argv}",
+        f"usage: python3 -m lab.hosts.remote exec LAB_DIR | facts LAB_DIR ARCHES_JSON: {argv}",
         file=sys.stderr,
     )
     return 2

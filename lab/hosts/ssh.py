@@ -2,7 +2,7 @@
 
 A lab host needs python3 >= 3.11 and QEMU; everything else travels from here:
 
-  <lab_dir>/bundles/<digest>/               the lab and its pure-Python deps (lab.bundle)
+  <lab_dir>/bundles/<digest>/               the lab and its pure-Python deps (lab.hosts.bundle)
   <lab_dir>/kernels/<key>/<image>           kernel images, content-addressed
   <lab_dir>/images/<arch>/<key>/base.cpio.gz  base initramfs, content-addressed
   <lab_dir>/cache/                          the host's own probes (KVM)
@@ -12,7 +12,7 @@ Uploads go to a temporary name, are checked by sha256 and renamed into place, so
 file at its final path is complete; a file present with the same sha256 is never sent
 again. Per cell, the job and its overlay files travel on the SSH channel's stdin as
 one JSON line, and the finished cell directory comes back as a tar.gz on stdout
-(lab.remote). What a host sends back is untrusted: bounded, checked against the cell
+(lab.hosts.remote). What a host sends back is untrusted: bounded, checked against the cell
 that was asked for, and any problem is that cell's infra_error (see store_cell). The
 channel stays open while the cell runs: closing it (Ctrl-C, a lost controller) makes
 the host kill QEMU.
@@ -52,11 +52,12 @@ import fabric
 import invoke.exceptions
 import paramiko
 
-from lab import __version__, bundle, cache, remote, results
+from lab import __version__, cache, results
 from lab.build import Kernel
 from lab.config import LabConfig
 from lab.config.hosts import Host
 from lab.errors import InfraError, LabError, UserError, printable
+from lab.hosts import bundle, remote
 from lab.image import BaseImage
 from lab.outcome import Verdict
 from lab.run import matrix, runner
@@ -884,7 +885,7 @@ class RemoteWorker:
             f"PYTHONPATH={self.bundle_dir}",
             self.host.python,
             "-m",
-            "lab.remote",
+            "lab.hosts.remote",
             "exec",
             self.lab_dir,
         ]
@@ -1011,7 +1012,7 @@ def check(cfg: LabConfig, host: Host, upload: bool = True) -> list[CheckLine]:
                 f"PYTHONPATH={info.lab_dir}/bundles/{digest}",
                 host.python,
                 "-m",
-                "lab.remote",
+                "lab.hosts.remote",
                 "facts",
                 info.lab_dir,
                 json.dumps(arches),
@@ -1024,7 +1025,7 @@ def check(cfg: LabConfig, host: Host, upload: bool = True) -> list[CheckLine]:
                     answer = None
                 facts = answer if isinstance(answer, dict) else {}
             else:
-                lines.append(CheckLine("lab", False, f"lab.remote failed: {_tail(err)}"))
+                lines.append(CheckLine("lab", False, f"lab.hosts.remote failed: {_tail(err)}"))
         kvm = "yes" if info.kvm_usable else "no"
         for arch, b in binaries.items():
             q = info.qemu.get(b) or {}
