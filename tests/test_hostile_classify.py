@@ -19,7 +19,7 @@ from test_labguest import _run_agent, guest_agent  # noqa: F401 (a fixture)
 from lab import classify as cl
 from lab import report
 from lab.classify import RunFacts, classify
-from lab.classify.signatures import SIGNATURES
+from lab.classify.signatures import SIGNATURES, Signature
 
 # --- D3: linear signatures ----------------------------------------------------------
 
@@ -44,7 +44,7 @@ def _adversarial(sample: str) -> list[str]:
 
 @pytest.mark.parametrize("sig", SIGNATURES, ids=[s.name for s in SIGNATURES])
 def test_signature_is_linear_on_long_lines(sig: object) -> None:
-    assert isinstance(sig, cl.Signature)
+    assert isinstance(sig, Signature)
     lines = _adversarial(EXAMPLES[sig.name])
     patterns = [sig.pattern]
     if sig.context is not None:

@@ -21,7 +21,7 @@ Accepted format of an entry:
   there), or the lab file that prints the line.
 - `words`: the pattern in words, for the documentation table.
 - `kernel`: the line comes from the kernel log (the default). In a lab cell such a
-  line counts only with a printk stamp; see `lab.classify._Findings`.
+  line counts only with a printk stamp; see `lab.classify.findings`.
 
 Order matters: a line takes the first entry whose pattern matches, so specific
 entries come before catch-alls (e.g. `x86_page_fault_oops` before `kernel_bug_other`,
