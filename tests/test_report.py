@@ -26,6 +26,7 @@ import pytest
 from lab import report
 from lab.classify import CLASSES
 from lab.errors import LabError
+from lab.report import markdown as report_md
 
 EVIL = "<script>alert('x')</script> & \x1b[31mred\x1b[0m \x00nul </pre>"
 
@@ -405,7 +406,7 @@ def test_most_telling_evidence_is_the_deciding_report_line(run_dir: Path) -> Non
 def test_markdown_table_splits_wide_grids() -> None:
     rows = [["variant", *(f"testcase{i}" for i in range(12))],
             ["C0", *(["fault_livelock"] * 12)]]
-    lines = report._md_table(rows)
+    lines = report_md._md_table(rows)
     assert max(len(line) for line in lines) <= report.MD_WIDTH
     blocks = "\n".join(lines).split("\n\n")
     assert len(blocks) > 1 and all(b.split("\n")[1].split()[0] == "C0" for b in blocks)
