@@ -140,6 +140,39 @@ def test_only_the_cli_imports_hosts() -> None:
     assert not bad, "\n".join(bad)
 
 
+def test_no_stage_reaches_into_another_stages_private_names() -> None:
+    # `from lab.x import _name` or `mod._name` across stages couples a caller to a helper
+    # its stage may change at will (how cli once reached runner._infra_cell).
+    bad = []
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text(), str(path))
+        aliases: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if not (node.module == "lab" or node.module.startswith("lab.")):
+                    continue
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    if full in MODULES:
+                        aliases[alias.asname or alias.name] = full
+                    elif _private(alias.name) and stage(node.module) != stage(name):
+                        bad.append(f"{where(name, node.lineno)} imports {full}")
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and _private(node.attr)
+                and stage(aliases[node.value.id]) != stage(name)
+            ):
+                bad.append(f"{where(name, node.lineno)} uses {aliases[node.value.id]}.{node.attr}")
+    assert not bad, "\n".join(bad)
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
 def closure(start: str) -> dict[str, str]:
     """Every module `import start` runs (parent packages included) -> the module that
     brought it in, over the AST graph; third-party top-level names included."""
