@@ -261,6 +261,7 @@ def _hosts(cfg: config.LabConfig) -> list[hosts.Host]:
 
 
 def cmd_hosts_check(args: argparse.Namespace) -> int:
+    from lab.hosts import check as hosts_check
     from lab.hosts import ssh
 
     cfg = _load(args)
@@ -268,17 +269,17 @@ def cmd_hosts_check(args: argparse.Namespace) -> int:
     if not declared:
         raise UserError(f"{cfg.file}: no [[hosts]] declared (see docs/scaling.md)")
     chosen = hosts.select(declared, args.hosts, cfg.file) if args.hosts else declared
-    answers: dict[str, list[ssh.CheckLine]] = {}
+    answers: dict[str, list[hosts_check.CheckLine]] = {}
 
     def one(h: hosts.Host) -> None:
-        answers[h.name] = ssh.check(cfg, h, upload=not args.no_upload)
+        answers[h.name] = hosts_check.check(cfg, h, upload=not args.no_upload)
 
     ssh.each_host(chosen, one)
     ok = True
     for h in chosen:
         arches = ", ".join(h.arches) if h.arches else "all"
         print(f"host {h.name} ({h.target}; capacity {h.capacity}; arches {arches})")
-        for line in answers.get(h.name, [ssh.CheckLine("check", False, "no answer")]):
+        for line in answers.get(h.name, [hosts_check.CheckLine("check", False, "no answer")]):
             ok = ok and line.ok
             detail = printable(line.detail, one_line=True)  # holds what the host said
             print(f"  {'ok  ' if line.ok else 'FAIL'} {line.label:<11} {detail}")
