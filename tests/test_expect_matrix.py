@@ -99,7 +99,15 @@ def test_default_matrix_covers_every_variant_arch_and_testcase(repo: Path) -> No
 
 def test_filters_globs_and_repeat(repo: Path) -> None:
     cells = _plan(repo, variants=["C*"], arches=["arm64"], tests=["api,memcg"], repeat=3)
-    assert {c.cell.variant.name for c in cells} == {"C0", "C1", "C2"}
+    # both OOM eras of each (issue 10)
+    assert {c.cell.variant.name for c in cells} == {
+        "C0",
+        "C1",
+        "C2",
+        "C0-5.11",
+        "C1-5.11",
+        "C2-5.11",
+    }
     assert {c.repeat for c in cells} == {1, 2, 3}
     assert len({c.dirname for c in cells}) == len(cells)
     with pytest.raises(LabError, match="variant 'Z\\*' matches nothing"):
