@@ -18,6 +18,10 @@ TESTCASE = {
     "arches": ["*"],
     "timeout": 120,
     "expect": [
+        # era 5.11 (issue 10; docs/variants.md 7, written before any 5.11 run): the memcg
+        # OOM killer finds no victim (oom_score_adj -1000), so try_charge() forces the
+        # charge over memory.max: no fault fails, whatever the fault policy.
+        "era=5.11 -> pass",
         "fault=oom -> fault_livelock",
         "fault=sigbus -> sigbus",
     ],

@@ -14,6 +14,10 @@ TESTCASE = {
     "timeout": 240,
     "memory_mib": 256,
     "expect": [
+        # era 5.11 (issue 10; docs/variants.md 7, written before any 5.11 run): a pool
+        # refill that fails returns VM_FAULT_OOM, and the #PF handler OOM-kills (the hog,
+        # oom_score_adj 500) instead of retrying: no fault_livelock in that world.
+        "era=5.11 pool=pmd|cma fallback=false reserve=false fault=oom -> oom_kill",
         # Spec 3(e) R0: faults are unaffected, ftruncate under pressure returns ENOMEM.
         # The reservation's page allocations never invoke the OOM killer: order-9 chunks
         # (mm/page_alloc.c:4497) whose cma_alloc() migration targets are

@@ -92,8 +92,8 @@ def test_missing_qemu_binary_names_the_package(tmp_path: Path) -> None:
     p = lab("boot", "--arch", "x86_64", "--exec", "true", config=cfg)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1] == (
-        "lab: error: qemu-system-nosuch not found; install it with: "
-        "sudo apt-get install qemu-system-x86"
+        "lab: error: qemu-system-nosuch not found (needed to boot x86_64); install with: "
+        "sudo apt-get install -y --no-install-recommends qemu-system-x86"
     )
 
 

@@ -257,6 +257,7 @@ EXAMPLES: dict[str, str] = {
     "mode:0x140cc2(GFP_HIGHUSER|__GFP_COMP), nodemask=(null)",
     "secretmem_banner": "secretmem: lab variant pool=cma fallback=0 reserve=0 fault=oom "
     "charge=page v16lit=0 enabled=1",
+    "lab_era": "lab era: 5.11 oom semantics",
     "secretmem_reserved": "secretmem: reserved 64 MiB CMA",
     "secretmem_cma_failed": "secretmem: CMA reservation failed: -12",
     "secretmem_refill_failed": "secretmem: refill failed: -12",
@@ -765,6 +766,30 @@ def test_deadline_hang_shows_the_tail() -> None:
 def test_banner_absent_before_userspace_is_left_to_the_boot_rules() -> None:
     c = classify(BOOT, RunFacts(ready=False, qemu_exit=0, expected_banner=EXPECT_CMA))
     assert c.outcome == "boot_failure" and c.rule == "no-userspace"
+
+
+ERA_511 = "[    0.900000] lab era: 5.11 oom semantics\n"
+ERA_61 = "[    0.900000] lab era: 6.1 oom semantics\n"
+
+
+def test_era_line_joins_the_banner_check() -> None:
+    """Issue 10: the era is a second banner line; a cell asking for era 5.11 whose
+    kernel says 6.1 (or says nothing) ran on the wrong kernel."""
+    want = {**EXPECT_CMA, "era": "5.11"}
+    ok = classify(BANNER + ERA_511 + READY + END, facts(result("pass"), expected_banner=want))
+    assert ok.outcome == "pass"
+    wrong = classify(BANNER + ERA_61 + READY + END, facts(result("pass"), expected_banner=want))
+    assert wrong.outcome == "infra_error"
+    assert wrong.rule == "banner-mismatch"
+    assert "era=6.1 (expected 5.11)" in wrong.detail
+    missing = classify(BANNER + READY + END, facts(result("pass"), expected_banner=want))
+    assert missing.outcome == "infra_error"
+    assert "era=None (expected 5.11)" in missing.detail
+    # A cell that does not ask for an era ignores the line.
+    plain = classify(
+        BANNER + ERA_511 + READY + END, facts(result("pass"), expected_banner=EXPECT_CMA)
+    )
+    assert plain.outcome == "pass"
 
 
 def test_matching_banner_passes() -> None:

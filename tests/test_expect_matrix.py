@@ -101,7 +101,15 @@ def test_default_matrix_covers_every_variant_arch_and_testcase(repo: Path) -> No
 
 def test_filters_globs_and_repeat(repo: Path) -> None:
     cells = _plan(repo, variants=["C*"], arches=["arm64"], tests=["api,memcg"], repeat=3)
-    assert {c.cell.variant.name for c in cells} == {"C0", "C1", "C2"}
+    # both OOM eras of each (issue 10)
+    assert {c.cell.variant.name for c in cells} == {
+        "C0",
+        "C1",
+        "C2",
+        "C0-5.11",
+        "C1-5.11",
+        "C2-5.11",
+    }
     assert {c.repeat for c in cells} == {1, 2, 3}
     assert len({c.dirname for c in cells}) == len(cells)
     with pytest.raises(LabError, match="variant 'Z\\*' matches nothing"):
@@ -158,3 +166,22 @@ def test_guest_code_imports_nothing_from_the_host_package(repo: Path) -> None:
             else:
                 continue
             assert not any(n == "lab" or n.startswith("lab.") for n in names), (path, names)
+
+
+def test_failure_modes_select_every_era(repo: Path) -> None:
+    """Issue 10: a ledger entry naming C0 is answered in both eras (C0 and C0-5.11),
+    one line per (claim, era, arch)."""
+    cfg = config.load(repo / "lab.toml")
+    modes = failures.parse(cfg.extra.get("failure_mode"), cfg.file, classify.CLASSES)
+    hocko = failures.find(modes, "hocko-oom-never-recovers", cfg.file)
+    names = failures.variant_names(hocko, [(v.name, v.params) for v in cfg.variants])
+    assert sorted(names) == ["C0", "C0-5.11"]
+    by_name = {v.name: v for v in cfg.variants}
+    assert failures.era_of("C0-5.11", by_name["C0-5.11"].params) == ("5.11", "C0")
+    assert failures.era_of("C0", by_name["C0"].params) == ("6.1", "C0")
+    assert failures.era_of("C0-5.11", {}) == ("", "C0-5.11")  # no era axis: name as is
+    assert hocko.selects("x86_64", "C0-5.11", "depletion", base="C0")
+    assert not hocko.selects("x86_64", "C1-5.11", "depletion", base="C1")
+    assert failures.summarise(["reproduced", "reproduced"]) == "reproduced"
+    assert failures.summarise(["reproduced", "different outcome"]) == "mixed"
+    assert failures.summarise([]) == "not run"

@@ -55,7 +55,9 @@ ELF_MACHINE = {"x86_64": 62, "arm64": 183}
 KSELFTEST = """
 import json, subprocess, sys
 from pathlib import Path
-from lab import boot, config, kselftest, prereqs
+from lab import config, prereqs
+from lab.build import kselftest
+from lab.vm import boot
 cfg = config.load(Path("lab.toml"))
 log = lambda m: print(m, file=sys.stderr)
 dest = Path("/tmp/ksrc")

@@ -128,3 +128,23 @@ def test_fuzz_is_refused(tmp_path: Path) -> None:
     series = patches.load_series(_series(tmp_path, fuzzy), ("s",))
     with pytest.raises(LabError, match="does not apply"):
         patches.apply(src, series, tmp_path / "cache", lambda _m: None)
+
+
+def test_era_series_on_another_tree_fails_naming_the_series(tmp_path: Path) -> None:
+    """Issue 10: the real era-5.11 series on a tree whose mm/ is not 6.1's (here: files
+    without the context it restores) fails at the first patch with one line that names
+    the era series, the patch and the hunk."""
+    tree = tmp_path / "other-kernel"
+    (tree / "mm").mkdir(parents=True)
+    (tree / "mm" / "Kconfig").write_text('menu "Memory Management options"\nendmenu\n')
+    (tree / "mm" / "oom_kill.c").write_text("void pagefault_out_of_memory(void)\n{\n}\n")
+    (tree / "mm" / "memcontrol.c").write_text("/* not 6.1 */\n")
+    repo_patches = Path(__file__).resolve().parent.parent / "kernels" / "patches"
+    series = patches.load_series(repo_patches, ("era-5.11",))
+    assert len(series.patches) == 4
+    with pytest.raises(LabError) as exc:
+        patches.apply(Source("test:1", tree, "t"), series, tmp_path / "cache", lambda _m: None)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert msg.startswith("patch era-5.11/0001-mm-lab-CONFIG_LAB_OOM_ERA_5_11")
+    assert "does not apply" in msg and "mm/Kconfig: hunk #1" in msg

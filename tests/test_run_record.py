@@ -37,7 +37,7 @@ def _plan(tmp_path: Path) -> tuple[LabConfig, list[matrix.Planned]]:
         load(REPO / "lab.toml"), results_dir=tmp_path / "results", cache_dir=CACHE
     )
     tcs = testcase.discover(cfg.testcases_dir, classify.CLASSES)
-    names = [v.name for v in cfg.variants[:2]]
+    names = ["U0", "U1"]  # two variants of the 6.1 era, one of which fails to build
     return cfg, matrix.plan(cfg, tcs, matrix.MatrixSpec(), names, ["x86_64"], ["api"])
 
 
@@ -57,7 +57,7 @@ def _fake_stages(monkeypatch: pytest.MonkeyPatch, cfg: LabConfig) -> None:
         kernels, failed = {}, {}
         for arch, variant in pairs:
             label = f"{arch}/{variant}"
-            if variant == cfg.variants[1].name:
+            if variant == "U1":
                 failed[label] = FAILED.replace("U1", variant)
             else:
                 kernels[label] = _kernel(cfg, arch, variant)

@@ -154,10 +154,15 @@ class _Findings:
         return next((h for h in reversed(self.hits("oom_invoked")) if h.index < kill.index), None)
 
     def banners(self) -> list[tuple[Hit, dict[str, str]]]:
+        # The era is a second banner line (its own initcall); it joins every
+        # secretmem banner as `era=`, so a kernel without it, or with another
+        # era, mismatches a cell that asked for one.
+        era = self.hits("lab_era")
+        extra = {"era": str(era[-1].fields.get("era"))} if era else {}
         out = []
         for hit in self.hits("secretmem_banner"):
             attrs = str(hit.fields.get("attrs", ""))
-            out.append((hit, dict(re.findall(r"(\w+)=(\S+)", attrs))))
+            out.append((hit, {**dict(re.findall(r"(\w+)=(\S+)", attrs)), **extra}))
         return out
 
 

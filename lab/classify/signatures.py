@@ -517,6 +517,14 @@ SIGNATURES: tuple[Signature, ...] = (
         "charge=<page|chunk> v16lit=<0|1> enabled=<0|1>`",
     ),
     Signature(
+        "lab_era",
+        None,
+        "info",
+        _re(r"lab era: (?P<era>\S+) oom semantics\s*$"),
+        "mm/oom_kill.c (lab patch series era-5.11, lab_oom_era_banner)",
+        "`lab era: <5.11|6.1> oom semantics`: the second banner line, read as the banner's `era=`",
+    ),
+    Signature(
         "secretmem_reserved",
         None,
         "info",

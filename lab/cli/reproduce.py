@@ -30,8 +30,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         if m.testcase not in tcs:
             raise LabError(f"failure mode {m.id}: unknown test case {m.testcase!r}")
         arches = args.arch or list(m.arches)
+        # every era of the variants the claim names (issue 10)
+        names = failures.variant_names(m, [(v.name, v.params) for v in cfg.variants])
         for c in matrix.plan(
-            cfg, [tcs[m.testcase]], matrix.MatrixSpec(), list(m.variants), arches, [m.testcase]
+            cfg,
+            [tcs[m.testcase]],
+            matrix.MatrixSpec(),
+            names or list(m.variants),
+            arches,
+            [m.testcase],
         ):
             cells.setdefault(c.id, c)
     header = _run_header(
@@ -55,32 +62,43 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         print(f"{m.id}: {m.who} <{m.lore_url}>")
         print(f'  claim: "{m.claim}"')
         print(f"  reproduced if: {' or '.join(m.reproduced)}")
+        # one line per (era, arch), then each cell's answer and evidence under it
+        groups: dict[tuple[str, str], list[matrix.Planned]] = {}
         for c in cells.values():
-            if not m.selects(c.cell.arch.name, c.cell.variant.name, c.cell.testcase.name):
-                continue
-            rec = records.get(c.cell.id)
-            if rec is None:
-                print(f"  {c.cell.id}: not run")
-                continue
-            ans = failures.answer(m, rec.observed)
-            answers.append(
-                {
-                    "failure_mode": m.id,
-                    "cell": c.cell.id,
-                    "answer": ans,
-                    "observed": rec.observed,
-                    "detail": rec.data.get("detail"),
-                }
-            )
-            print(
-                f"  {c.cell.id}: {ans.upper()}: observed {rec.observed} "
-                f"({rec.data.get('detail', '')})"
-            )
-            for ev in rec.evidence.get("evidence", [])[:4]:
-                print(
-                    f"      {'L' + str(ev['line_no']) if ev['line_no'] else 'agent':>6} "
-                    f"{ev['text']}"
+            v = c.cell.variant
+            era, base = failures.era_of(v.name, v.params)
+            if m.selects(c.cell.arch.name, v.name, c.cell.testcase.name, base):
+                groups.setdefault((era, c.cell.arch.name), []).append(c)
+        for (era, arch), group in groups.items():
+            lines, got = [], []
+            for c in group:
+                rec = records.get(c.cell.id)
+                if rec is None:
+                    lines.append(f"    {c.cell.id}: not run")
+                    continue
+                ans = failures.answer(m, rec.observed)
+                got.append(ans)
+                answers.append(
+                    {
+                        "failure_mode": m.id,
+                        "era": era,
+                        "cell": c.cell.id,
+                        "answer": ans,
+                        "observed": rec.observed,
+                        "detail": rec.data.get("detail"),
+                    }
                 )
+                lines.append(
+                    f"    {c.cell.id}: {ans.upper()}: observed {rec.observed} "
+                    f"({rec.data.get('detail', '')})"
+                )
+                for ev in rec.evidence.get("evidence", [])[:4]:
+                    lines.append(
+                        f"      {'L' + str(ev['line_no']) if ev['line_no'] else 'agent':>6} "
+                        f"{ev['text']}"
+                    )
+            print(f"  era {era or '-'} {arch}: {failures.summarise(got).upper()}")
+            print("\n".join(lines))
     cache.write_json(run_dir / "reproduce.json", answers)
     print(f"run: {run_dir}")
     return code

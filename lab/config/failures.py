@@ -9,7 +9,7 @@ different outcome (some other failure class; often the most interesting answer).
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +35,49 @@ class FailureMode:
     def lore_url(self) -> str:
         return f"https://lore.kernel.org/r/{self.message_id}"
 
-    def selects(self, arch: str, variant: str, testcase: str) -> bool:
+    def selects(self, arch: str, variant: str, testcase: str, base: str = "") -> bool:
+        """`base`: the variant's name in the 6.1 era (see `era_of`), so a ledger entry
+        naming `C0` also selects its 5.11 twin `C0-5.11`."""
         return (
             testcase == self.testcase
-            and any(fnmatch.fnmatchcase(variant, v) for v in self.variants)
+            and any(fnmatch.fnmatchcase(n, v) for v in self.variants for n in {variant, base} if n)
             and any(fnmatch.fnmatchcase(arch, a) for a in self.arches)
         )
+
+
+def variant_names(
+    mode: FailureMode, variants: Sequence[tuple[str, Mapping[str, object]]]
+) -> list[str]:
+    """Names of the (name, params) variants the mode selects, in every era."""
+    return [
+        name
+        for name, params in variants
+        if any(
+            fnmatch.fnmatchcase(n, v)
+            for v in mode.variants
+            for n in {name, era_of(name, params)[1]}
+        )
+    ]
+
+
+def era_of(name: str, params: Mapping[str, object]) -> tuple[str, str]:
+    """(era, base name) of a variant: a variant with an `era` parameter is named
+    `<base>-<era>` outside the default era (lab.toml's name template); without the
+    parameter the era is "" and the base is the name."""
+    era = params.get("era")
+    if era is None:
+        return "", name
+    era = str(era)
+    suffix = f"-{era}"
+    return era, name[: -len(suffix)] if name.endswith(suffix) else name
+
+
+def summarise(answers: Sequence[str]) -> str:
+    """One answer for the cells of one (claim, era, arch): theirs if they agree."""
+    distinct = sorted(set(answers))
+    if not distinct:
+        return "not run"
+    return distinct[0] if len(distinct) == 1 else "mixed"
 
 
 def parse(raw: object, file: Path, classes: Sequence[str] = ()) -> list[FailureMode]:
