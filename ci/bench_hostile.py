@@ -25,7 +25,7 @@ MIB = 1 << 20
 CASES: dict[str, tuple[str, str, str]] = {
     "baseline": (
         "import lab, nothing else",
-        "import lab.classify, lab.channel, lab.machine",
+        "import lab.classify, lab.vm.channel, lab.vm.machine",
         "pass",
     ),
     "panic-30k": (
@@ -48,7 +48,7 @@ CASES: dict[str, tuple[str, str, str]] = {
     ),
     "console-32mib": (
         "feed 32 MiB of newline-less console through ConsoleLog (64 KiB writes)",
-        "import tempfile, time, pathlib\nfrom lab.machine import ConsoleLog\n"
+        "import tempfile, time, pathlib\nfrom lab.vm.machine import ConsoleLog\n"
         "d = pathlib.Path(tempfile.mkdtemp())\n"
         "log = ConsoleLog(d / 'console.log', d / 'console.timed.log', time.monotonic())\n"
         "chunk = b'A' * 65536",

@@ -4,7 +4,7 @@ Layout under the cache root:
   src/<source-id>/tree          pristine kernel sources (never written after extraction)
   patched/<id>-<series>/tree    hard-link copies with a patch series applied
   trees/<tree-key>/             out-of-tree build directories shared by variants
-  kernels/<key>/                build outputs, keyed by every input (see build.py)
+  kernels/<key>/                build outputs, keyed by every input (see lab/build/)
   images/, probes/              guest images and host probes
   locks/                        lock files (flock), one per resource
 """

@@ -13,6 +13,7 @@ from lab import config, image
 from lab.config import ImageSpec
 from lab.errors import LabError
 from lab.image import AptSource
+from lab.image import apt as image_apt
 
 KEY = "/usr/share/keyrings/debian-archive-keyring.gpg"
 NO_SPEC = ImageSpec((), (), "")
@@ -163,7 +164,7 @@ def test_recipe_takes_the_hosts_mirror(tmp_path: Path) -> None:
     etc = _etc(tmp_path, {"sources.list.d/debian.sources": DEB822})
     recipe = image.recipe_for(NO_SPEC, tmp_path / "images", etc)
     assert recipe.init_script == tmp_path / "images" / "init"
-    lines = image._sources_list(recipe).splitlines()
+    lines = image_apt._sources_list(recipe).splitlines()
     assert lines == [
         f"deb [signed-by={KEY}] http://mirror.example/debian bookworm main",
         f"deb [signed-by={KEY}] http://mirror.example/debian bookworm-updates main",
@@ -180,7 +181,7 @@ def test_signed_by_keyring_is_kept_per_source(tmp_path: Path) -> None:
         {"sources.list": "deb [signed-by=/etc/apt/local.gpg] http://local.example/d bookworm main"},
     )
     recipe = image.recipe_for(ImageSpec((), (), "/k/other.gpg"), tmp_path, etc)
-    assert image._sources_list(recipe) == (
+    assert image_apt._sources_list(recipe) == (
         "deb [signed-by=/etc/apt/local.gpg] http://local.example/d bookworm main\n"
     )
     assert image.recipe_keyrings(recipe) == ("/etc/apt/local.gpg",)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from lab import build, config, patches
-from lab.toolchain import Toolchain
+from lab import build, config
+from lab.build import patches
+from lab.build.toolchain import Toolchain
 
 NO_PATCHES = patches.Series(())
 TOOLS = Toolchain("/usr/bin/gcc", "gcc (Debian 12.2.0-14) 12.2.0", "GNU ld 2.40")

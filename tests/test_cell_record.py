@@ -19,11 +19,13 @@ from typing import Any
 
 import pytest
 
-from lab import boot, classify, matrix, results, runner, testcase
-from lab.accel import Choice
+from lab import classify, results
 from lab.config import LabConfig, load
-from lab.machine import BootError, Timings
-from lab.qemu import Launch
+from lab.run import matrix, runner, testcase
+from lab.vm import boot
+from lab.vm.accel import Choice
+from lab.vm.machine import BootError, Timings
+from lab.vm.qemu import Launch
 
 REPO = Path(__file__).resolve().parent.parent
 FINISHED = "2026-11-26T08:30:00+00:00"

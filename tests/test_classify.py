@@ -24,8 +24,8 @@ from lab.classify import (
     normalise,
     shown,
 )
+from lab.classify.signatures import BY_NAME, ROLES, SIGNATURES
 from lab.errors import LabError
-from lab.signatures import BY_NAME, ROLES, SIGNATURES
 
 DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "corpus"

@@ -1,4 +1,4 @@
-"""lab.cpio: newc archives checked against GNU cpio and our own reader."""
+"""lab.image.cpio: newc archives checked against GNU cpio and our own reader."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import cpio
+from lab.image import cpio
 
 needs_cpio = pytest.mark.skipif(shutil.which("cpio") is None, reason="GNU cpio not installed")
 

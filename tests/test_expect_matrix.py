@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from lab import classify, config, expect, failures, matrix, testcase
+from lab import classify, config
+from lab.config import failures
 from lab.errors import LabError
+from lab.run import expect, matrix, testcase
 
 
 def test_rules_first_match_wins() -> None:
@@ -141,9 +143,9 @@ def test_failure_modes_parse_and_answer(repo: Path) -> None:
 
 def test_planner_and_classifier_import_nothing_that_spawns() -> None:
     code = (
-        "import sys, lab.matrix, lab.classify, lab.cell, lab.expect, lab.config; "
+        "import sys, lab.run.matrix, lab.classify, lab.run.cell, lab.run.expect, lab.config; "
         "bad = {'subprocess', 'pexpect', 'fabric', 'paramiko', 'multiprocessing', "
-        "'lab.proc', 'lab.machine', 'lab.boot', 'lab.build', 'lab.runner'}; "
+        "'lab.proc', 'lab.vm.machine', 'lab.vm.boot', 'lab.build', 'lab.run.runner'}; "
         "print(sorted(bad & set(sys.modules)))"
     )
     out = subprocess.run(

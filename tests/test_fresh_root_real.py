@@ -17,7 +17,7 @@ copy, copies this checkout in and, chrooted into it:
 
 Mounts (/proc, /sys, /dev, the caches) live in a private mount namespace (`unshare -m`) that
 dies with the command, so nothing stays mounted whatever happens to the test; apt inside the
-root uses the host's apt sources (the ones lab/image.py picks for the guest image), so only
+root uses the host's apt sources (the ones lab/image/ picks for the guest image), so only
 the package registries are reached. The root's .deb and pip caches persist under
 LAB_CACHE_DIR so a rerun downloads little.
 """
@@ -55,7 +55,9 @@ ELF_MACHINE = {"x86_64": 62, "arm64": 183}
 KSELFTEST = """
 import json, subprocess, sys
 from pathlib import Path
-from lab import boot, config, kselftest, prereqs
+from lab import config, prereqs
+from lab.build import kselftest
+from lab.vm import boot
 cfg = config.load(Path("lab.toml"))
 log = lambda m: print(m, file=sys.stderr)
 dest = Path("/tmp/ksrc")
@@ -77,7 +79,7 @@ def _sources_text() -> str:
     """The host's apt sources for bookworm, as the lab reads them, in one-line format."""
     picked = image.release_sources(image.host_sources(), image.RELEASE_SUITES)
     if not picked:
-        pytest.fail("the host's apt sources have no bookworm entry (see lab/image.py)")
+        pytest.fail("the host's apt sources have no bookworm entry (see lab/image/)")
     lines = []
     for src in picked:
         keyring = src.signed_by or prereqs.DEBIAN_KEYRING

@@ -35,10 +35,12 @@ from pathlib import Path
 import pytest
 from test_classify import CORPUS_FILES, load_case
 
-from lab import boot, build, cache, cli, config, image, report, runner, testcase
-from lab.cell import Cell
+from lab import build, cache, cli, config, image, report
 from lab.classify import CLASSES, classify
 from lab.image import BaseImage
+from lab.run import runner, testcase
+from lab.run.cell import Cell
+from lab.vm import boot
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"

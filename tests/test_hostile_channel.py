@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from test_hostile_console import BOOT_ID, DATA, fake_launch
 
-from lab import channel
 from lab.classify import RunFacts, classify
-from lab.machine import Machine
+from lab.vm import channel
+from lab.vm.machine import Machine
 
 DONE = b'{"type":"result","testcase":"t","verdict":"pass"}\n{"type":"done"}\n'
 

@@ -17,9 +17,9 @@ from test_classify import BANNER, CORPUS_FILES, EXAMPLES, load_case
 from test_labguest import _run_agent, guest_agent  # noqa: F401 (a fixture)
 
 from lab import classify as cl
-from lab import report
 from lab.classify import RunFacts, classify
-from lab.signatures import SIGNATURES
+from lab.classify.signatures import SIGNATURES, Signature
+from lab.report import clean as report_clean
 
 # --- D3: linear signatures ----------------------------------------------------------
 
@@ -44,7 +44,7 @@ def _adversarial(sample: str) -> list[str]:
 
 @pytest.mark.parametrize("sig", SIGNATURES, ids=[s.name for s in SIGNATURES])
 def test_signature_is_linear_on_long_lines(sig: object) -> None:
-    assert isinstance(sig, cl.Signature)
+    assert isinstance(sig, Signature)
     lines = _adversarial(EXAMPLES[sig.name])
     patterns = [sig.pattern]
     if sig.context is not None:
@@ -276,8 +276,8 @@ def test_bidi_controls_are_escaped_in_evidence() -> None:
 
 
 def test_bidi_controls_are_escaped_by_report_clean() -> None:
-    out = report._clean("a" + BIDI + "b")
+    out = report_clean._clean("a" + BIDI + "b")
     assert not any(ch in out for ch in BIDI)
     assert out == "a" + "".join(f"\\u{ord(ch):04x}" for ch in BIDI) + "b"
     # ordinary text, including non-Latin scripts, stays as it is
-    assert report._clean("ok \u00e9 \u05d0\u05d1 \u0627") == "ok \u00e9 \u05d0\u05d1 \u0627"
+    assert report_clean._clean("ok \u00e9 \u05d0\u05d1 \u0627") == "ok \u00e9 \u05d0\u05d1 \u0627"

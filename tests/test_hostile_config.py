@@ -14,8 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from lab import config, matrix, qemu, source, templates, testcase
+from lab import config
+from lab.build import source
+from lab.config import templates
 from lab.errors import LabError
+from lab.run import matrix, testcase
+from lab.vm import qemu
 
 TESTCASE = 'TESTCASE = {"purpose": "p", "arches": ARCHES}\n\n\ndef run(t):\n    pass\n'
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from lab import config, machine, qemu
-from lab.machine import BootError, ConsoleLog, Machine
+from lab import config
+from lab.vm import machine, qemu
+from lab.vm.machine import BootError, ConsoleLog, Machine
 
 DATA = Path(__file__).parent / "data"
 BOOT_ID = "947a504757972843"  # the LABREADY id in consoles/x86_64-exec-ok.raw

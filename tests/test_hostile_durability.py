@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 from test_report import Spec, make_run
 
-from lab import cache, classify, cli, config, matrix, report, results, testcase
+from lab import cache, classify, cli, config, report, results
+from lab.cli import matrix as cli_matrix
 from lab.errors import LabError
+from lab.run import matrix, testcase
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -159,7 +161,7 @@ def _lab_with_a_run(mini_lab: Path) -> Path:
     tcs = [testcase.load(mini_lab / "testcases" / "api.py", classify.CLASSES)]
     cells = matrix.plan(cfg, tcs, matrix.MatrixSpec(), [], [], ["api"])
     sel = {"variants": [], "arches": [], "testcases": ["api"], "repeat": 1, "shard": None}
-    run = results.new_run(cfg.results_dir, "matrix", cli._run_header(cfg, cells, sel))
+    run = results.new_run(cfg.results_dir, "matrix", cli_matrix._run_header(cfg, cells, sel))
     for c in cells:
         cache.write_json(run / "cells" / c.dirname / "evidence.json", {})
         cache.write_json(

@@ -3,7 +3,7 @@
 What a host sends back is data: the cell directory as a tar.gz on stdout, log lines
 on stderr. These tests feed hostile data to the controller's own functions (the
 pump that reads the channel, extraction, validation and storing of the cell) and run
-the host-side checks (lab.remote, the bootstrap script) here with python3.
+the host-side checks (lab.hosts.remote, the bootstrap script) here with python3.
 """
 
 from __future__ import annotations
@@ -22,10 +22,14 @@ from typing import Any
 
 import pytest
 
-from lab import bundle, cache, classify, hosts, matrix, remote, results, runner, ssh, testcase
-from lab.config import LabConfig, load
+from lab import cache, classify, results
+from lab.config import LabConfig, hosts, load
 from lab.errors import LabError
+from lab.hosts import bundle, remote, ssh
+from lab.hosts import connect as hosts_connect
+from lab.hosts import transfer as hosts_transfer
 from lab.progress import Reporter
+from lab.run import matrix, runner, testcase
 
 REPO = Path(__file__).resolve().parent.parent
 ESC = "\x1b]0;owned\x07\x1b[2J\x1b[31m"
@@ -43,7 +47,7 @@ def _asked(p: matrix.Planned) -> dict[str, Any]:
     c = p.cell
     names = (c.id, p.id, c.arch.name, c.variant.name, c.testcase.name)
     return {
-        **dict(zip(ssh.IDENTITY, names, strict=True)),
+        **dict(zip(hosts_transfer.IDENTITY, names, strict=True)),
         "repeat": p.repeat,
         "params": dict(c.variant.params),
         "expected": ["pass"],
@@ -116,7 +120,7 @@ def _store(tmp_path: Path, p: matrix.Planned, data: bytes) -> runner.CellResult:
     (run / "cells").mkdir(parents=True, exist_ok=True)
     src = tmp_path / "fetched.tar.gz"
     src.write_bytes(data)
-    return ssh.store_cell("evil", src, run / "cells" / p.dirname, (), _asked(p))
+    return hosts_transfer.store_cell("evil", src, run / "cells" / p.dirname, (), _asked(p))
 
 
 # --- D4: a cell.json of the wrong shape never aborts the run --------------------------
@@ -190,7 +194,7 @@ class HostileHost:
         self.ran.append(p.id)
         src = d.parent.parent / f"{p.dirname}.tar.gz"
         src.write_bytes(self.data)
-        return ssh.store_cell(self.name, src, d, tried, _asked(p))
+        return hosts_transfer.store_cell(self.name, src, d, tried, _asked(p))
 
 
 @pytest.mark.parametrize("kind", ["list", "no id", "deep"])
@@ -266,7 +270,7 @@ def test_display_fields_and_verdict_are_the_controllers(tmp_path: Path) -> None:
 def test_a_gzip_bomb_member_is_refused_while_streaming(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ssh, "MAX_MEMBER", 8 << 20)
+    monkeypatch.setattr(hosts_transfer, "MAX_MEMBER", 8 << 20)
     bomb = tmp_path / "bomb.tar.gz"
     with tarfile.open(bomb, "w:gz") as tar:
         info = tarfile.TarInfo("console.log")
@@ -276,7 +280,7 @@ def test_a_gzip_bomb_member_is_refused_while_streaming(
     tracemalloc.start()
     try:
         with pytest.raises(LabError, match=r"console.log.*larger than 8388608 bytes"):
-            ssh.extract_cell(bomb, tmp_path / "out", "evil")
+            hosts_transfer.extract_cell(bomb, tmp_path / "out", "evil")
         _size, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -288,17 +292,17 @@ def test_a_gzip_bomb_member_is_refused_while_streaming(
 def test_total_size_and_member_count_are_capped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ssh, "MAX_EXTRACTED", 3 << 20)
+    monkeypatch.setattr(hosts_transfer, "MAX_EXTRACTED", 3 << 20)
     src = tmp_path / "many.tar.gz"
     src.write_bytes(_tar({f"f{i}": bytes(1 << 20) for i in range(5)}))
     with pytest.raises(LabError, match="more than 3145728 bytes"):
-        ssh.extract_cell(src, tmp_path / "a", "evil")
-    src.write_bytes(_tar({f"f{i}": b"x" for i in range(ssh.MAX_MEMBERS + 1)}))
+        hosts_transfer.extract_cell(src, tmp_path / "a", "evil")
+    src.write_bytes(_tar({f"f{i}": b"x" for i in range(hosts_transfer.MAX_MEMBERS + 1)}))
     with pytest.raises(LabError, match=r"more than .* files"):
-        ssh.extract_cell(src, tmp_path / "b", "evil")
+        hosts_transfer.extract_cell(src, tmp_path / "b", "evil")
     src.write_bytes(_tar({"../../evil": b"x"}))
     with pytest.raises(LabError, match="refusing path"):
-        ssh.extract_cell(src, tmp_path / "c", "evil")
+        hosts_transfer.extract_cell(src, tmp_path / "c", "evil")
 
 
 class EndlessChannel:
@@ -325,9 +329,9 @@ class EndlessChannel:
 
 
 def test_remote_stdout_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ssh, "MAX_RESULT", 4 << 20)
+    monkeypatch.setattr(hosts_transfer, "MAX_RESULT", 4 << 20)
     with open(tmp_path / "out", "wb") as sink, pytest.raises(LabError, match="more than 4 MiB"):
-        ssh.pump(EndlessChannel(), sink, 60.0, "evil")
+        hosts_transfer.pump(EndlessChannel(), sink, 60.0, "evil")
     assert (tmp_path / "out").stat().st_size <= 4 << 20
 
 
@@ -353,23 +357,23 @@ class ChattyChannel(EndlessChannel):
 
 def test_remote_stderr_keeps_a_bounded_tail(tmp_path: Path) -> None:
     with open(tmp_path / "out", "wb") as sink:
-        status, err, _received = ssh.pump(ChattyChannel(), sink, 60.0, "evil")
-    assert status == 0 and len(err) <= ssh.MAX_STDERR and err.endswith("the last line\n")
+        status, err, _received = hosts_transfer.pump(ChattyChannel(), sink, 60.0, "evil")
+    assert status == 0 and len(err) <= hosts_transfer.MAX_STDERR and err.endswith("the last line\n")
 
 
 def test_a_host_that_never_stops_talking_meets_the_deadline(tmp_path: Path) -> None:
     with open(tmp_path / "out", "wb") as sink, pytest.raises(runner.HostDown, match="within"):
-        ssh.pump(EndlessChannel(stdout=False), sink, 0.5, "evil")
+        hosts_transfer.pump(EndlessChannel(stdout=False), sink, 0.5, "evil")
 
 
 def test_the_result_must_match_the_sha256_the_host_names(tmp_path: Path) -> None:
     data = _cell_tar({"id": "x"})
     received = f"{hashlib.sha256(data).hexdigest()} {len(data)}"
     ok = f"lab-remote: log\nlab-remote: {remote.RESULT_PREFIX}{received}\n"
-    assert ssh.result_problem(ok, received) == ""
+    assert hosts_transfer.result_problem(ok, received) == ""
     cut = f"{hashlib.sha256(data[:-10]).hexdigest()} {len(data) - 10}"
-    assert "damaged or incomplete" in ssh.result_problem(ok, cut)
-    assert ssh.result_problem("lab-remote: log\n", received)
+    assert "damaged or incomplete" in hosts_transfer.result_problem(ok, cut)
+    assert hosts_transfer.result_problem("lab-remote: log\n", received)
 
 
 # --- D23: host text reaching logs and errors is printable -----------------------------------
@@ -377,11 +381,11 @@ def test_the_result_must_match_the_sha256_the_host_names(tmp_path: Path) -> None
 
 def test_remote_stderr_is_escaped_in_errors_and_lost_reasons() -> None:
     err = f"lab-remote: log\n{remote.ERROR_PREFIX}no kernel {ESC}\u202ehere\n"
-    exc = ssh.exit_problem("evil", remote.EXIT_LAB_ERROR, err)
+    exc = hosts_transfer.exit_problem("evil", remote.EXIT_LAB_ERROR, err)
     assert isinstance(exc, LabError) and not isinstance(exc, runner.HostDown)
     assert "\x1b" not in str(exc) and "\x07" not in str(exc) and "\u202e" not in str(exc)
     assert "\\x1b]0;owned\\x07" in str(exc)
-    lost = ssh.exit_problem("evil", 1, f"Traceback\n{ESC}boom\n")
+    lost = hosts_transfer.exit_problem("evil", 1, f"Traceback\n{ESC}boom\n")
     assert isinstance(lost, runner.HostDown) and "\x1b" not in str(lost)
 
 
@@ -397,7 +401,10 @@ def test_plain_progress_lines_escape_control_characters() -> None:
 
 def _bootstrap(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", ssh.BOOTSTRAP, *argv], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", hosts_connect.BOOTSTRAP, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -418,12 +425,12 @@ def test_bundle_is_present_only_when_every_file_matches(tmp_path: Path) -> None:
     assert _bootstrap("unpack", str(tgz), str(dest), want).returncode == 0
     assert _bootstrap("verify", str(dest), want).returncode == 0
     # Same size, other content: a size check would call it present.
-    victim = dest / "lab" / "remote.py"
+    victim = dest / "lab" / "hosts" / "remote.py"
     data = victim.read_bytes()
     victim.write_bytes(data.replace(b"EXIT_OK = 0", b"EXIT_OK = 9"))
     assert victim.stat().st_size == len(data)
     bad = _bootstrap("verify", str(dest), want)
-    assert bad.returncode != 0 and "lab/remote.py" in bad.stderr
+    assert bad.returncode != 0 and "lab/hosts/remote.py" in bad.stderr
     # A manifest that is not the one this controller built.
     assert _bootstrap("verify", str(dest), "0" * 64).returncode != 0
     # A corrupted upload is refused before it becomes the bundle.
@@ -456,7 +463,7 @@ def test_remote_exec_request_carries_the_image_hashes() -> None:
 
 class LocalConn:
     """fabric.Connection.run for a "host" that is this machine (sh -c): the commands
-    ssh.hello builds run for real, with a python3 stand-in that answers what we want."""
+    hosts_transfer.hello builds run for real, with a python3 stand-in that answers what we want."""
 
     def run(self, command: str, **_kw: Any) -> Any:
         p = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
@@ -499,14 +506,14 @@ HONEST = {
 def test_a_hostile_hello_is_one_clean_line(answer: str, tmp_path: Path) -> None:
     h = _host_answering(tmp_path, answer)
     with pytest.raises(LabError, match="unexpected answer from python") as exc:
-        ssh.hello(LocalConn(), h, ["qemu-system-x86_64"])
+        hosts_transfer.hello(LocalConn(), h, ["qemu-system-x86_64"])
     assert "\x1b" not in str(exc.value) and "\n" not in str(exc.value)
 
 
 def test_host_provided_versions_are_escaped(tmp_path: Path) -> None:
     qemu = {"qemu-system-x86_64": {"path": "/usr/bin/q", "version": f"8.2{ESC}"}}
     h = _host_answering(tmp_path, json.dumps({**HONEST, "qemu": qemu}))
-    info = ssh.hello(LocalConn(), h, ["qemu-system-x86_64"])
+    info = hosts_transfer.hello(LocalConn(), h, ["qemu-system-x86_64"])
     assert "\x1b" not in info.qemu["qemu-system-x86_64"]["version"]
 
 
@@ -554,7 +561,9 @@ def _worker(tmp_path: Path, sftp: LocalSftp) -> ssh.RemoteWorker:
     (h,) = hosts.parse(
         [{"name": "h", "address": "127.0.0.1", "python": sys.executable, "key_file": str(f)}], f
     )
-    info = ssh.Hello((3, 11, 2), sys.executable, str(tmp_path / "remote"), "x86_64", True, 1, {})
+    info = hosts_transfer.Hello(
+        (3, 11, 2), sys.executable, str(tmp_path / "remote"), "x86_64", True, 1, {}
+    )
     (tmp_path / "remote").mkdir()
     return ssh.RemoteWorker(load(REPO / "lab.toml"), h, LocalSshConn(sftp), info, "", print)
 

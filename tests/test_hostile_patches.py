@@ -15,9 +15,9 @@ import pytest
 # The legitimate hunk of tests/test_patches.py (pytest puts tests/ on sys.path).
 from test_patches import GOOD as LEGIT_HUNK
 
-from lab import patches
+from lab.build import patches
+from lab.build.source import Source
 from lab.errors import LabError
-from lab.source import Source
 
 
 def _tree(tmp_path: Path) -> Source:

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 from test_report import FULL, Spec, make_run
 
-from lab import classify, cli, report, results, runner
+from lab import classify, cli, report, results
 from lab.errors import LabError
+from lab.report import markdown as report_md
+from lab.run import runner
 
 SECRET = "root:x:0:0:TOPSECRET-passwd-line:/root:/bin/bash"
 
@@ -213,7 +215,7 @@ def _strip_code_spans(line: str) -> str:
     "value", ["www.evil.example", "http://evil.example/x", "_em_", "a*b*", "<b>", "`x`", ""]
 )
 def test_summary_md_values_that_would_be_markup_are_code_spans(value: str) -> None:
-    shown = report._md(value)
+    shown = report_md._md(value)
     assert shown.startswith("`") and _strip_code_spans(shown) == ""
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from lab import testcase
 from lab.errors import LabError
+from lab.run import testcase
 
 RUN = "\n\ndef run(t):\n    pass\n"
 

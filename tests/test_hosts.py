@@ -38,10 +38,14 @@ from realtools import processes_mentioning as _processes_mentioning
 from realtools import run_cells as _cells
 from realtools import start_pair as _start_pair
 
-from lab import bundle, cache, classify, hosts, matrix, runner, ssh, testcase
-from lab.config import LabConfig, load
+from lab import cache, classify
+from lab.config import LabConfig, hosts, load
 from lab.errors import LabError
-from lab.matrix import Planned
+from lab.hosts import bundle, ssh
+from lab.hosts import connect as hosts_connect
+from lab.hosts import transfer as hosts_transfer
+from lab.run import matrix, runner, testcase
+from lab.run.matrix import Planned
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -203,16 +207,16 @@ def test_bundle_uploaded_once_then_skipped(
 ) -> None:
     f = write_lab(tmp_path, sshds, client_key)
     (h, _) = hosts.parse(load(f).extra["hosts"], f)
-    conn = ssh.connect(h)
+    conn = hosts_connect.connect(h)
     try:
-        info = ssh.hello(conn, h, [])
+        info = hosts_transfer.hello(conn, h, [])
         assert info.lab_dir == str(tmp_path / "remote-a")
-        assert not ssh.bundle_present(conn, h, info.lab_dir)
-        where, uploaded = ssh.ensure_bundle(conn, h, info.lab_dir)
+        assert not hosts_transfer.bundle_present(conn, h, info.lab_dir)
+        where, uploaded = hosts_transfer.ensure_bundle(conn, h, info.lab_dir)
         assert uploaded and where == f"{info.lab_dir}/bundles/{bundle.build().digest}"
         marker = Path(where) / bundle.MANIFEST
         stamp = marker.stat().st_mtime_ns
-        assert ssh.ensure_bundle(conn, h, info.lab_dir) == (where, False)
+        assert hosts_transfer.ensure_bundle(conn, h, info.lab_dir) == (where, False)
         assert marker.stat().st_mtime_ns == stamp  # not rewritten
         # Only the finished directory is left: no temporary names.
         assert sorted(p.name for p in (Path(info.lab_dir) / "bundles").iterdir()) == [
@@ -226,7 +230,7 @@ def test_bundle_uploaded_once_then_skipped(
     # (python -S: no site-packages at all).
     probe = subprocess.run(
         ["env", "-i", f"PYTHONPATH={where}", "/usr/bin/python3", "-S", "-c",
-         "import sys, lab.remote, lab.runner; "
+         "import sys, lab.hosts.remote, lab.run.runner; "
          "print(sorted({m.split('.')[0] for m in sys.modules} & "
          "{'rich', 'fabric', 'paramiko', 'pexpect', 'jinja2'}))"],
         capture_output=True, text=True, check=True,
@@ -317,12 +321,12 @@ def test_silent_host_is_detected_by_heartbeat(
 ) -> None:
     """A host that stops answering without closing TCP (a partition, a hung machine):
     unanswered keepalives close the connection, so in-flight cells fail over."""
-    monkeypatch.setattr(ssh, "HEARTBEAT", 0.3)
-    monkeypatch.setattr(ssh, "DEAD_AFTER", 1.5)
+    monkeypatch.setattr(hosts_connect, "HEARTBEAT", 0.3)
+    monkeypatch.setattr(hosts_connect, "DEAD_AFTER", 1.5)
     a = sshds[0]
     f = write_lab(tmp_path, sshds, client_key)
-    conn = ssh.connect(hosts.parse(load(f).extra["hosts"], f)[0])
-    beat = ssh._Heartbeat(conn)
+    conn = hosts_connect.connect(hosts.parse(load(f).extra["hosts"], f)[0])
+    beat = hosts_connect._Heartbeat(conn)
     beat.start()
     assert a.proc is not None
     frozen: list[int] = []

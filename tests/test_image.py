@@ -22,10 +22,12 @@ from typing import Any
 
 import pytest
 
-from lab import cpio, image
+from lab import image
 from lab.config import ImageSpec
 from lab.errors import LabError
-from lab.image import ImageRecipe
+from lab.image import ImageRecipe, cpio
+from lab.image import apt as image_apt
+from lab.image import recipe as image_recipe
 
 # A mirror of the guest's release as a host's apt sources would name it (.example: no host).
 FIXTURE_SOURCES = (
@@ -265,7 +267,7 @@ def test_recipe_key_is_stable_and_sensitive() -> None:
 
 def test_recipe_key_follows_builder_version(monkeypatch: pytest.MonkeyPatch) -> None:
     before = image.recipe_key(ImageRecipe(), "arm64", b"", None)
-    monkeypatch.setattr(image, "BUILDER_VERSION", image.BUILDER_VERSION + 1)
+    monkeypatch.setattr(image_recipe, "BUILDER_VERSION", image.BUILDER_VERSION + 1)
     assert image.recipe_key(ImageRecipe(), "arm64", b"", None) != before
 
 
@@ -332,11 +334,11 @@ def test_parse_print_uris() -> None:
 
 def test_apt_config_is_private_and_arch_specific(tmp_path: Path) -> None:
     apt = image.AptDir(tmp_path, "arm64")
-    conf = image._apt_conf(apt, ImageRecipe())
+    conf = image_apt._apt_conf(apt, ImageRecipe())
     assert 'APT::Architectures { "arm64"; };' in conf
     assert f'Dir::Etc::parts "{tmp_path}/etc/empty/";' in conf
     assert "/etc/apt" not in conf
-    sources = image._sources_list(
+    sources = image_apt._sources_list(
         ImageRecipe(
             sources=(*FIXTURE_SOURCES, image.AptSource("file:/srv/m", ("x",), ("main",), "/k.gpg"))
         )
@@ -409,7 +411,7 @@ def test_offline_update_falls_back_to_earlier_lists_but_not_on_bad_signatures(
 ) -> None:
     recipe = keyring_recipe(tmp_path)
     apt = image.AptDir(tmp_path / "apt", "arm64")
-    image._prepare_apt(apt, recipe)
+    image_apt._prepare_apt(apt, recipe)
     fetch_failed = (
         'echo "W: Failed to fetch http://mirror.example/debian/dists/bookworm/InRelease" >&2\n'
         'echo "W: Some index files failed to download." >&2\nexit 0\n'

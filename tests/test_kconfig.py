@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import kconfig
+from lab.build import kconfig
 from lab.errors import LabError
 
 BASE = """\

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lab import channel, config, qemu
-from lab.machine import BootError, Machine
+from lab import config
+from lab.vm import channel, qemu
+from lab.vm.machine import BootError, Machine
 
 DATA = Path(__file__).parent / "data"
 

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from lab import classify, report, signatures
+from lab import classify, report
 from lab.build import BuildResult
+from lab.classify import signatures
 from lab.errors import InfraError, LabError, UserError
 from lab.outcome import CLASSES, BuildStatus, Outcome, Verdict
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lab import patches
+from lab.build import patches
+from lab.build.source import Source
 from lab.errors import LabError
-from lab.source import Source
 
 GOOD = """\
 --- a/mm/secretmem.c

@@ -1,6 +1,6 @@
 """Reports, compare and merge on synthetic run directories (and real ones when present).
 
-The synthetic run mirrors what lab.runner and lab.cli.run_matrix write: run.json with
+The synthetic run mirrors what lab.run.runner and lab.cli.run_matrix write: run.json with
 the planned cells and provenance, one directory per finished cell with cell.json,
 evidence.json and the logs. It holds every case a report must show: expected and
 unexpected cells, an infra cell, repetitions that disagree, arches that disagree,
@@ -26,6 +26,7 @@ import pytest
 from lab import report
 from lab.classify import CLASSES
 from lab.errors import LabError
+from lab.report import markdown as report_md
 
 EVIL = "<script>alert('x')</script> & \x1b[31mred\x1b[0m \x00nul </pre>"
 
@@ -405,7 +406,7 @@ def test_most_telling_evidence_is_the_deciding_report_line(run_dir: Path) -> Non
 def test_markdown_table_splits_wide_grids() -> None:
     rows = [["variant", *(f"testcase{i}" for i in range(12))],
             ["C0", *(["fault_livelock"] * 12)]]
-    lines = report._md_table(rows)
+    lines = report_md._md_table(rows)
     assert max(len(line) for line in lines) <= report.MD_WIDTH
     blocks = "\n".join(lines).split("\n\n")
     assert len(blocks) > 1 and all(b.split("\n")[1].split()[0] == "C0" for b in blocks)
@@ -509,7 +510,7 @@ def test_compare_orders_regressions_first(tmp_path: Path) -> None:
 
 
 def _shards(tmp_path: Path, n: int) -> list[Path]:
-    """FULL dealt into n shards by kernel, as lab.matrix.shard does."""
+    """FULL dealt into n shards by kernel, as lab.run.matrix.shard does."""
     kernels = sorted({"/".join(_parts(s.id)[:2]) for s in FULL})
     out = []
     for k in range(n):

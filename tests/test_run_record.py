@@ -18,8 +18,11 @@ from typing import Any
 import pytest
 from test_golden import _base, _kernel
 
-from lab import __version__, boot, cache, classify, cli, matrix, results, runner, testcase
+from lab import __version__, cache, classify, cli, results
+from lab.cli import matrix as cli_matrix
 from lab.config import LabConfig, load
+from lab.run import matrix, runner, testcase
+from lab.vm import boot
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "data" / "run-record"
@@ -44,7 +47,7 @@ def fixed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(results, "new_run_id", lambda _label="": RUN_ID)
     monkeypatch.setattr(results, "host_info", lambda: {"node": "controller", "cpus": 2})
     ticks = iter(float(i) for i in range(10_000))
-    monkeypatch.setattr(cli, "time", types.SimpleNamespace(monotonic=lambda: next(ticks)))
+    monkeypatch.setattr(cli_matrix, "time", types.SimpleNamespace(monotonic=lambda: next(ticks)))
 
 
 def _fake_stages(monkeypatch: pytest.MonkeyPatch, cfg: LabConfig) -> None:
@@ -74,7 +77,7 @@ def _fake_stages(monkeypatch: pytest.MonkeyPatch, cfg: LabConfig) -> None:
             res = runner.infra_cell(cfg_, p, run_dir / "cells" / p.dirname, "scripted")
             on_done(p, res, "")
 
-    monkeypatch.setattr(cli, "_build_kernels", build_kernels)
+    monkeypatch.setattr(cli_matrix, "_build_kernels", build_kernels)
     monkeypatch.setattr(boot, "base_image", lambda c, a, _log: _base(c, a.name))
     monkeypatch.setattr(runner, "run_cells", run_cells)
 
@@ -97,7 +100,7 @@ def test_run_json_of_a_new_run_and_a_resume_byte_for_byte(
     cfg, cells = _plan(tmp_path)
     _fake_stages(monkeypatch, cfg)
     selection = {"variants": None, "arches": ["x86_64"], "testcases": ["api"], "repeat": 1}
-    header = cli._run_header(cfg, cells, {**selection, "shard": None})
+    header = cli_matrix._run_header(cfg, cells, {**selection, "shard": None})
     run_dir = results.new_run(cfg.results_dir, "matrix", header)
     _check(run_dir, "new.run.json", tmp_path)
 
@@ -119,7 +122,7 @@ def test_a_run_json_with_odd_bookkeeping_resumes_without_a_traceback(
     are not tables is bookkeeping to replace, not a crash of `lab matrix --resume`."""
     cfg, cells = _plan(tmp_path)
     _fake_stages(monkeypatch, cfg)
-    header = cli._run_header(cfg, cells, {"variants": None, "arches": ["x86_64"]})
+    header = cli_matrix._run_header(cfg, cells, {"variants": None, "arches": ["x86_64"]})
     run_dir = results.new_run(cfg.results_dir, "matrix", header)
     meta = json.loads((run_dir / "run.json").read_text())
     odd = {"kernels": [], "build_failures": "x", "images": 3, "durations": None, "hosts": 7}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import templates
+from lab.config import templates
 from lab.errors import LabError
 
 
@@ -30,7 +30,8 @@ def test_missing_template_and_syntax_error(tmp_path: Path) -> None:
 
 
 def test_repo_secretmem_templates_render_for_every_variant(repo: Path) -> None:
-    from lab import build, config, kconfig
+    from lab import build, config
+    from lab.build import kconfig
 
     cfg = config.load(repo / "lab.toml")
     for arch in cfg.arches.values():

@@ -1,6 +1,6 @@
 """Variant family expansion: axes, exclude, include (GitHub Actions matrix semantics)."""
 
-from lab.variants import expand
+from lab.config.variants import expand
 
 
 def test_cross_product_in_order() -> None:

@@ -1,0 +1,182 @@
+"""`lab build` and `lab boot`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from lab import build, config
+from lab.build import source
+from lab.cli.common import BuildFailed, _load
+from lab.errors import LabError
+from lab.progress import Reporter
+from lab.run import selection
+from lab.vm import boot, machine
+
+# --- build -------------------------------------------------------------------------
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    arches = selection.arches(cfg, args.arch)
+    variants = selection.variants(cfg, args.variant, everything=args.all)
+    build.check_host_tools()
+    if args.refresh_source:
+        source.forget_git_refs(cfg.cache_dir)
+    results = []
+    with Reporter() as reporter:
+        plans = [build.plan(cfg, a, v, args.jobs, reporter.line) for a in arches for v in variants]
+        # Group by build tree so each shared tree goes from one variant to the next.
+        plans.sort(key=lambda p: (p.tree_key, [v.name for v in cfg.variants].index(p.variant.name)))
+        for p in plans:
+            started = time.monotonic()
+            task = reporter.task(p.label)
+            try:
+                built = build.build(cfg, p, task, force=args.force)
+            except LabError:
+                task.finish("failed")
+                raise
+            if built.kernel is None:
+                task.finish("failed")
+                raise BuildFailed(built.message)
+            kernel = built.kernel
+            wall = time.monotonic() - started
+            if kernel.cached:
+                task.finish(f"cached ({wall:.2f}s, no make): {kernel.image}")
+            else:
+                made = kernel.meta["durations"].get("make", 0.0)
+                task.finish(
+                    f"built in {wall:.1f}s (make {made:.1f}s, "
+                    f"{kernel.meta['objects_compiled']} objects): {kernel.image}"
+                )
+            results.append(
+                {
+                    "arch": kernel.arch,
+                    "variant": kernel.variant,
+                    "key": kernel.key,
+                    "cached": kernel.cached,
+                    "seconds": round(wall, 2),
+                    "image": str(kernel.image),
+                    "dir": str(kernel.dir),
+                }
+            )
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+# --- boot ------------------------------------------------------------------------
+
+BOOT_FAILED = 125  # like timeout(1)/docker: the lab failed, not the command
+MAX_CONSOLE = 1 << 30  # bytes of a cell directory's console.log that `lab classify` reads
+
+
+def _kernel_for(
+    cfg: config.LabConfig, arch: config.ArchSpec, variant: config.Variant, reporter: Reporter
+) -> build.Kernel:
+    build.check_host_tools()
+    p = build.plan(cfg, arch, variant, 0, reporter.line)
+    task = reporter.task(p.label)
+    built = build.build(cfg, p, task)
+    if built.kernel is None:  # a result, but lab boot/run cannot go on without the kernel
+        task.finish("failed")
+        raise LabError(built.message)
+    task.finish("kernel cached" if built.kernel.cached else "kernel built")
+    return built.kernel
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    arch = cfg.arch(args.arch)
+    variant = cfg.variant(args.variant) if args.variant else cfg.variants[0]
+    with Reporter() as reporter:
+        kernel = _kernel_for(cfg, arch, variant, reporter)
+        base = boot.base_image(cfg, arch, reporter.line)
+    job: dict[str, object] = (
+        {"mode": "shell"} if args.exec is None else {"mode": "exec", "command": args.exec}
+    )
+    req = boot.BootRequest(
+        arch, variant, kernel, base, job, extra_cmdline=args.append, memory_mib=args.memory
+    )
+    workdir = boot.new_workdir(cfg, f"{arch.name}-{variant.name}")
+    prepared = boot.prepare(cfg, req, workdir, lambda m: print(f"lab: {m}", file=sys.stderr))
+    m = prepared.machine
+    out: dict[str, list[str]] = {"stdout": [], "stderr": []}
+    status: int | None = None
+
+    def on_record(rec: dict[str, object]) -> None:
+        if rec.get("type") == "output" and isinstance(rec.get("data"), str):
+            stream = "stderr" if rec.get("stream") == "stderr" else "stdout"
+            data = str(rec["data"])
+            out[stream].append(data)
+            if not args.json:
+                target = sys.stderr if stream == "stderr" else sys.stdout
+                target.write(data)
+                target.flush()
+
+    try:
+        with m:
+            try:
+                m.wait_ready()
+            except machine.BootError as exc:
+                print(f"lab: boot failed: {exc}", file=sys.stderr)
+                for line in exc.lines:
+                    print(f"  | {line}", file=sys.stderr)
+                print(f"lab: console log: {workdir / 'console.log'}", file=sys.stderr)
+                return BOOT_FAILED
+            if args.exec is None:
+                print(
+                    f"lab: {arch.name}/{variant.name} ready ({prepared.accel.accel}); Ctrl-] quits",
+                    file=sys.stderr,
+                )
+                m.interact()
+                status = 0
+            else:
+                how = m.follow(lambda r: r.get("type") == "exit", args.timeout, on_record)
+                exit_rec = m.results.first("exit")
+                if exit_rec is not None and isinstance(exit_rec.get("status"), int):
+                    status = int(exit_rec["status"])
+                    m.follow(lambda r: r.get("type") == "done", 5.0, on_record)
+                    m.wait_exit()
+                else:
+                    why = {
+                        "timeout": f"did not finish within {args.timeout:.0f}s",
+                        "exited": "the guest stopped before the command finished",
+                    }[how]
+                    print(
+                        f"lab: command {why}; console log: {workdir / 'console.log'}",
+                        file=sys.stderr,
+                    )
+                    for line in m.console.tail(10) if m.console else []:
+                        print(f"  | {line}", file=sys.stderr)
+                    status = BOOT_FAILED
+    finally:
+        boot.discard_initrd(workdir)
+    t = m.timings()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "arch": arch.name,
+                    "variant": variant.name,
+                    "kernel": str(kernel.image),
+                    "accel": prepared.accel.accel,
+                    "accel_reason": prepared.accel.reason,
+                    "qemu_argv": prepared.launch.argv(),
+                    "workdir": str(workdir),
+                    "timings": {
+                        "ready": t.ready,
+                        "agent": t.first_result,
+                        "command_done": m.arrivals.get("exit"),
+                        "total": t.total,
+                    },
+                    "exit_status": status,
+                    "stdout": "".join(out["stdout"]),
+                    "stderr": "".join(out["stderr"]),
+                },
+                indent=2,
+            )
+        )
+    return status if status is not None else BOOT_FAILED

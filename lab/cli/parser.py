@@ -1,0 +1,181 @@
+"""The argument parser: one sub-command per stage entry."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from lab import __version__
+from lab.cli.cells import cmd_classify, cmd_run
+from lab.cli.kernels import cmd_boot, cmd_build
+from lab.cli.matrix import cmd_hosts_check, cmd_matrix
+from lab.cli.reproduce import cmd_reproduce
+from lab.cli.tools import (
+    cmd_compare,
+    cmd_config_show,
+    cmd_doctor,
+    cmd_image,
+    cmd_merge,
+    cmd_report,
+    cmd_setup,
+)
+
+# --- parser --------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lab", description="A QEMU test lab for Linux kernel patch variants."
+    )
+    parser.add_argument("--version", action="version", version=f"lab {__version__}")
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=os.environ.get("LAB_CONFIG", "lab.toml"),
+        help="the lab.toml to use (default: $LAB_CONFIG or ./lab.toml)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = sub.add_parser("build", help="build kernels (cached; only what changed is rebuilt)")
+    b.add_argument(
+        "--arch",
+        "-a",
+        action="append",
+        default=[],
+        help="arch name or glob, repeatable or comma-separated (default: all)",
+    )
+    b.add_argument(
+        "--variant",
+        "-V",
+        action="append",
+        default=[],
+        help="variant name or glob (default: the first variant; --all: every one)",
+    )
+    b.add_argument("--all", action="store_true", help="every variant on every selected arch")
+    b.add_argument("--jobs", "-j", type=int, default=0, help="make -j (default: CPU count)")
+    b.add_argument("--force", action="store_true", help="rebuild even when cached")
+    b.add_argument(
+        "--refresh-source",
+        action="store_true",
+        help="re-resolve a git source's branch or tag to its current commit",
+    )
+    b.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    b.set_defaults(func=cmd_build)
+
+    bt = sub.add_parser("boot", help="boot a kernel: interactive console, or --exec CMD")
+    bt.add_argument("--arch", "-a", required=True)
+    bt.add_argument("--variant", "-V", default="", help="default: the first variant")
+    bt.add_argument(
+        "--exec",
+        "-e",
+        metavar="CMD",
+        default=None,
+        help="run CMD in the guest, print its output, exit with its status",
+    )
+    bt.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds CMD may run (default 600)"
+    )
+    bt.add_argument("--append", default="", help="extra kernel command line")
+    bt.add_argument("--memory", type=int, default=None, help="guest memory in MiB")
+    bt.add_argument(
+        "--json", action="store_true", help="print timings, accelerator and QEMU argv as JSON"
+    )
+    bt.set_defaults(func=cmd_boot)
+
+    mx = sub.add_parser("matrix", help="run the variant x arch x test case matrix")
+    mx.add_argument("--variant", "-V", action="append", default=[], help="glob, repeatable")
+    mx.add_argument("--arch", "-a", action="append", default=[], help="glob, repeatable")
+    mx.add_argument("--testcase", "-t", action="append", default=[], help="glob, repeatable")
+    mx.add_argument("--jobs", "-j", type=int, default=0, help="parallel cells (default: CPUs)")
+    mx.add_argument("--repeat", type=int, default=None, help="run each cell N times")
+    mx.add_argument("--shard", default="", help="K/N: run the K-th of N deterministic shards")
+    mx.add_argument("--resume", default="", metavar="RUN", help="run what RUN is missing")
+    mx.add_argument(
+        "--force-config",
+        action="store_true",
+        help="with --resume: go on although lab.toml changed since RUN started",
+    )
+    mx.add_argument("--results", default="", help="results directory (default: lab.toml's)")
+    mx.add_argument(
+        "--list",
+        action="store_true",
+        help="print the planned cells and their expectations; run nothing",
+    )
+    mx.add_argument(
+        "--hosts",
+        default="",
+        metavar="NAME,...|all",
+        help="also run cells on these SSH lab hosts ([[hosts]] in lab.toml)",
+    )
+    mx.set_defaults(func=cmd_matrix)
+
+    hs = sub.add_parser("hosts", help="SSH lab hosts ([[hosts]] in lab.toml)")
+    hsub = hs.add_subparsers(dest="hosts_command", required=True, metavar="SUBCOMMAND")
+    hc = hsub.add_parser(
+        "check", help="per host: reachable, python, lab bundle, QEMU, accelerator, disk"
+    )
+    hc.add_argument("--hosts", default="", metavar="NAME,...|all", help="default: all")
+    hc.add_argument(
+        "--no-upload",
+        action="store_true",
+        help="only report whether the lab bundle is there (default: upload it if missing)",
+    )
+    hc.set_defaults(func=cmd_hosts_check)
+
+    rp = sub.add_parser("reproduce", help="replay failure modes claimed in review")
+    rp.add_argument("id", nargs="*", help="failure mode ids, or 'all' (none: list them)")
+    rp.add_argument("--arch", "-a", action="append", default=[], help="glob, repeatable")
+    rp.add_argument("--jobs", "-j", type=int, default=0)
+    rp.add_argument("--list", action="store_true", help="list the failure modes")
+    rp.set_defaults(func=cmd_reproduce)
+
+    rr = sub.add_parser("report", help="re-render a run's reports")
+    rr.add_argument("run", help="run directory or run id")
+    rr.set_defaults(func=cmd_report)
+    cp = sub.add_parser("compare", help="cells whose outcome changed between two runs")
+    cp.add_argument("run_a")
+    cp.add_argument("run_b")
+    cp.set_defaults(func=cmd_compare)
+    mg = sub.add_parser("merge", help="merge shard runs into one run and report")
+    mg.add_argument("runs", nargs="+")
+    mg.add_argument("--output", "-o", default="", help="the merged run directory")
+    mg.set_defaults(func=cmd_merge)
+
+    r = sub.add_parser("run", help="run one test case on one (arch, variant): one cell")
+    r.add_argument("testcase")
+    r.add_argument("--arch", "-a", required=True)
+    r.add_argument("--variant", "-V", default="", help="default: the first variant")
+    r.add_argument(
+        "--results",
+        default="",
+        help="the run directory to put the cell in (default: a new one under results_dir)",
+    )
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    im = sub.add_parser("image", help="build (or show) the guest base image per arch")
+    im.add_argument("--arch", "-a", action="append", default=[])
+    im.add_argument(
+        "--refresh", action="store_true", help="re-resolve Debian package versions and rebuild"
+    )
+    im.set_defaults(func=cmd_image)
+
+    cl = sub.add_parser("classify", help="classify a saved serial console log offline")
+    cl.add_argument("log", help="a console log, or a cell directory (then its records count)")
+    cl.add_argument("--json", action="store_true")
+    cl.set_defaults(func=cmd_classify)
+
+    c = sub.add_parser("config", help="kernel configuration commands")
+    csub = c.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    cs = csub.add_parser("show", help="rendered fragments and the final .config diff vs base")
+    cs.add_argument("--arch", "-a", required=True)
+    cs.add_argument("--variant", "-V", default="")
+    cs.set_defaults(func=cmd_config_show)
+
+    d = sub.add_parser("doctor", help="check host prerequisites")
+    d.add_argument("--tests", action="store_true", help="also what the lab's own tests need")
+    d.set_defaults(func=cmd_doctor)
+    s = sub.add_parser("setup", help="install missing host prerequisites with apt-get (root)")
+    s.add_argument("--tests", action="store_true", help="also what the lab's own tests need")
+    s.set_defaults(func=cmd_setup)
+    return parser

@@ -1,0 +1,1 @@
+"""run: test cases and expectations, cells, the matrix plan, the runner and its workers."""

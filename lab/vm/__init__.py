@@ -1,0 +1,1 @@
+"""vm: one QEMU guest (argv, accelerator, console state machine, channel, boot)."""
