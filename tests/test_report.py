@@ -31,12 +31,30 @@ from lab.report import markdown as report_md
 EVIL = "<script>alert('x')</script> & \x1b[31mred\x1b[0m \x00nul </pre>"
 
 PARAMS = {
-    "U0": {"pool": "none", "fault": "oom", "fallback": False, "reserve": False,
-           "charge": "page", "v16_literal": False},
-    "C0": {"pool": "cma", "fault": "oom", "fallback": False, "reserve": False,
-           "charge": "page", "v16_literal": False},
-    "C1": {"pool": "cma", "fault": "sigbus", "fallback": False, "reserve": False,
-           "charge": "page", "v16_literal": False},
+    "U0": {
+        "pool": "none",
+        "fault": "oom",
+        "fallback": False,
+        "reserve": False,
+        "charge": "page",
+        "v16_literal": False,
+    },
+    "C0": {
+        "pool": "cma",
+        "fault": "oom",
+        "fallback": False,
+        "reserve": False,
+        "charge": "page",
+        "v16_literal": False,
+    },
+    "C1": {
+        "pool": "cma",
+        "fault": "sigbus",
+        "fallback": False,
+        "reserve": False,
+        "charge": "page",
+        "v16_literal": False,
+    },
 }
 
 
@@ -63,9 +81,16 @@ def _dirname(rid: str) -> str:
     return f"{arch}--{variant}--{testcase}" + (f"--r{rep}" if rep > 1 else "")
 
 
-def make_run(root: Path, name: str, specs: Sequence[Spec], *, status: str = "complete",
-             config_sha: str = "c" * 64, kernel_dir: Path | None = None,
-             shard: str | None = None) -> Path:
+def make_run(
+    root: Path,
+    name: str,
+    specs: Sequence[Spec],
+    *,
+    status: str = "complete",
+    config_sha: str = "c" * 64,
+    kernel_dir: Path | None = None,
+    shard: str | None = None,
+) -> Path:
     run_dir = root / name
     (run_dir / "cells").mkdir(parents=True)
     kernels = {}
@@ -74,30 +99,47 @@ def make_run(root: Path, name: str, specs: Sequence[Spec], *, status: str = "com
         kd.mkdir(parents=True, exist_ok=True)
         (kd / "config").write_text("CONFIG_SECRETMEM=y\n")
         (kd / "fragment.config").write_text(
-            f"# --- secretmem.config.j2\nCONFIG_SECRETMEM=y\n# {variant} <b>bold</b>\n")
+            f"# --- secretmem.config.j2\nCONFIG_SECRETMEM=y\n# {variant} <b>bold</b>\n"
+        )
         kernels[f"{arch}/{variant}"] = {
-            "key": f"key-{arch}-{variant}", "dir": str(kd), "image_sha256": "i" * 64,
+            "key": f"key-{arch}-{variant}",
+            "dir": str(kd),
+            "image_sha256": "i" * 64,
             "config_sha256": "f" * 64,
             "source": {"identity": "tarball:sha256:abc", "description": "linux-source-6.1"},
-            "series": [{"series": "secretmem-lab", "patch": "0001-secretmem.patch",
-                        "sha256": "p" * 64}],
+            "series": [
+                {"series": "secretmem-lab", "patch": "0001-secretmem.patch", "sha256": "p" * 64}
+            ],
             "fragments": [{"template": "secretmem.config.j2", "sha256": "t" * 64}],
-            "toolchain": {"gcc_version": "gcc 12.2.0"}, "durations": {"make": 100.5},
-            "reproducer": f"lab --config lab.toml build --arch {arch} --variant {variant}"}
+            "toolchain": {"gcc_version": "gcc 12.2.0"},
+            "durations": {"make": 100.5},
+            "reproducer": f"lab --config lab.toml build --arch {arch} --variant {variant}",
+        }
     not_run = [s.id for s in specs if s.observed is None]
     run = {
-        "run_id": name, "lab_version": "0.1.0", "created": "2026-11-26T08:00:00+00:00",
-        "finished": "2026-11-26T09:00:00+00:00", "status": status,
-        "host": {"node": "vm", "kernel": "6.1.0", "machine": "x86_64", "python": "3.11.7",
-                 "cpus": 8},
+        "run_id": name,
+        "lab_version": "0.1.0",
+        "created": "2026-11-26T08:00:00+00:00",
+        "finished": "2026-11-26T09:00:00+00:00",
+        "status": status,
+        "host": {
+            "node": "vm",
+            "kernel": "6.1.0",
+            "machine": "x86_64",
+            "python": "3.11.7",
+            "cpus": 8,
+        },
         "config": {"file": "/work/main/lab.toml", "sha256": config_sha},
-        "selection": {"variants": [], "arches": [], "testcases": [], "repeat": 1,
-                      "shard": shard},
-        "cells": [{"id": s.id, "dir": f"cells/{_dirname(s.id)}",
-                   "kernel": "/".join(_parts(s.id)[:2])} for s in specs],
-        "kernels": kernels, "build_failures": {"arm64/P1": "mm/secretmem.c:12: error: x"},
+        "selection": {"variants": [], "arches": [], "testcases": [], "repeat": 1, "shard": shard},
+        "cells": [
+            {"id": s.id, "dir": f"cells/{_dirname(s.id)}", "kernel": "/".join(_parts(s.id)[:2])}
+            for s in specs
+        ],
+        "kernels": kernels,
+        "build_failures": {"arm64/P1": "mm/secretmem.c:12: error: x"},
         "images": {"x86_64": {"key": "img-x86", "path": "/cache/images/x86/base.cpio.gz"}},
-        "not_run": not_run, "durations": {"last_invocation": 3600.0},
+        "not_run": not_run,
+        "durations": {"last_invocation": 3600.0},
     }
     (run_dir / "run.json").write_text(json.dumps(run, indent=2))
     for s in specs:
@@ -119,55 +161,106 @@ def write_cell(run_dir: Path, s: Spec) -> Path:
     (d / "console.timed.log").write_text("")
     (d / "result.jsonl").write_text('{"type":"ready"}\n')
     (d / "qemu.argv").write_text("qemu-system-x86_64\n")
-    verdict = ("infra" if s.observed == "infra_error"
-               else "expected" if s.observed in s.expected else "unexpected")
-    (d / "evidence.json").write_text(json.dumps({
-        "outcome": s.observed, "detail": s.detail, "rule": s.observed.replace("_", "-"),
-        "rule_text": f"The rule for {s.observed}.", "evidence": s.evidence, "matched": [],
-        "fields": {}}))
+    verdict = (
+        "infra"
+        if s.observed == "infra_error"
+        else "expected"
+        if s.observed in s.expected
+        else "unexpected"
+    )
+    (d / "evidence.json").write_text(
+        json.dumps(
+            {
+                "outcome": s.observed,
+                "detail": s.detail,
+                "rule": s.observed.replace("_", "-"),
+                "rule_text": f"The rule for {s.observed}.",
+                "evidence": s.evidence,
+                "matched": [],
+                "fields": {},
+            }
+        )
+    )
     base_id = f"{arch}/{variant}/{testcase}"
-    (d / "cell.json").write_text(json.dumps({
-        "id": base_id, "run_cell_id": s.id, "repeat": rep, "arch": arch, "variant": variant,
-        "testcase": testcase, "params": PARAMS.get(variant, {}), "observed": s.observed,
-        "expected": list(s.expected),
-        "expected_rule": f"pool={PARAMS.get(variant, {}).get('pool')} -> "
-                         f"{'|'.join(s.expected)}",
-        "verdict": verdict, "detail": s.detail or f"{s.observed}: something",
-        "kernel": {"key": f"key-{arch}-{variant}", "image_sha256": "i" * 64,
-                   "config_sha256": "f" * 64, "dir": "/cache/kernels/k"},
-        "image": {"key": "img", "path": "/cache/img"}, "accel": "kvm", "accel_reason": "probe ok",
-        "cmdline": "console=ttyS0 secretmem.enable=1",
-        "timings": {"ready": 1.5, "agent": 3.0, "qemu": s.seconds - 0.5, "cell": s.seconds},
-        "qemu_exit": 0, "qemu_killed": False,
-        "reproducer": f"lab --config lab.toml run {testcase} --arch {arch} --variant {variant}",
-        "host": "vm", "finished": "2026-11-26T08:30:00+00:00"}))
+    (d / "cell.json").write_text(
+        json.dumps(
+            {
+                "id": base_id,
+                "run_cell_id": s.id,
+                "repeat": rep,
+                "arch": arch,
+                "variant": variant,
+                "testcase": testcase,
+                "params": PARAMS.get(variant, {}),
+                "observed": s.observed,
+                "expected": list(s.expected),
+                "expected_rule": f"pool={PARAMS.get(variant, {}).get('pool')} -> "
+                f"{'|'.join(s.expected)}",
+                "verdict": verdict,
+                "detail": s.detail or f"{s.observed}: something",
+                "kernel": {
+                    "key": f"key-{arch}-{variant}",
+                    "image_sha256": "i" * 64,
+                    "config_sha256": "f" * 64,
+                    "dir": "/cache/kernels/k",
+                },
+                "image": {"key": "img", "path": "/cache/img"},
+                "accel": "kvm",
+                "accel_reason": "probe ok",
+                "cmdline": "console=ttyS0 secretmem.enable=1",
+                "timings": {"ready": 1.5, "agent": 3.0, "qemu": s.seconds - 0.5, "cell": s.seconds},
+                "qemu_exit": 0,
+                "qemu_killed": False,
+                "reproducer": (
+                    f"lab --config lab.toml run {testcase} --arch {arch} --variant {variant}"
+                ),
+                "host": "vm",
+                "finished": "2026-11-26T08:30:00+00:00",
+            }
+        )
+    )
     return d
 
 
 def ev(line_no: int, text: str, signature: str) -> dict[str, Any]:
-    return {"line_no": line_no, "text": text, "ktime": 12.5 if line_no else None,
-            "signature": signature}
+    return {
+        "line_no": line_no,
+        "text": text,
+        "ktime": 12.5 if line_no else None,
+        "signature": signature,
+    }
 
 
-LIVELOCK = [ev(30, "[   30.000000] secretmem: fault retry livelock", "fault_oom_huh"),
-            ev(31, "[   31.000000] context line", "context:fault_oom_huh")]
-SIGBUS = [ev(40, "[   40.000000] potentially unexpected fatal signal 7.", "fatal_sigbus"),
-          ev(0, "agent: depletion: task t pid 40 (python3) signaled SIGBUS", "agent:task")]
+LIVELOCK = [
+    ev(30, "[   30.000000] secretmem: fault retry livelock", "fault_oom_huh"),
+    ev(31, "[   31.000000] context line", "context:fault_oom_huh"),
+]
+SIGBUS = [
+    ev(40, "[   40.000000] potentially unexpected fatal signal 7.", "fatal_sigbus"),
+    ev(0, "agent: depletion: task t pid 40 (python3) signaled SIGBUS", "agent:task"),
+]
 
 # The full matrix of the synthetic run: 2 arches x 3 variants x 2 test cases, with
 # x86_64/C0/depletion repeated 3 times (the repeats disagree).
-OOM = [ev(20, "[   20.000000] python3 invoked oom-killer: gfp_mask=0xcc0", "oom_invoked"),
-       ev(21, "[   21.000000] CPU: 0 PID: 40 Comm: python3", "context:oom_invoked"),
-       ev(25, "[   25.000000] Out of memory: Killed process 40 (python3)", "oom_killed_process"),
-       ev(0, "agent: depletion: task t pid 40 (python3) signaled SIGKILL", "agent:task")]
+OOM = [
+    ev(20, "[   20.000000] python3 invoked oom-killer: gfp_mask=0xcc0", "oom_invoked"),
+    ev(21, "[   21.000000] CPU: 0 PID: 40 Comm: python3", "context:oom_invoked"),
+    ev(25, "[   25.000000] Out of memory: Killed process 40 (python3)", "oom_killed_process"),
+    ev(0, "agent: depletion: task t pid 40 (python3) signaled SIGKILL", "agent:task"),
+]
 FULL = [
     Spec("x86_64/U0/depletion", "oom_kill", ("oom_kill",), evidence=OOM),
-    Spec("x86_64/U0/api", "pass", detail=EVIL,
-         evidence=[ev(5, "[    5.000000] " + EVIL.replace("\x00", ""), "tail")]),
+    Spec(
+        "x86_64/U0/api",
+        "pass",
+        detail=EVIL,
+        evidence=[ev(5, "[    5.000000] " + EVIL.replace("\x00", ""), "tail")],
+    ),
     Spec("x86_64/C0/depletion", "fault_livelock", ("fault_livelock",), evidence=LIVELOCK),
     Spec("x86_64/C0/depletion#2", "fault_livelock", ("fault_livelock",), evidence=LIVELOCK),
-    Spec("x86_64/C0/depletion#3", "sigbus", ("fault_livelock",), "sigbus: task t got SIGBUS",
-         SIGBUS),
+    Spec(
+        "x86_64/C0/depletion#3", "sigbus", ("fault_livelock",), "sigbus: task t got SIGBUS", SIGBUS
+    ),
     Spec("x86_64/C0/api", "pass"),
     Spec("x86_64/C1/depletion", "sigbus", ("sigbus",), evidence=SIGBUS),
     Spec("x86_64/C1/api", "infra_error", detail="agent error: no python3"),
@@ -175,8 +268,13 @@ FULL = [
     Spec("arm64/U0/api", "pass"),
     Spec("arm64/C0/depletion", None, ("fault_livelock",)),
     Spec("arm64/C0/api", None),
-    Spec("arm64/C1/depletion", "fault_livelock", ("sigbus",),
-         "fault_livelock: 5000 fault retries in 10 s", LIVELOCK),
+    Spec(
+        "arm64/C1/depletion",
+        "fault_livelock",
+        ("sigbus",),
+        "fault_livelock: 5000 fault retries in 10 s",
+        LIVELOCK,
+    ),
     Spec("arm64/C1/api", "hang", detail="hang (test phase): deadline passed"),
 ]
 
@@ -236,8 +334,12 @@ def test_render_writes_three_reports_atomically(run_dir: Path) -> None:
 def test_grid_per_arch_with_a_cell_per_slot(run_dir: Path) -> None:
     _, dom = rendered(run_dir)
     assert [a["data-arch"] for a in dom.find("table", class_="grid")] == ["x86_64", "arm64"]
-    slots = {f"{a}/{v}/{t}" for a in ("x86_64", "arm64") for v in ("U0", "C0", "C1")
-             for t in ("depletion", "api")}
+    slots = {
+        f"{a}/{v}/{t}"
+        for a in ("x86_64", "arm64")
+        for v in ("U0", "C0", "C1")
+        for t in ("depletion", "api")
+    }
     cells = dom.find("td", class_="cell")
     assert {c["data-cell"] for c in cells} == slots
     for c in cells:
@@ -389,8 +491,9 @@ def test_markdown_lists_unexpected_with_evidence_and_reproducer(run_dir: Path) -
     assert "## Not run (2)" in md and "arm64/C0/api" in md
     assert "\x1b" not in md and "\x00" not in md
     # Quoted console lines and commands stay whole; everything else fits a mail.
-    prose = [line for line in md.splitlines()
-             if not line.startswith(("    reproduce:", "    evidence:"))]
+    prose = [
+        line for line in md.splitlines() if not line.startswith(("    reproduce:", "    evidence:"))
+    ]
     assert max(len(line) for line in prose) <= 80
 
 
@@ -404,8 +507,7 @@ def test_most_telling_evidence_is_the_deciding_report_line(run_dir: Path) -> Non
 
 
 def test_markdown_table_splits_wide_grids() -> None:
-    rows = [["variant", *(f"testcase{i}" for i in range(12))],
-            ["C0", *(["fault_livelock"] * 12)]]
+    rows = [["variant", *(f"testcase{i}" for i in range(12))], ["C0", *(["fault_livelock"] * 12)]]
     lines = report_md._md_table(rows)
     assert max(len(line) for line in lines) <= report.MD_WIDTH
     blocks = "\n".join(lines).split("\n\n")
@@ -469,22 +571,31 @@ def test_text_summary_caps_long_lists(tmp_path: Path) -> None:
 
 
 def test_compare_orders_regressions_first(tmp_path: Path) -> None:
-    a = make_run(tmp_path, "a", [
-        Spec("x86_64/U0/api", "pass"),
-        Spec("x86_64/C0/api", "pass"),  # -> sigbus: regression
-        Spec("x86_64/C1/api", "sigbus"),  # -> pass: fix
-        Spec("x86_64/C1/depletion", "sigbus", ("fault_livelock",)),  # -> oops: changed
-        Spec("x86_64/P0/api", "pass"),  # only in A (not run in B)
-        Spec("x86_64/P1/api", "pass"),  # only in A (absent in B)
-    ])
-    b = make_run(tmp_path, "b", [
-        Spec("x86_64/U0/api", "pass"),
-        Spec("x86_64/C0/api", "sigbus"),
-        Spec("x86_64/C1/api", "pass"),
-        Spec("x86_64/C1/depletion", "oops", ("fault_livelock",)),
-        Spec("x86_64/P0/api", None),
-        Spec("arm64/U0/api", "pass"),  # only in B
-    ], status="interrupted")
+    a = make_run(
+        tmp_path,
+        "a",
+        [
+            Spec("x86_64/U0/api", "pass"),
+            Spec("x86_64/C0/api", "pass"),  # -> sigbus: regression
+            Spec("x86_64/C1/api", "sigbus"),  # -> pass: fix
+            Spec("x86_64/C1/depletion", "sigbus", ("fault_livelock",)),  # -> oops: changed
+            Spec("x86_64/P0/api", "pass"),  # only in A (not run in B)
+            Spec("x86_64/P1/api", "pass"),  # only in A (absent in B)
+        ],
+    )
+    b = make_run(
+        tmp_path,
+        "b",
+        [
+            Spec("x86_64/U0/api", "pass"),
+            Spec("x86_64/C0/api", "sigbus"),
+            Spec("x86_64/C1/api", "pass"),
+            Spec("x86_64/C1/depletion", "oops", ("fault_livelock",)),
+            Spec("x86_64/P0/api", None),
+            Spec("arm64/U0/api", "pass"),  # only in B
+        ],
+        status="interrupted",
+    )
     changes = report.compare(a, b)
     assert [(c.kind, c.id) for c in changes] == [
         ("regression", "x86_64/C0/api"),
@@ -516,9 +627,15 @@ def _shards(tmp_path: Path, n: int) -> list[Path]:
     for k in range(n):
         mine = {x for i, x in enumerate(kernels) if i % n == k}
         specs = [s for s in FULL if "/".join(_parts(s.id)[:2]) in mine]
-        out.append(make_run(tmp_path, f"shard{k + 1}", specs, shard=f"{k + 1}/{n}",
-                            status="interrupted" if any(s.observed is None for s in specs)
-                            else "complete"))
+        out.append(
+            make_run(
+                tmp_path,
+                f"shard{k + 1}",
+                specs,
+                shard=f"{k + 1}/{n}",
+                status="interrupted" if any(s.observed is None for s in specs) else "complete",
+            )
+        )
     return out
 
 
@@ -533,14 +650,16 @@ def test_merge_shards_gives_the_unsharded_run(tmp_path: Path) -> None:
     assert run["status"] == "incomplete"  # FULL has two cells not run
     assert sorted(run["not_run"]) == ["arm64/C0/api", "arm64/C0/depletion"]
     assert run["selection"]["shard"] is None
-    assert set(run["kernels"]) == {f"{a}/{v}" for a in ("x86_64", "arm64")
-                                   for v in ("U0", "C0", "C1")}
+    assert set(run["kernels"]) == {
+        f"{a}/{v}" for a in ("x86_64", "arm64") for v in ("U0", "C0", "C1")
+    }
     for name in report.REPORTS:
         assert (out / name).is_file()
     # Same cells, same outcomes as the unsharded run.
     assert report.compare(whole, out) == []
-    assert sorted(p.name for p in (out / "cells").iterdir()) == \
-        sorted(p.name for p in (whole / "cells").iterdir())
+    assert sorted(p.name for p in (out / "cells").iterdir()) == sorted(
+        p.name for p in (whole / "cells").iterdir()
+    )
 
 
 def test_merge_complete_when_every_planned_cell_ran(tmp_path: Path) -> None:
@@ -601,9 +720,11 @@ def _chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    pytest.fail(f"headless Chromium not found: install the Debian package "
-                f"'{CHROMIUM_PACKAGE}' (apt-get install -y --no-install-recommends "
-                f"{CHROMIUM_PACKAGE})")
+    pytest.fail(
+        f"headless Chromium not found: install the Debian package "
+        f"'{CHROMIUM_PACKAGE}' (apt-get install -y --no-install-recommends "
+        f"{CHROMIUM_PACKAGE})"
+    )
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -620,34 +741,54 @@ def test_report_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
     url = (run_dir / "report.html").resolve().as_uri()
     png = tmp_path / "report.png"
     # A profile dir of its own, so the test neither uses nor locks a user's profile.
-    common = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-              f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000"]
-    shot = subprocess.run([*common, f"--screenshot={png}", url], capture_output=True,
-                          text=True, timeout=120)
+    common = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1400,1000",
+    ]
+    shot = subprocess.run(
+        [*common, f"--screenshot={png}", url], capture_output=True, text=True, timeout=120
+    )
     assert png.is_file(), f"no screenshot: {shot.stderr[-2000:]}"
     assert png.stat().st_size > 20_000, "screenshot suspiciously small (blank page?)"
     assert _png_size(png) == (1400, 1000)
-    dump = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True,
-                          timeout=120)
+    dump = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dump.returncode == 0, dump.stderr[-2000:]
     dom = Dom(dump.stdout)
     assert [a["data-arch"] for a in dom.find("table", class_="grid")] == ["x86_64", "arm64"]
     cells = dom.find("td", class_="cell")
     assert len(cells) == 12
     assert all(c.get("data-observed") and "data-expected" in c for c in cells)
-    assert grid_cell(dom, "arm64/C1/depletion")["class"].split()[:3] == \
-        ["cell", "outcome-fault_livelock", "unexpected"]
+    assert grid_cell(dom, "arm64/C1/depletion")["class"].split()[:3] == [
+        "cell",
+        "outcome-fault_livelock",
+        "unexpected",
+    ]
 
 
 def test_malformed_and_unknown_values_still_render(tmp_path: Path) -> None:
     """A results tree may be damaged or come from another lab version: render what is
     there, never crash on a field of the wrong type."""
-    run_dir = make_run(tmp_path, "odd", [Spec("x86_64/U0/api", "pass"),
-                                         Spec("x86_64/U0/odd", "pass")])
+    run_dir = make_run(
+        tmp_path, "odd", [Spec("x86_64/U0/api", "pass"), Spec("x86_64/U0/odd", "pass")]
+    )
     d = run_dir / "cells" / "x86_64--U0--odd"
     cell = json.loads((d / "cell.json").read_text())
-    cell.update({"observed": "new<class>", "expected": "pass", "timings": "soon",
-                 "params": ["x"], "kernel": None, "repeat": "two", "verdict": "weird"})
+    cell.update(
+        {
+            "observed": "new<class>",
+            "expected": "pass",
+            "timings": "soon",
+            "params": ["x"],
+            "kernel": None,
+            "repeat": "two",
+            "verdict": "weird",
+        }
+    )
     (d / "cell.json").write_text(json.dumps(cell))
     (d / "evidence.json").write_text(json.dumps({"evidence": [1, {"line_no": "x"}]}))
     _, dom = rendered(run_dir)
