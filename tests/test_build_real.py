@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from realtools import REPO, lab
 
+from lab.config import load
+
 pytestmark = pytest.mark.real
 
 
@@ -127,7 +129,9 @@ def test_every_variant_builds_on_both_arches() -> None:
     t0 = time.monotonic()
     entries, _, _ = _build("--all")
     names = {(e["arch"], e["variant"]) for e in entries}
-    assert len(names) == 16
+    cfg = load(REPO / "lab.toml")
+    assert names == {(a, v.name) for a in cfg.arches for v in cfg.variants}
+    assert len(names) == 32  # 8 variants x 2 eras x 2 arches
     print(f"\nlab build --all: {time.monotonic() - t0:.0f}s")
     for e in entries:
         m = _meta(e)

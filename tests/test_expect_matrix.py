@@ -138,6 +138,8 @@ def test_failure_modes_parse_and_answer(repo: Path) -> None:
     assert failures.answer(hocko, "oom_kill") == "reproduced"
     assert failures.answer(hocko, "pass") == "not reproduced"
     assert failures.answer(hocko, "fault_livelock") == "different outcome"
+    # An experiment that did not run answers nothing (a failed precondition, a harness death).
+    assert failures.answer(hocko, "infra_error") == "no answer"
     assert hocko.lore_url.startswith("https://lore.kernel.org/r/")
 
 

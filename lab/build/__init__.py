@@ -25,12 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lab import __version__, cache, prereqs, proc
-from lab.build import kconfig
-from lab.build import patches
-from lab.build import source
-from lab.config import templates
-from lab.build import toolchain
-from lab.config import ArchSpec, LabConfig, Variant
+from lab.build import kconfig, patches, source, toolchain
+from lab.config import ArchSpec, LabConfig, Variant, templates
 from lab.errors import InfraError, UserError
 from lab.outcome import BuildStatus
 

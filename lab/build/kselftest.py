@@ -13,8 +13,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from lab import cache, prereqs
-from lab import image
+from lab import cache, image, prereqs
 from lab.build import toolchain
 from lab.config import ArchSpec
 from lab.errors import LabError, UserError

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab import cache, prereqs
-from lab.errors import InfraError, UserError
 from lab.build.source import Log, Source
+from lab.errors import InfraError, UserError
 
 
 @dataclass(frozen=True)

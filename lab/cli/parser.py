@@ -127,6 +127,11 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--arch", "-a", action="append", default=[], help="glob, repeatable")
     rp.add_argument("--jobs", "-j", type=int, default=0)
     rp.add_argument("--list", action="store_true", help="list the failure modes")
+    rp.add_argument(
+        "--markdown",
+        metavar="RUN",
+        help="print the ledger of a finished reproduce run as Markdown (docs/ledger.md)",
+    )
     rp.set_defaults(func=cmd_reproduce)
 
     rr = sub.add_parser("report", help="re-render a run's reports")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from lab import build, cache, results
 from lab.cli.common import _load
+from lab.cli.ledger import render_ledger
 from lab.cli.matrix import _run_header, run_matrix
 from lab.config import failures
 from lab.errors import LabError
@@ -18,6 +20,9 @@ from lab.run import matrix, testcase
 def cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = _load(args)
     modes = failures.parse(cfg.extra.get("failure_mode"), cfg.file, CLASSES)
+    if args.markdown:
+        print(render_ledger(Path(args.markdown), modes), end="")
+        return 0
     if args.list or not args.id:
         for m in modes:
             print(f"{m.id:32} {m.who}: {m.testcase} on {', '.join(m.variants)}")

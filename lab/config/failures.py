@@ -120,6 +120,10 @@ def find(modes: Sequence[FailureMode], ident: str, file: Path) -> FailureMode:
 
 
 def answer(mode: FailureMode, observed: str) -> str:
+    # infra_error: the experiment did not run (a failed precondition, a harness death, a
+    # host lost): that answers nothing, least of all "the system did something else".
+    if observed == "infra_error" and observed not in mode.reproduced:
+        return "no answer"
     if observed in mode.reproduced:
         return "reproduced"
     if observed == "pass":

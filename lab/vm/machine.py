@@ -33,10 +33,12 @@ from lab.vm.qemu import Launch
 
 # Any ready marker; only the one with this boot's id counts (see Machine.wait_ready).
 READY = re.compile(rb"LABREADY (\S+)\s")
-PANIC = re.compile(rb"Kernel panic - not syncing[^\r\n]*")
+# Whole lines only (up to the line end): matched on a partial read, the reason after
+# "not syncing:" could be cut off ("Kernel panic - not syncing:" with nothing after).
+PANIC = re.compile(rb"Kernel panic - not syncing[^\r\n]*\r*\n")
 TROUBLE = re.compile(
     rb"(?:BUG: [^\r\n]*|Oops[:\s][^\r\n]*|Unable to handle kernel[^\r\n]*|"
-    rb"general protection fault[^\r\n]*|WARNING: CPU: [^\r\n]*|kernel BUG at [^\r\n]*)"
+    rb"general protection fault[^\r\n]*|WARNING: CPU: [^\r\n]*|kernel BUG at [^\r\n]*)\r*\n"
 )
 SETTLE = 1.0  # seconds of extra console collected after a boot-time oops
 
