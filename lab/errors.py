@@ -1,5 +1,7 @@
 """Error types. Both print as one line at the CLI; tracebacks are for bugs only."""
 
+import re
+
 
 class LabError(Exception):
     """A problem printed as one line at the CLI (exit status 2). Raise one of the two
@@ -18,19 +20,32 @@ class InfraError(LabError):
     download or an extraction broke, a lab host was lost."""
 
 
-# C0 and C1 controls, DEL, and the bidi/format controls that reorder what a terminal or
-# a CI log shows (Trojan-Source style), each mapped to its \xNN / \uNNNN escape.
-_CONTROLS = [*range(0x20), *range(0x7F, 0xA0), 0x200E, 0x200F, *range(0x202A, 0x202F)]
-_CONTROLS += range(0x2066, 0x206A)
-_ESCAPE = {c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}") for c in _CONTROLS}
-_ESCAPE_KEEP_LINES = {c: e for c, e in _ESCAPE.items() if chr(c) not in "\t\n"}
+# C0 and C1 controls, DEL, the bidi/format controls that reorder what a terminal, a CI log
+# or a browser shows (Trojan-Source style), surrogates and non-characters: every place that
+# shows text from elsewhere (evidence, reports, host output) escapes this one set.
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff\ufffe\uffff]"
+)
+
+
+def escape_unsafe(text: str, keep: str = "\t\n") -> str:
+    """`text` with each unsafe character (but those in `keep`) as its `\\xNN`/`\\uNNNN`
+    escape."""
+
+    def one(m: re.Match[str]) -> str:
+        c = m.group()
+        if c in keep:
+            return c
+        return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+    return _UNSAFE.sub(one, text)
 
 
 def printable(text: str, limit: int = 0, one_line: bool = False) -> str:
     """Text from elsewhere (a lab host's stderr, a guest) made safe for a terminal or a
     CI log: control characters escaped, so an ESC sequence cannot drive the reader's
     terminal; tab and newline are kept unless `one_line`."""
-    text = text.translate(_ESCAPE if one_line else _ESCAPE_KEEP_LINES)
+    text = escape_unsafe(text, keep="" if one_line else "\t\n")
     if limit and len(text) > limit:
         text = text[: limit - 1] + "…"
     return text

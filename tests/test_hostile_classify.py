@@ -281,3 +281,16 @@ def test_bidi_controls_are_escaped_by_report_clean() -> None:
     assert out == "a" + "".join(f"\\u{ord(ch):04x}" for ch in BIDI) + "b"
     # ordinary text, including non-Latin scripts, stays as it is
     assert report_clean._clean("ok \u00e9 \u05d0\u05d1 \u0627") == "ok \u00e9 \u05d0\u05d1 \u0627"
+
+
+@pytest.mark.parametrize("char", ["\x1b", "\x9b", "\u061c", "\u200f", "\u202e", "\u2066", "\ud800"])
+def test_evidence_reports_and_host_text_escape_one_set(char: str) -> None:
+    """Evidence (classify), reports and host output (errors.printable) share one set of
+    unsafe characters: none of them lets a guest or host reorder or drive what is shown."""
+    from lab.classify.normalise import shown
+    from lab.errors import printable
+    from lab.report.clean import _clean
+
+    for escape in (shown, printable, _clean):
+        out = escape(f"a{char}b")
+        assert char not in out and out.startswith("a\\") and out.endswith("b"), escape

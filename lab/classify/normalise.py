@@ -8,6 +8,7 @@ from typing import Any
 
 from lab.classify.model import MAX_MATCH, MAX_STRING, Hit, Line, _clean
 from lab.classify.signatures import INT_FIELDS, SIGNATURES
+from lab.errors import escape_unsafe
 
 # --- normalisation ------------------------------------------------------------
 
@@ -15,7 +16,6 @@ _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[
 _CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 # C0 (but tab), DEL and C1 controls, and the bidi controls that reorder what a reader
 # sees (Trojan Source): embeddings/overrides, isolates, LRM/RLM and the Arabic mark.
-_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _TOKEN = re.compile(
     r"<(?P<level>\d{1,3})>|\[\s*(?P<stamp>\d{1,12}\.\d{1,9})\]|\[\s*(?P<caller>[TC]\d{1,10})\]"
 )
@@ -26,12 +26,7 @@ def shown(text: str) -> str:
     """A console line as evidence shows it: control characters as `\\xNN` escapes and
     bidi controls as `\\uNNNN`, so that a guest can neither drive the terminal of
     whoever reads the evidence nor reorder what they see."""
-    return _UNSAFE.sub(_escape, text)
-
-
-def _escape(m: re.Match[str]) -> str:
-    code = ord(m.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return escape_unsafe(text, keep="\t")
 
 
 def _prefix(message: str) -> tuple[list[tuple[str, str]], int]:

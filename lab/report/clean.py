@@ -8,6 +8,7 @@ import re
 from typing import Any, TypeVar
 
 from lab import cache
+from lab.errors import escape_unsafe
 from lab.outcome import Outcome
 
 REPORTS = ("report.html", "summary.md", "junit.xml")
@@ -35,12 +36,6 @@ MARK_UNEXPECTED, MARK_UNSTABLE, MARK_XARCH = "*", "~", "!"
 MD_NOT_RUN, MD_NOT_PLANNED = "-", "."
 
 _T = TypeVar("_T")
-# Controls, surrogates, non-characters and the bidi controls (Trojan Source reordering).
-_BAD_CHARS = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
-    "\ud800-\udfff\ufffe\uffff]"
-)
-
 
 # --- untrusted values -----------------------------------------------------------------
 
@@ -56,12 +51,7 @@ def _clean(value: object, limit: int = 0) -> str:
         text = json.dumps(value)
     else:
         text = json.dumps(value, sort_keys=True, default=str)
-    text = _BAD_CHARS.sub(
-        lambda m: (
-            f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}"
-        ),
-        text,
-    )
+    text = escape_unsafe(text)
     if limit and len(text) > limit:
         text = text[: limit - 1] + "…"
     return text
