@@ -792,6 +792,17 @@ def test_era_line_joins_the_banner_check() -> None:
     assert plain.outcome == "pass"
 
 
+def test_era_line_not_yet_printed_when_qemu_died_is_not_a_wrong_kernel() -> None:
+    """CI (soak): QEMU SIGKILLed between the secretmem banner and the era line; the
+    console is cut short, not the wrong kernel: the boot rules (qemu-signaled) say why."""
+    want = {**EXPECT_CMA, "era": "6.1"}
+    c = classify(BANNER, RunFacts(ready=False, qemu_exit=137, expected_banner=want))
+    assert c.rule == "qemu-signaled", c.detail
+    # The same console with userspace running would be a missing era line: wrong kernel.
+    ran = classify(BANNER + READY + END, facts(result("pass"), expected_banner=want))
+    assert ran.rule == "banner-mismatch"
+
+
 def test_matching_banner_passes() -> None:
     c = classify(BANNER + READY + END, facts(result("pass"), expected_banner=EXPECT_CMA))
     assert c.outcome == "pass"
