@@ -10,6 +10,7 @@ from lab.cli.cells import cmd_classify, cmd_run
 from lab.cli.kernels import cmd_boot, cmd_build
 from lab.cli.matrix import cmd_hosts_check, cmd_matrix
 from lab.cli.reproduce import cmd_reproduce
+from lab.cli.series import add_parser as add_series_parser
 from lab.cli.tools import (
     cmd_compare,
     cmd_config_show,
@@ -177,6 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     cs.add_argument("--variant", "-V", default="")
     cs.set_defaults(func=cmd_config_show)
 
+    add_series_parser(sub)
     d = sub.add_parser("doctor", help="check host prerequisites")
     d.add_argument("--tests", action="store_true", help="also what the lab's own tests need")
     d.set_defaults(func=cmd_doctor)
