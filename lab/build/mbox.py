@@ -45,6 +45,7 @@ _VERSION = re.compile(r"(?:^|\s)v(\d{1,4})(?=\s|$)", re.IGNORECASE)
 _NUMBER = re.compile(r"(?:^|\s)(\d{1,4})/(\d{1,4})(?=\s|$)")
 _REPLY = re.compile(r"^\s*(?:re|aw|sv|antw)\s*:", re.IGNORECASE)
 _BASE_COMMIT = re.compile(r"^base-commit: ([0-9a-f]{7,64})\s*$", re.MULTILINE)
+_MAIL_HEADER = re.compile(rb"^(?:From|Subject|Date|Message-I[Dd]): ")
 _HUNK = re.compile(rb"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
 
 
@@ -289,14 +290,14 @@ def _tag(subject: str, where: str) -> tuple[str, int, int, int]:
 def split_body(body: bytes) -> tuple[bytes, bytes]:
     """(commit message, diff) of a mail body, the way `git am` reads it.
 
-    The message ends at the first `---` separator line (git format-patch writes it
-    before the diffstat); the diff starts at the first real diff header after that.
+    The message ends at the `---` separator line git format-patch writes before the
+    diffstat; the diff starts at the first real diff header after it, so a commit
+    message that quotes `--- a/file`, `+++ b/file` and `@@` lines is never a diff.
     Without a separator, the diff starts at the first real diff header. A real header
-    is `diff --git ` or `diff -`, or `--- ` immediately followed by `+++ ` and `@@`,
-    so prose that quotes a `--- a/file` line never starts the diff.
+    is `diff -` (`diff --git`), or `--- ` immediately followed by `+++ ` and `@@`.
     """
     lines = body.splitlines(keepends=True)
-    sep = next((i for i, ln in enumerate(lines) if ln.rstrip() == b"---"), None)
+    sep = _separator(lines)
     message_end = sep if sep is not None else len(lines)
     start = _diff_start(lines, sep + 1 if sep is not None else 0)
     if start is None:
@@ -312,6 +313,64 @@ def split_body(body: bytes) -> tuple[bytes, bytes]:
             diff = diff[:i]
             break
     return b"".join(lines[:message_end]), b"".join(diff)
+
+
+def _separator(lines: list[bytes]) -> int | None:
+    """The `---` line that ends the commit message, or None.
+
+    Not one inside a diff: after a `diff -` line (git am's message would have ended
+    there already), or within the counted lines of a hunk (a removed `--` line reads
+    `---`). A hunk quoted in the message ends where its @@ counts say, so the
+    separator after it still counts.
+    """
+    old = new = 0  # lines still owed by the current hunk
+    for i, ln in enumerate(lines):
+        if old > 0 or new > 0:
+            c = ln[:1]
+            if c in (b" ", b"\n", b"\r"):
+                old, new = old - 1, new - 1
+            elif c == b"-":
+                old -= 1
+            elif c == b"+":
+                new -= 1
+            elif c != b"\\":
+                old = new = 0  # not a diff line: the quote was cut short
+            if old > 0 or new > 0 or c in (b"-", b"+", b" "):
+                continue
+        if ln.startswith(b"diff -"):
+            return None
+        if ln.rstrip() == b"---":
+            return i
+        if m := _HUNK.match(ln):
+            old = int(m[1]) if m[1] is not None else 1
+            new = int(m[2]) if m[2] is not None else 1
+    return None
+
+
+def diff_of_file(raw: bytes) -> bytes:
+    """The bytes of a quilt patch file that `patch` should see.
+
+    A patch file in git format-patch form is a mail: only its diff part is a diff, as
+    in an mbox. Any other file (a plain diff, quilt's description above a diff) is
+    handed over whole, as before.
+    """
+    first = raw.split(b"\n", 1)[0]
+    if not (_FROM_LINE.match(first + b"\n") or _MAIL_HEADER.match(first)):
+        return raw
+    try:
+        msg = email.message_from_bytes(
+            raw.split(b"\n", 1)[1] if first.startswith(b"From ") else raw,
+            policy=email.policy.default,
+        )
+    except (RecursionError, ValueError, TypeError):
+        return raw
+    if not msg.get("subject"):
+        return raw
+    try:
+        body = _body(msg, "patch file")
+    except UserError:
+        return raw
+    return split_body(body)[1] or raw
 
 
 def _diff_start(lines: list[bytes], begin: int) -> int | None:

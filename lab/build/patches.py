@@ -40,7 +40,8 @@ class Patch:
                 f"patch {self.series}/{self.name} ({self.path}): larger than "
                 f"{MAX_PATCH_BYTES >> 20} MiB"
             )
-        return raw
+        # A git format-patch file is a mail: its commit message is not part of the diff.
+        return mbox.diff_of_file(raw)
 
     def describe(self) -> dict[str, str]:
         out = {"series": self.series, "patch": self.name, "sha256": self.sha256}
