@@ -89,14 +89,14 @@ def scratch_repo(tmp_path: Path) -> tuple[Path, str]:
     return repo, base
 
 
-def format_patch(repo: Path, base: str, *extra: str) -> bytes:
+def format_patch(repo: Path, base: str, *extra: str, head: str = "HEAD") -> bytes:
     """git format-patch --stdout of base..HEAD: the mbox `git send-email` would post."""
     env = {**os.environ, **GIT_ENV}
     return subprocess.run(
         [
             *("git", "-C", str(repo), "format-patch", "--stdout", "--thread", f"--base={base}"),
             *extra,
-            f"{base}..HEAD",
+            f"{base}..{head}",
         ],
         check=True,
         capture_output=True,
@@ -412,7 +412,7 @@ def test_series_fetch_without_b4_says_so(lab_dir: Path, tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1
-    assert "b4 is not installed (pip install b4)" in out.stderr
+    assert "b4 is not installed (apt-get install b4, or pip install b4)" in out.stderr
     assert "network access to lore.kernel.org" in out.stderr
     assert not list((lab_dir / "kernels" / "patches").iterdir())  # nothing left behind
 

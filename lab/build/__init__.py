@@ -458,6 +458,8 @@ def _collect(
             "config_sha256": cache.file_digest(tmp / "config"),
             "source": {"identity": p.source_identity, "description": p.source_description},
             "series": p.series.describe(),
+            # Per named series: quilt or mbox, its version and base-commit: trailer.
+            "series_sources": p.series.identity(),
             "fragments": [
                 {"template": f.template, "sha256": cache.digest(f.text)} for f in p.fragments
             ],

@@ -31,7 +31,7 @@ MAX_MAILS = 5000
 MAX_PATCHES = 1000
 MAX_MIME_PARTS = 64
 MAX_MIME_DEPTH = 4
-MAX_MESSAGE_CHARS = 16 << 10  # commit message kept in metadata; the diff is never cut
+MAX_MESSAGE_CHARS = 4 << 10  # commit message kept in metadata; the diff is never cut
 MBOX_SUFFIXES = (".mbox", ".mbx")
 
 # git mailsplit's rule, not mailbox.mbox's: a new mail starts at a `From ` line that

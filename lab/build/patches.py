@@ -107,6 +107,46 @@ class Series:
         ]
 
 
+@dataclass(frozen=True)
+class Pairing:
+    """One line of a side-by-side of two series versions (git range-diff's view)."""
+
+    a: int  # 1-based position in the first series, 0 when absent
+    b: int  # 1-based position in the second series, 0 when absent
+    mark: str  # "=" same diff, "!" changed diff, "<" only in the first, ">" only in the second
+    title: str
+
+
+def pair(a: Series, b: Series) -> list[Pairing]:
+    """Pair the patches of two versions of a series by subject (pure).
+
+    A patch keeps its subject from one version to the next far more often than its
+    diff; the diff digest then says whether it changed.
+    """
+
+    def title(p: Patch) -> str:
+        return p.mail.subject if p.mail is not None else p.name
+
+    b_by_title: dict[str, list[int]] = {}
+    for j, p in enumerate(b.patches, 1):
+        b_by_title.setdefault(title(p), []).append(j)
+    used: set[int] = set()
+    out: list[Pairing] = []
+    for i, p in enumerate(a.patches, 1):
+        js = [j for j in b_by_title.get(title(p), []) if j not in used]
+        if not js:
+            out.append(Pairing(i, 0, "<", title(p)))
+            continue
+        j = js[0]
+        used.add(j)
+        same = p.sha256 == b.patches[j - 1].sha256
+        out.append(Pairing(i, j, "=" if same else "!", title(p)))
+    for j, p in enumerate(b.patches, 1):
+        if j not in used:
+            out.append(Pairing(0, j, ">", title(p)))
+    return sorted(out, key=lambda x: (x.b if x.b else x.a - 0.5, x.a))
+
+
 def available(patches_dir: Path) -> list[str]:
     """Series names under patches_dir: quilt directories and mboxes."""
     if not patches_dir.is_dir():

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from lab import prereqs
 from lab.build import mbox, patches
 from lab.cli.common import _load
 from lab.config import NAME_RULE, valid_name
@@ -34,6 +35,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     sh.add_argument("name", nargs="?", default="", help="a series under kernels/patches/")
     sh.add_argument("--json", action="store_true")
     sh.set_defaults(func=cmd_series_show)
+    cm = ssub.add_parser("compare", help="two versions of a series side by side, by subject")
+    cm.add_argument("a", help="a series name, e.g. secretmem-v15")
+    cm.add_argument("b", help="another, e.g. secretmem-v16")
+    cm.set_defaults(func=cmd_series_compare)
     fe = ssub.add_parser("fetch", help="b4 am MSGID into kernels/patches/NAME (needs network)")
     fe.add_argument("msgid", help="the Message-Id of any mail of the thread, or a lore URL")
     fe.add_argument("--name", default="", help="series name (default: from the message id)")
@@ -95,6 +100,18 @@ def cmd_series_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_series_compare(args: argparse.Namespace) -> int:
+    """git range-diff's summary: `=` same diff, `!` changed, `<`/`>` only on one side."""
+    cfg = _load(args)
+    a = patches.load_series(cfg.patches_dir, (args.a,))
+    b = patches.load_series(cfg.patches_dir, (args.b,))
+    for x in patches.pair(a, b):
+        left = f"{x.a}" if x.a else "-"
+        right = f"{x.b}" if x.b else "-"
+        print(printable(f"{left:>3}: {x.mark} {right:>3}: {x.title}", one_line=True))
+    return 0
+
+
 def _msgid(value: str) -> str:
     value = value.strip()
     if value.startswith("<") and value.endswith(">"):
@@ -116,11 +133,12 @@ def cmd_series_fetch(args: argparse.Namespace) -> int:
     dest = cfg.patches_dir / name
     if dest.exists() or mbox.find(cfg.patches_dir, name) is not None:
         raise UserError(f"series fetch: {dest} exists; pick another --name or remove it")
-    b4 = shutil.which("b4")
+    b4 = shutil.which(prereqs.program("b4"))
     if b4 is None:
         raise UserError(
-            "series fetch: b4 is not installed (pip install b4); it also needs network access "
-            "to lore.kernel.org. Offline: save the thread as an mbox in "
+            "series fetch: b4 is not installed (apt-get install b4, or pip install b4); "
+            "it also needs network access to lore.kernel.org. Offline: save the thread as "
+            "an mbox in "
             f"{cfg.patches_dir}/{name}.mbox"
         )
     if args.version < 0:

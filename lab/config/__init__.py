@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -469,6 +469,26 @@ def _entries(t: Table, name: str) -> list[dict[str, Scalar]]:
     return out
 
 
+def _series(
+    entries: tuple[str, ...], render: Callable[[str, str], str], where: str
+) -> tuple[str, ...]:
+    """A family's series, each a template over its parameters: `secretmem-{{ version }}`
+    makes versions of a series an axis. An entry that renders empty is left out (a
+    series applied to some combinations only); each other is a name under
+    kernels/patches/."""
+    out = []
+    for i, entry in enumerate(entries):
+        name = render(f"series[{i}]", entry).strip() if "{" in entry else entry
+        if not name:
+            continue
+        if name in (".", "..") or any(c in name for c in "/\\") or not valid_name(name):
+            raise UserError(
+                f"{where}: {name!r} is not a series name under kernels/patches/; {NAME_RULE}"
+            )
+        out.append(name)
+    return tuple(out)
+
+
 def _family(family: str, t: Table, root: Path) -> list[Variant]:
     where = f"{t.file}: [{t.path}]"
     axes = _scalar_list_map(t, "axes")
@@ -518,7 +538,7 @@ def _family(family: str, t: Table, root: Path) -> list[Variant]:
                 family=family,
                 description=render("description", desc_tpl).strip(),
                 params=params,
-                series=series,
+                series=_series(series, render, f"{where} series (for {combo})"),
                 configs=configs,
                 cmdline=check_cmdline(
                     " ".join(render("cmdline", cmdline_tpl).split()),
