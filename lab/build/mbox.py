@@ -132,16 +132,21 @@ def split(data: bytes) -> list[bytes]:
     return [b"".join(m) for m in mails]
 
 
-def read(path: Path) -> MailSeries:
-    """Parse the mbox at `path` into the ordered patches of one series version."""
+def read_bounded(path: Path, limit: int, where: str, what: str) -> bytes:
+    """At most `limit` bytes of an untrusted file; larger is an error naming `where`."""
     try:
         with path.open("rb") as f:
-            data = f.read(MAX_MBOX_BYTES + 1)
+            data = f.read(limit + 1)
     except OSError as exc:
-        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
-    if len(data) > MAX_MBOX_BYTES:
-        raise UserError(f"{path}: larger than {MAX_MBOX_BYTES >> 20} MiB; not a patch series")
-    return parse(data, path)
+        raise UserError(f"{where}: cannot read: {exc.strerror}") from None
+    if len(data) > limit:
+        raise UserError(f"{where}: larger than {limit >> 20} MiB; not {what}")
+    return data
+
+
+def read(path: Path) -> MailSeries:
+    """Parse the mbox at `path` into the ordered patches of one series version."""
+    return parse(read_bounded(path, MAX_MBOX_BYTES, str(path), "a patch series"), path)
 
 
 def parse(data: bytes, path: Path) -> MailSeries:

@@ -21,6 +21,11 @@ from lab.cli.tools import (
     cmd_setup,
 )
 
+KERNEL_HELP = (
+    "boot this kernel, built elsewhere, instead of building: an image file (its .config "
+    "beside it), a make O= directory or a tuxmake output directory"
+)
+
 # --- parser --------------------------------------------------------------------------
 
 
@@ -77,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=600.0, help="seconds CMD may run (default 600)"
     )
     bt.add_argument("--append", default="", help="extra kernel command line")
+    bt.add_argument("--kernel", default="", metavar="PATH", help=KERNEL_HELP)
     bt.add_argument("--memory", type=int, default=None, help="guest memory in MiB")
     bt.add_argument(
         "--json", action="store_true", help="print timings, accelerator and QEMU argv as JSON"
@@ -157,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the run directory to put the cell in (default: a new one under results_dir)",
     )
     r.add_argument("--json", action="store_true")
+    r.add_argument("--kernel", default="", metavar="PATH", help=KERNEL_HELP)
     r.set_defaults(func=cmd_run)
 
     im = sub.add_parser("image", help="build (or show) the guest base image per arch")
