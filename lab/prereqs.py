@@ -215,6 +215,8 @@ def for_config(
         for arch in cfg.arches.values():
             rows += for_arch(arch)
         rows += source(cfg.source)
+        for spec in cfg.sources.values():
+            rows += source(spec)
     if tests:
         rows += tests_only()
     seen: set[tuple[str, str]] = set()

@@ -92,7 +92,7 @@ def guest_files(
                 f"{cell.testcase.path}: unknown need {need!r} "
                 f"(known: {kselftest.PREFIX}<dir>/<name>)"
             )
-        src = source.prepare(cfg.source, cfg.cache_dir, log)
+        src = source.prepare(cfg.source_for(cell.variant), cfg.cache_dir, log)
         binary = kselftest.build(
             need, cell.arch, src.tree, boot.image_recipe(cfg), cfg.cache_dir, log
         )
