@@ -441,3 +441,41 @@ def test_removed_dash_dash_line_is_not_the_separator() -> None:
     )
     assert message == b"Was:\n--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n"
     assert diff.startswith(b"diff --git a/y b/y")
+
+
+def test_series_show_reads_quilt_patches_in_mail_form(lab_dir: Path) -> None:
+    """The repo's own series are git format-patch files: show gives their subjects."""
+    shutil.copytree(
+        REPO / "kernels" / "patches" / "secretmem-lab",
+        lab_dir / "kernels" / "patches" / "secretmem-lab",
+    )
+    out = _lab(lab_dir, "series", "show", "secretmem-lab")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("secretmem-lab: quilt ") and "6 patches" in lines[0]
+    assert lines[1] == "  1. set_memory: add set_direct_map_range_noflush() for multi-page ranges"
+    assert lines[2] == "       author: Lab Kernel Engineer <kernel@lab.example.org>"
+    assert "       files: mm/Kconfig, mm/secretmem.c" in lines
+
+
+@pytest.mark.skipif(shutil.which("b4") is None, reason="b4 not installed (apt-get install b4)")
+def test_series_fetch_without_network_says_so(lab_dir: Path) -> None:
+    """Real b4, no way out: a proxy nobody listens on stands in for a machine without
+    network (and keeps the test offline where there is one)."""
+    env = {**os.environ, "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    env.pop("NO_PROXY", None)
+    env.pop("no_proxy", None)
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "lab", "--config", str(lab_dir / "lab.toml")),
+            *("series", "fetch", "20210121122723.3446-8-rppt@kernel.org", "--name", "v16"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=200,
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1
+    assert "cannot reach lore.kernel.org (no network access?)" in out.stderr
+    assert not list((lab_dir / "kernels" / "patches").iterdir())

@@ -72,13 +72,9 @@ def test_bad_series_template_is_one_line(mini_lab: Path, series: str, expected: 
     assert expected in str(exc.value) and "[variants.demo]" in str(exc.value)
 
 
-def _p(subject: str, sha: str) -> patches.Patch:
-    return patches.Patch("s", subject, Path("x"), sha)
-
-
 def test_pair_versions_by_subject() -> None:
-    a = patches.Series((_p("mm: one", "1"), _p("mm: two", "2"), _p("mm: dropped", "3")))
-    b = patches.Series((_p("mm: one", "1"), _p("mm: two", "2b"), _p("mm: new", "4")))
+    a = [("mm: one", "1"), ("mm: two", "2"), ("mm: dropped", "3")]
+    b = [("mm: one", "1"), ("mm: two", "2b"), ("mm: new", "4")]
     got = [(x.a, x.mark, x.b, x.title) for x in patches.pair(a, b)]
     assert got == [
         (1, "=", 1, "mm: one"),

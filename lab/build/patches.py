@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,13 @@ class Patch:
         """The bytes handed to `patch` (bounded: MAX_PATCH_BYTES)."""
         if self.mail is not None:
             return self.mail.diff
+        # A git format-patch file is a mail: its commit message is not part of the diff.
+        return mbox.diff_of_file(self.file_bytes())
+
+    def file_bytes(self) -> bytes:
+        """The whole patch file (bounded: MAX_PATCH_BYTES); a mail's diff for an mbox patch."""
+        if self.mail is not None:
+            return self.mail.diff
         with self.path.open("rb") as f:
             raw = f.read(MAX_PATCH_BYTES + 1)
         if len(raw) > MAX_PATCH_BYTES:
@@ -40,8 +48,7 @@ class Patch:
                 f"patch {self.series}/{self.name} ({self.path}): larger than "
                 f"{MAX_PATCH_BYTES >> 20} MiB"
             )
-        # A git format-patch file is a mail: its commit message is not part of the diff.
-        return mbox.diff_of_file(raw)
+        return raw
 
     def describe(self) -> dict[str, str]:
         out = {"series": self.series, "patch": self.name, "sha256": self.sha256}
@@ -117,33 +124,29 @@ class Pairing:
     title: str
 
 
-def pair(a: Series, b: Series) -> list[Pairing]:
-    """Pair the patches of two versions of a series by subject (pure).
+def pair(a: Sequence[tuple[str, str]], b: Sequence[tuple[str, str]]) -> list[Pairing]:
+    """Pair the patches of two versions of a series, each (subject, diff digest), by
+    subject (pure).
 
     A patch keeps its subject from one version to the next far more often than its
     diff; the diff digest then says whether it changed.
     """
-
-    def title(p: Patch) -> str:
-        return p.mail.subject if p.mail is not None else p.name
-
     b_by_title: dict[str, list[int]] = {}
-    for j, p in enumerate(b.patches, 1):
-        b_by_title.setdefault(title(p), []).append(j)
+    for j, (title, _digest) in enumerate(b, 1):
+        b_by_title.setdefault(title, []).append(j)
     used: set[int] = set()
     out: list[Pairing] = []
-    for i, p in enumerate(a.patches, 1):
-        js = [j for j in b_by_title.get(title(p), []) if j not in used]
+    for i, (title, digest) in enumerate(a, 1):
+        js = [j for j in b_by_title.get(title, []) if j not in used]
         if not js:
-            out.append(Pairing(i, 0, "<", title(p)))
+            out.append(Pairing(i, 0, "<", title))
             continue
         j = js[0]
         used.add(j)
-        same = p.sha256 == b.patches[j - 1].sha256
-        out.append(Pairing(i, j, "=" if same else "!", title(p)))
-    for j, p in enumerate(b.patches, 1):
+        out.append(Pairing(i, j, "=" if digest == b[j - 1][1] else "!", title))
+    for j, (title, _digest) in enumerate(b, 1):
         if j not in used:
-            out.append(Pairing(0, j, ">", title(p)))
+            out.append(Pairing(0, j, ">", title))
     return sorted(out, key=lambda x: (x.b if x.b else x.a - 0.5, x.a))
 
 

@@ -16,13 +16,23 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from lab import prereqs
+from lab import cache, prereqs
 from lab.build import mbox, patches
 from lab.cli.common import _load
 from lab.config import NAME_RULE, valid_name
 from lab.errors import UserError, printable
 
-FETCH_TIMEOUT = 300.0  # seconds b4 may take for one thread
+_HUNK_POS = re.compile(r"^@@ -\d+(?:,\d+)? \+\d+(?:,\d+)? @@")
+FETCH_TIMEOUT = 300.0
+# What b4 (python-requests) prints when lore.kernel.org cannot be reached.
+_NO_NETWORK = (
+    "ConnectionError",
+    "Max retries exceeded",
+    "Name or service not known",
+    "Temporary failure in name resolution",
+    "Network is unreachable",
+    "ProxyError",
+)  # seconds b4 may take for one thread
 # A Message-Id as lore prints it (with or without <>), or a lore URL; never an option.
 _MSGID = re.compile(r"[A-Za-z0-9][A-Za-z0-9.!#$%&'*+=?^_`{|}~/-]*@[A-Za-z0-9][A-Za-z0-9.:_-]*")
 _LORE_URL = re.compile(r"https://lore\.kernel\.org/[A-Za-z0-9._/@%+=-]+")
@@ -46,15 +56,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     fe.set_defaults(func=cmd_series_fetch)
 
 
+def _mail_of(p: patches.Patch) -> mbox.MailPatch | None:
+    """A patch's mail: from its mbox, or a quilt patch file in git format-patch form."""
+    if p.mail is not None:
+        return p.mail
+    try:
+        return mbox.first_patch(p.file_bytes(), p.path)
+    except UserError:
+        return None  # not a mail: only the file name is known
+
+
 def _patch_info(p: patches.Patch) -> dict[str, object]:
     """What `show` prints of one patch; a quilt patch that is a mail shows its headers too."""
-    raw = p.read()
-    mail = p.mail
-    if mail is None:
-        try:
-            mail = mbox.first_patch(raw, p.path)
-        except UserError:
-            mail = None  # not a mail: only the file name is known
+    mail = _mail_of(p)
     info: dict[str, object] = {"patch": p.name, "sha256": p.sha256}
     if mail is not None:
         info |= {
@@ -63,7 +77,7 @@ def _patch_info(p: patches.Patch) -> dict[str, object]:
             "message_id": mail.message_id,
             "tag": mail.tag,
         }
-    info["files"] = patches.touched_files((mail.diff if mail else raw).decode(errors="replace"))
+    info["files"] = patches.touched_files(p.read().decode(errors="replace"))
     return info
 
 
@@ -100,12 +114,27 @@ def cmd_series_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _title_and_diff(p: patches.Patch) -> tuple[str, str]:
+    mail = _mail_of(p)
+    # As git range-diff: blob `index` lines and hunk positions are not the change.
+    body = "".join(
+        _HUNK_POS.sub("@@", ln)
+        for ln in p.read().decode(errors="replace").splitlines(True)
+        if not ln.startswith("index ")
+    )
+    return (mail.subject if mail else p.name), cache.digest(body)
+
+
 def cmd_series_compare(args: argparse.Namespace) -> int:
     """git range-diff's summary: `=` same diff, `!` changed, `<`/`>` only on one side."""
     cfg = _load(args)
-    a = patches.load_series(cfg.patches_dir, (args.a,))
-    b = patches.load_series(cfg.patches_dir, (args.b,))
-    for x in patches.pair(a, b):
+    sides = []
+    for name in (args.a, args.b):
+        series = patches.load_series(cfg.patches_dir, (name,))
+        # Subject and digest of the diff part: a commit message or a blob index line
+        # that changed does not make a patch different.
+        sides.append([_title_and_diff(p) for p in series.patches])
+    for x in patches.pair(*sides):
         left = f"{x.a}" if x.a else "-"
         right = f"{x.b}" if x.b else "-"
         print(printable(f"{left:>3}: {x.mark} {right:>3}: {x.title}", one_line=True))
@@ -163,6 +192,12 @@ def cmd_series_fetch(args: argparse.Namespace) -> int:
         if proc.returncode != 0 or not found:
             said = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
             last = printable(said[-1], 200, one_line=True) if said else "no output"
+            said_all = proc.stderr + proc.stdout
+            if any(m in said_all for m in _NO_NETWORK):
+                raise UserError(
+                    f"series fetch: b4 am {msgid}: cannot reach lore.kernel.org (no network "
+                    f"access?); b4 said: {last}"
+                )
             raise UserError(
                 f"series fetch: b4 am {msgid} failed (exit {proc.returncode}): {last}; "
                 "b4 needs network access to lore.kernel.org"
