@@ -479,3 +479,38 @@ def test_series_fetch_without_network_says_so(lab_dir: Path) -> None:
     assert out.stderr.count("\n") == 1
     assert "cannot reach lore.kernel.org (no network access?)" in out.stderr
     assert not list((lab_dir / "kernels" / "patches").iterdir())
+
+
+@pytest.mark.parametrize("cte", ["base64", "quoted-printable"])
+def test_transfer_encodings_give_the_same_diff(
+    series_setup: tuple[Path, Path, str, bytes], cte: str
+) -> None:
+    """A mailer may re-encode a patch mail; the diff bytes must come out the same."""
+    import email
+    import email.policy
+
+    _repo, pdir, _base, data = series_setup
+    m = _mails(data)
+    (pdir / "plain.mbox").write_bytes(data)
+    plain = patches.load_series(pdir, ("plain",))
+    recoded = []
+    for raw in m:
+        from_line, rest = raw.split(b"\n", 1)
+        msg = email.message_from_bytes(rest, policy=email.policy.compat32)
+        body = msg.get_payload(decode=True)
+        assert isinstance(body, bytes)
+        del msg["Content-Transfer-Encoding"]
+        msg.set_payload(body, "utf-8")
+        if cte == "base64":
+            assert msg["Content-Transfer-Encoding"] == "base64"
+        else:
+            del msg["Content-Transfer-Encoding"]
+            import quopri
+
+            msg.set_payload(quopri.encodestring(body).decode("ascii"))
+            msg["Content-Transfer-Encoding"] = "quoted-printable"
+        recoded.append(from_line + b"\n" + msg.as_bytes())
+    (pdir / "recoded.mbox").write_bytes(b"".join(recoded))
+    again = patches.load_series(pdir, ("recoded",))
+    assert [p.sha256 for p in again.patches] == [p.sha256 for p in plain.patches]
+    assert b"Content-Transfer-Encoding: " + cte.encode() in (pdir / "recoded.mbox").read_bytes()
