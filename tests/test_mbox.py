@@ -514,3 +514,27 @@ def test_transfer_encodings_give_the_same_diff(
     again = patches.load_series(pdir, ("recoded",))
     assert [p.sha256 for p in again.patches] == [p.sha256 for p in plain.patches]
     assert b"Content-Transfer-Encoding: " + cte.encode() in (pdir / "recoded.mbox").read_bytes()
+
+
+DIFF = b"diff --git a/x b/x\n--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n"
+
+
+def test_huge_headers_are_bounded(tmp_path: Path) -> None:
+    """With email's default policy a 1 MiB Subject of encoded words took > 3 GB of
+    memory (the process was OOM-killed) and a 1 MiB From more than a minute."""
+    import time
+
+    subject = b"Subject: " + b"=?utf-8?q?a?= " * 70000
+    mail = b"From x Mon Sep 17 00:00:00 2001\n" + subject + b"\n\nmsg\n---\n" + DIFF
+    (tmp_path / "h.mbox").write_bytes(mail)
+    t = time.monotonic()
+    with pytest.raises(UserError, match=r"h.mbox: mail #1: not a mail: headers larger than 64 KiB"):
+        patches.load_series(tmp_path, ("h",))
+    # Just under the bound: parsed, decoded, cut for the metadata, in well under a second.
+    near = b"Subject: [PATCH] " + b"=?utf-8?q?=C3=BC?= " * 2500 + b"\nFrom: " + b"a@b, " * 2000
+    (tmp_path / "n.mbox").write_bytes(
+        b"From x Mon Sep 17 00:00:00 2001\n" + near + b"\n\nm\n---\n" + DIFF
+    )
+    (p,) = patches.load_series(tmp_path, ("n",)).patches
+    assert p.mail is not None and p.mail.subject.startswith("üüü") and len(p.mail.author) <= 500
+    assert time.monotonic() - t < 5

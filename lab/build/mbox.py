@@ -14,12 +14,15 @@ MIME nesting, the kept commit message. Nothing here starts a process.
 
 from __future__ import annotations
 
+import contextlib
 import email
+import email.errors
+import email.header
 import email.policy
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from email.message import EmailMessage, Message
+from email.message import Message
 from pathlib import Path
 
 from lab.errors import UserError, printable
@@ -31,6 +34,8 @@ MAX_MAILS = 5000
 MAX_PATCHES = 1000
 MAX_MIME_PARTS = 64
 MAX_MIME_DEPTH = 4
+MAX_HEADER_BYTES = 64 << 10  # a mail's whole header block
+MAX_HEADER_CHARS = 4 << 10  # one header, before RFC 2047 decoding
 MAX_MESSAGE_CHARS = 4 << 10  # commit message kept in metadata; the diff is never cut
 MBOX_SUFFIXES = (".mbox", ".mbx")
 
@@ -223,25 +228,38 @@ def _collect(data: bytes, path: Path) -> tuple[list[MailPatch], dict[str, str], 
     return patches, base_commits, cover, len(raw_mails)
 
 
-def _message(raw: bytes, path: Path, index: int) -> EmailMessage:
+def _parse_mail(raw: bytes) -> Message:
+    """Parse one mail with the compat32 policy: headers stay raw strings.
+
+    The default policy parses every header into a structure on access; a 1 MiB
+    Subject of encoded words took more than 3 GB, and a 1 MiB From more than a
+    minute. Headers are only decoded here, each cut to MAX_HEADER_CHARS first.
+    """
     # Drop the mbox `From ` line: the email parser would take it as a bad header.
     if raw.startswith(b"From "):
         raw = raw.split(b"\n", 1)[1] if b"\n" in raw else b""
+    end = raw.find(b"\n\n")
+    if (end if end != -1 else len(raw)) > MAX_HEADER_BYTES:
+        raise ValueError(f"headers larger than {MAX_HEADER_BYTES >> 10} KiB")
+    return email.message_from_bytes(raw, policy=email.policy.compat32)
+
+
+def _message(raw: bytes, path: Path, index: int) -> Message:
     try:
-        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        return _parse_mail(raw)
     except (RecursionError, ValueError, TypeError) as exc:
         raise UserError(f"{path}: mail #{index}: not a mail: {exc}") from None
-    assert isinstance(msg, EmailMessage)
-    return msg
 
 
 def _header(msg: Message, name: str) -> str:
-    try:
-        value = msg.get(name, "")
-        text = str(value) if value is not None else ""
-    except (ValueError, TypeError, IndexError, AttributeError):
-        # A header the policy cannot parse: keep its raw text rather than fail.
-        text = str(msg.get_all(name, [""])[0])
+    """One header, RFC 2047 words decoded, as one printable line of at most 500 chars."""
+    value = msg.get(name)
+    text = str(value)[:MAX_HEADER_CHARS] if value is not None else ""
+    # Not decodable (a bad charset or encoding): keep the raw text.
+    with contextlib.suppress(
+        ValueError, TypeError, LookupError, UnicodeError, email.errors.HeaderParseError
+    ):
+        text = str(email.header.make_header(email.header.decode_header(text)))
     return printable(" ".join(text.split()), 500, one_line=True)
 
 
@@ -363,10 +381,7 @@ def diff_of_file(raw: bytes) -> bytes:
     if not (_FROM_LINE.match(first + b"\n") or _MAIL_HEADER.match(first)):
         return raw
     try:
-        msg = email.message_from_bytes(
-            raw.split(b"\n", 1)[1] if first.startswith(b"From ") else raw,
-            policy=email.policy.default,
-        )
+        msg = _parse_mail(raw)
     except (RecursionError, ValueError, TypeError):
         return raw
     if not msg.get("subject"):
