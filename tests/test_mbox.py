@@ -538,3 +538,38 @@ def test_huge_headers_are_bounded(tmp_path: Path) -> None:
     (p,) = patches.load_series(tmp_path, ("n",)).patches
     assert p.mail is not None and p.mail.subject.startswith("üüü") and len(p.mail.author) <= 500
     assert time.monotonic() - t < 5
+
+
+def test_mbox_from_lines_of_common_tools() -> None:
+    """git format-patch, lore's mboxrd (two spaces before a 1-digit day), mutt and
+    Thunderbird separators start mails; a commit message line "From the ..." does not."""
+    mails = [
+        b"From 3d27c4a095db96603953ad8423d7e7ed332f7c65 Mon Sep 17 00:00:00 2001\nSubject: a\n\n",
+        b"From mboxrd@z Thu Jan  1 00:00:00 1970\nSubject: b\n\nFrom the review: x\n",
+        b"From rppt@kernel.org Thu Jan 21 12:27:23 2021\nSubject: c\n\n",
+        b"From - Mon Nov 30 05:10:00 2026\nSubject: d\n\nFrom here on\n",
+    ]
+    assert mbox.split(b"".join(mails)) == mails
+
+
+def test_mbox_patch_paths_are_confined(
+    tmp_path: Path, series_setup: tuple[Path, Path, str, bytes]
+) -> None:
+    """A mail's diff part goes through the same confinement as a quilt patch."""
+    repo, pdir, base, data = series_setup
+    evil = (
+        _mails(data)[1]
+        .replace(b"a/mm/secretmem.c", b"a/../victim")
+        .replace(b"b/mm/secretmem.c", b"b/../victim")
+    )
+    (pdir / "evil.mbox").write_bytes(evil.replace(b"[PATCH v3 1/3]", b"[PATCH]"))
+    victim = tmp_path / "victim"
+    victim.write_text("line one\nline two\nline three\n")
+    victim.chmod(0o600)
+    src = pristine(tmp_path, repo, base)
+    with pytest.raises(
+        UserError, match=r"evil/0001 PATCH .*path '\.\./victim' goes up with '\.\.'"
+    ):
+        patches.apply(src, patches.load_series(pdir, ("evil",)), tmp_path / "c", lambda _m: None)
+    assert victim.read_text() == "line one\nline two\nline three\n"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600
