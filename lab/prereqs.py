@@ -63,6 +63,7 @@ PROGRAMS = _programs(
     ("xz", "xz-utils", "source", "tar runs it for .tar.xz sources"),
     ("dpkg-query", "dpkg", "source", "names the linux-source package version"),
     ("git", "git", "source", "exports a [source] kind = git tree"),
+    ("b4", "b4", "source", "lab series fetch: b4 am downloads a series from lore (optional)"),
     ("apt-get", "apt", "image", "fetches guest packages in a private apt directory"),
     ("zstd", "zstd", "image", "unpacks zstd-compressed .debs (archives that use it)"),
     ("chromium", "chromium", "tests", "renders the report in the lab's own tests"),
@@ -214,6 +215,8 @@ def for_config(
         for arch in cfg.arches.values():
             rows += for_arch(arch)
         rows += source(cfg.source)
+        for spec in cfg.sources.values():
+            rows += source(spec)
     if tests:
         rows += tests_only()
     seen: set[tuple[str, str]] = set()

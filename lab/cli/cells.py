@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     the_cell = cell.Cell(arch, variant, tc)
     with Reporter() as reporter:
-        kernel = _kernel_for(cfg, arch, variant, reporter)
+        kernel = _kernel_for(cfg, arch, variant, reporter, args.kernel)
         base = boot.base_image(cfg, arch, reporter.line)
     run_dir = Path(args.results) if args.results else new_run_dir(cfg, "run")
     res = runner.run_cell(

@@ -6,9 +6,10 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from lab import build, config
-from lab.build import source
+from lab.build import prebuilt, source
 from lab.cli.common import BuildFailed, _load
 from lab.errors import LabError
 from lab.progress import Reporter
@@ -74,8 +75,14 @@ MAX_CONSOLE = 1 << 30  # bytes of a cell directory's console.log that `lab class
 
 
 def _kernel_for(
-    cfg: config.LabConfig, arch: config.ArchSpec, variant: config.Variant, reporter: Reporter
+    cfg: config.LabConfig,
+    arch: config.ArchSpec,
+    variant: config.Variant,
+    reporter: Reporter,
+    prebuilt_path: str = "",
 ) -> build.Kernel:
+    if prebuilt_path:  # --kernel: built elsewhere, checked, never built here
+        return prebuilt.load(Path(prebuilt_path), arch, variant.name)
     build.check_host_tools()
     p = build.plan(cfg, arch, variant, 0, reporter.line)
     task = reporter.task(p.label)
@@ -92,7 +99,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     arch = cfg.arch(args.arch)
     variant = cfg.variant(args.variant) if args.variant else cfg.variants[0]
     with Reporter() as reporter:
-        kernel = _kernel_for(cfg, arch, variant, reporter)
+        kernel = _kernel_for(cfg, arch, variant, reporter, args.kernel)
         base = boot.base_image(cfg, arch, reporter.line)
     job: dict[str, object] = (
         {"mode": "shell"} if args.exec is None else {"mode": "exec", "command": args.exec}

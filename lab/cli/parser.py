@@ -10,6 +10,7 @@ from lab.cli.cells import cmd_classify, cmd_run
 from lab.cli.kernels import cmd_boot, cmd_build
 from lab.cli.matrix import cmd_hosts_check, cmd_matrix
 from lab.cli.reproduce import cmd_reproduce
+from lab.cli.series import add_parser as add_series_parser
 from lab.cli.tools import (
     cmd_compare,
     cmd_config_show,
@@ -18,6 +19,11 @@ from lab.cli.tools import (
     cmd_merge,
     cmd_report,
     cmd_setup,
+)
+
+KERNEL_HELP = (
+    "boot this kernel, built elsewhere, instead of building: an image file (its .config "
+    "beside it), a make O= directory or a tuxmake output directory"
 )
 
 # --- parser --------------------------------------------------------------------------
@@ -76,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=600.0, help="seconds CMD may run (default 600)"
     )
     bt.add_argument("--append", default="", help="extra kernel command line")
+    bt.add_argument("--kernel", default="", metavar="PATH", help=KERNEL_HELP)
     bt.add_argument("--memory", type=int, default=None, help="guest memory in MiB")
     bt.add_argument(
         "--json", action="store_true", help="print timings, accelerator and QEMU argv as JSON"
@@ -156,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the run directory to put the cell in (default: a new one under results_dir)",
     )
     r.add_argument("--json", action="store_true")
+    r.add_argument("--kernel", default="", metavar="PATH", help=KERNEL_HELP)
     r.set_defaults(func=cmd_run)
 
     im = sub.add_parser("image", help="build (or show) the guest base image per arch")
@@ -177,6 +185,7 @@ def _parser() -> argparse.ArgumentParser:
     cs.add_argument("--variant", "-V", default="")
     cs.set_defaults(func=cmd_config_show)
 
+    add_series_parser(sub)
     d = sub.add_parser("doctor", help="check host prerequisites")
     d.add_argument("--tests", action="store_true", help="also what the lab's own tests need")
     d.set_defaults(func=cmd_doctor)

@@ -92,7 +92,7 @@ def guest_files(
                 f"{cell.testcase.path}: unknown need {need!r} "
                 f"(known: {kselftest.PREFIX}<dir>/<name>)"
             )
-        src = source.prepare(cfg.source, cfg.cache_dir, log)
+        src = source.prepare(cfg.source_for(cell.variant), cfg.cache_dir, log)
         binary = kselftest.build(
             need, cell.arch, src.tree, boot.image_recipe(cfg), cfg.cache_dir, log
         )
@@ -126,6 +126,8 @@ def prepare_cell(
             "image_sha256": kernel.meta.get("image_sha256"),
             "config_sha256": kernel.meta.get("config_sha256"),
             "dir": str(kernel.dir),
+            # --kernel: built elsewhere; its path, `uname -r` and config (lab/build/prebuilt.py)
+            **({"prebuilt": kernel.meta["prebuilt"]} if "prebuilt" in kernel.meta else {}),
         },
         "image": {"key": base.key, "path": str(base.path)},
     }
