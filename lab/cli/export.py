@@ -127,7 +127,7 @@ def cmd_import_lava(args: argparse.Namespace) -> int:
     run_dir = results.resolve_run(cfg.results_dir, args.run)
     done = bundle.import_logs(run_dir, [Path(p) for p in args.logs])
     for res in done:
-        print_cell(res)
+        print_cell(res, sys.stdout)
     report.render(run_dir)
     print(f"lab: {len(done)} cells imported into {run_dir}", file=sys.stderr)
     return results.exit_code(results.load_run(run_dir), results.read_cells(run_dir))
