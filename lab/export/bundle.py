@@ -200,31 +200,28 @@ def _write(dest: Path, data: bytes) -> None:
 def _write_script(
     out: Path, cells: Sequence[matrix.Planned], arches: Mapping[str, ArchSpec]
 ) -> Path:
-    """lava-run for every job, one at a time (root; job ids 1..N): logs/<cell dir>.log."""
+    """lava-run for every job, one at a time: logs/<cell dir>.log, and one line per job
+    with lava-run's exit status and time. Job ids carry the shell's pid: lava-run's work
+    directory is /var/lib/lava/dispatcher/tmp/<job id>, shared by concurrent runs."""
     lines = [
         "#!/bin/sh",
         "# Runs every exported job with Debian's lava-dispatcher (lava-run, as root), then:",
         "#   lab import lava logs/*.log --run RUN",
         'cd "$(dirname "$0")" || exit 2',
         "status=0",
+        "job() {",
+        "    start=$(date +%s%N)",
+        '    lava-run --device "$2" --dispatcher dispatcher.yaml --job-id "lab-$$-$3" \\',
+        '        --output-dir "logs/$1" "jobs/$1.yaml" 2>"logs/$1.log"',
+        "    rc=$?",
+        "    ms=$(( ($(date +%s%N) - start) / 1000000 ))",
+        '    echo "$1: lava-run exit $rc in $((ms / 1000)).$((ms % 1000 / 100))s"',
+        '    [ "$rc" = 0 ] || status=1',
+        "}",
     ]
     for n, p in enumerate(cells, start=1):
         device = f"devices/{lava.device_name(arches[p.cell.arch.name])}.yaml"
-        cmd = shlex.join(
-            [
-                "lava-run",
-                "--device",
-                device,
-                "--dispatcher",
-                "dispatcher.yaml",
-                "--job-id",
-                str(n),
-                "--output-dir",
-                f"logs/{p.dirname}",
-                f"jobs/{p.dirname}.yaml",
-            ]
-        )
-        lines.append(f"{cmd} 2>logs/{p.dirname}.log || status=1")
+        lines.append(shlex.join(["job", p.dirname, device, str(n)]))
     lines.append("exit $status")
     path = out / "lava-run.sh"
     path.write_text("\n".join(lines) + "\n")
