@@ -361,11 +361,14 @@ def test_export_refuses_a_bad_base_url_and_a_used_directory(
     assert "exists and is not empty" in capsys.readouterr().err
 
 
-def test_merged_initrd_is_one_archive_with_the_overlay_winning() -> None:
+def test_a_cells_initrd_is_one_archive_with_the_overlay_winning() -> None:
     from lab.image import cpio
 
-    base = cpio.gzip_bytes(cpio.write_newc(cpio.tree_entries({"a": (b"base", 0o644)})))
-    over = cpio.gzip_bytes(cpio.write_newc(cpio.tree_entries({"a": (b"new", 0o644)})))
-    merged = cpio.gunzip_all(bundle.merged_initrd(base, over))
-    assert merged.count(b"TRAILER!!!") == 1
-    assert {e.name: e.data for e in cpio.read_newc(merged)} == {"a": b"new"}
+    files = {"a": (b"base", 0o644), "b/c": (b"kept", 0o755)}
+    base = cpio.gzip_bytes(cpio.write_newc(cpio.tree_entries(files)))
+    initrd = bundle.cell_initrd(bundle.base_member(base), {"a": (b"new", 0o644)})
+    raw = cpio.gunzip_all(initrd)
+    assert raw.count(b"TRAILER!!!") == 1  # what `cpio --extract` reads is all of it
+    tree = cpio.flatten(cpio.read_newc(raw))
+    assert {n: e.data for n, e in tree.items() if e.data} == {"a": b"new", "b/c": b"kept"}
+    assert tree["b/c"].perm == 0o755

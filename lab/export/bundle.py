@@ -72,14 +72,28 @@ def kernels_for(cfg: LabConfig, cells: Sequence[matrix.Planned]) -> dict[str, Ke
     return out
 
 
-def merged_initrd(base: bytes, overlay: bytes) -> bytes:
-    """Base image and overlay as ONE gzip'd newc archive (the overlay's files win): LAVA
-    unpacks a ramdisk with `cpio --extract`, which would stop at the base's trailer."""
+def base_member(base: bytes) -> bytes:
+    """The base image's entries as a gzip member WITHOUT the archive's trailer: the first
+    half of every cell's initramfs of the arch, compressed once (gzip is most of the cost
+    of an export)."""
     try:
-        entries = cpio.flatten(cpio.read_newc(cpio.gunzip_all(base + overlay)))
-        return cpio.gzip_bytes(cpio.write_newc(entries.values()))
+        entries = cpio.flatten(cpio.read_newc(cpio.gunzip_all(base)))
     except cpio.CpioError as exc:
-        raise UserError(f"initramfs: {exc}") from None
+        raise UserError(f"base image: {exc}") from None
+    body = cpio.write_newc(entries.values())
+    trailer = body.rindex(cpio.MAGIC)  # write_newc ends with the trailer member
+    return cpio.gzip_bytes(body[:trailer])
+
+
+def cell_initrd(base: bytes, overlay_files: Mapping[str, tuple[bytes, int]]) -> bytes:
+    """Base entries and the cell's overlay as ONE newc archive (one trailer, in two gzip
+    members): LAVA unpacks a ramdisk it modifies with `cpio --extract`, which stops at the
+    first trailer. A later entry of the same name wins, as it does for the kernel."""
+    try:
+        overlay = cpio.write_newc(cpio.tree_entries(overlay_files))
+    except cpio.CpioError as exc:
+        raise UserError(f"overlay: {exc}") from None
+    return base + cpio.gzip_bytes(overlay)
 
 
 def _testcase_digest(files: Mapping[str, tuple[bytes, int]], name: str) -> str:
@@ -105,7 +119,7 @@ def export(
         arches.setdefault(p.cell.arch.name, p.cell.arch)
     for name, arch in arches.items():
         images[name] = boot.base_image(cfg, arch, log)
-        base_bytes[name] = images[name].path.read_bytes()
+        base_bytes[name] = base_member(images[name].path.read_bytes())
     for sub in ("devices", "jobs", "artefacts/kernels", "artefacts/initrd", "logs"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     (out / "dispatcher.yaml").write_text(lava.dump(lava.render_dispatcher()))
@@ -127,10 +141,8 @@ def export(
         job, files = runner.prepare_cell(cfg, p.cell, kernel, base, p.id, p.repeat, log)
         boot_id = secrets.token_hex(8)
         agent_job = {**job.agent_job, "channel": "console"}
-        overlay = cpio.gzip_bytes(
-            cpio.write_newc(cpio.tree_entries(boot.overlay_files(agent_job, boot_id, files)))
-        )
-        initrd = merged_initrd(base_bytes[p.cell.arch.name], overlay)
+        overlay = boot.overlay_files(agent_job, boot_id, files)
+        initrd = cell_initrd(base_bytes[p.cell.arch.name], overlay)
         initrd_rel = f"artefacts/initrd/{p.dirname}-{boot_id}.cpio.gz"
         _write(out / initrd_rel, initrd)
         metadata = {
