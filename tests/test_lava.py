@@ -372,3 +372,102 @@ def test_a_cells_initrd_is_one_archive_with_the_overlay_winning() -> None:
     tree = cpio.flatten(cpio.read_newc(raw))
     assert {n: e.data for n, e in tree.items() if e.data} == {"a": b"new", "b/c": b"kept"}
     assert tree["b/c"].perm == 0o755
+
+
+# --- hostile logs ------------------------------------------------------------------------
+
+
+def _log_with(tmp_path: Path, extra: str, name: str = "hostile.log") -> Path:
+    """The real pass log with one more record line before the job's result."""
+    lines = (LOGS / "x86_64-U0-api.log").read_text().splitlines(keepends=True)
+    path = tmp_path / name
+    path.write_text("".join(lines[:-1]) + extra + "\n" + lines[-1])
+    return path
+
+
+def test_a_yaml_alias_bomb_in_a_log_is_not_expanded(run_dir: Path, tmp_path: Path) -> None:
+    levels = ['&a ["xxxxxxxxxxxxxxxx", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for n in range(1, 9):
+        prev = chr(ord("a") + n - 1)
+        levels.append(f"&{chr(ord('a') + n)} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    bomb = '{"dt": "2026-11-30T04:40:00", "lvl": "results", "msg": {"case": "x", ' + (
+        '"definition": "lava", "result": "fail", "extra": {"fail": ' + levels[0]
+    )
+    bomb += ', "more": [' + ", ".join(levels[1:]) + "]}}}"
+    _refused(run_dir, [_log_with(tmp_path, bomb)], r"line \d+: not a LAVA log record")
+
+
+def test_deep_nesting_and_huge_lines_in_a_log_are_refused(run_dir: Path, tmp_path: Path) -> None:
+    deep = '{"dt": "x", "lvl": "results", "msg": ' + "[" * 200_000 + "]" * 200_000 + "}"
+    _refused(run_dir, [_log_with(tmp_path, deep)], r"line \d+: not a LAVA log record")
+    huge = '{"dt": "x", "lvl": "target", "msg": "' + "A" * (2 << 20) + '"}'
+    _refused(run_dir, [_log_with(tmp_path, huge)], r"line \d+: longer than")
+
+
+def test_lavas_error_message_is_bounded_and_made_printable(run_dir: Path, tmp_path: Path) -> None:
+    raw = (LOGS / "x86_64-U0-api-infra.log").read_text().splitlines()
+    job = json.loads(raw[-1])
+    job["msg"]["error_msg"] = "\x1b]0;pwned\x07" + "E" * 100_000
+    path = tmp_path / "infra.log"
+    path.write_text("\n".join([*raw[:-1], json.dumps(job)]) + "\n")
+    (cell,) = bundle.import_logs(run_dir, [path])
+    assert cell.observed == "infra_error"
+    assert "\x1b" not in cell.detail and "\\x1b]0;pwned" in cell.detail
+    assert len(cell.detail) < 2100 and len(json.dumps(cell.data)) < 20_000
+
+
+def test_a_lava_server_log_as_downloaded_imports_too(run_dir: Path, tmp_path: Path) -> None:
+    server = tmp_path / "output.yaml"  # lava-server keeps `- ` before each record
+    server.write_text("".join(f"- {line}" for line in (LOGS / "x86_64-C1-depletion.log").open()))
+    (cell,) = bundle.import_logs(run_dir, [server])
+    assert (cell.observed, cell.verdict) == ("sigbus", "expected")
+
+
+def test_export_plans_the_cells_of_a_run(tmp_path: Path) -> None:
+    from lab.cli import export
+
+    run = tmp_path / "r"
+    run.mkdir()
+    sel = {"variants": ["C1"], "arches": ["arm64"], "testcases": ["api"], "repeat": 2}
+    (run / "run.json").write_text(json.dumps({"selection": {**sel, "shard": None}}))
+    args = cli.parser._parser().parse_args(
+        ["--config", str(REPO / "lab.toml"), "export", "lava", str(run), "-o", "x"]
+    )
+    _cfg, cells, selection = export._cells(args)
+    assert [c.id for c in cells] == ["arm64/C1/api", "arm64/C1/api#2"]
+    assert selection["repeat"] == 2
+    both = cli.parser._parser().parse_args(
+        ["--config", str(REPO / "lab.toml"), "export", "lava", str(run), "-a", "x86_64", "-o", "x"]
+    )
+    with pytest.raises(UserError, match="give either RUN or"):
+        export._cells(both)
+
+
+def test_artefact_urls_are_file_urls_or_under_the_base_url(tmp_path: Path) -> None:
+    rel = "artefacts/kernels/k/bzImage"
+    assert bundle._url(tmp_path, "", rel) == f"file://{tmp_path.resolve()}/{rel}"
+    assert bundle._url(tmp_path, "https://lava.example/lab/", rel) == (
+        f"https://lava.example/lab/{rel}"
+    )
+
+
+def test_the_agent_on_the_console_reports_a_job_and_replays_it() -> None:
+    import subprocess
+    import sys
+
+    job = {"mode": "exec", "command": "echo hello; echo oops >&2; exit 3", "channel": "console"}
+    code = (
+        f"import sys; from lab.guest import agent; sys.exit(agent.run_on_console({job!r}, 'exec'))"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert p.returncode == 3, p.stderr
+    got = lavalog.extract(p.stdout.splitlines())
+    records = [json.loads(r) for r in got.records]
+    assert records[0]["type"] == "ready" and records[-1] == {"type": "done"}
+    assert {"type": "exit", "status": 3} in records
+    out = "".join(r["data"] for r in records if r["type"] == "output" and r["stream"] == "stdout")
+    assert out == "hello\n"
+    assert got.ended and not got.problems and got.console == ""
+    assert p.stdout.count("LABREP ") == len(records)  # each record printed again

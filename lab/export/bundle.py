@@ -32,7 +32,7 @@ from typing import Any
 from lab import __version__, build, cache, classify, results
 from lab.build import Kernel
 from lab.config import ArchSpec, LabConfig
-from lab.errors import UserError
+from lab.errors import UserError, printable
 from lab.export import lava, lavalog
 from lab.image import BaseImage, cpio
 from lab.outcome import Verdict
@@ -279,7 +279,7 @@ def match(run_dir: Path, cells: Mapping[str, Mapping[str, Any]], path: Path) -> 
     except lavalog.LogError as exc:
         raise UserError(f"{path}: not a usable LAVA job log: {exc}") from None
     by_boot = {e["boot_id"]: cid for cid, e in cells.items()}
-    mine = sorted({by_boot[b] for b in log.boot_ids() if b in by_boot})
+    mine = sorted({_text(by_boot[b], 200) for b in log.boot_ids() if b in by_boot})
     if len(mine) > 1:
         raise UserError(f"{path}: names several cells of {run_dir.name} ({', '.join(mine)})")
     if not mine:
@@ -290,7 +290,16 @@ def match(run_dir: Path, cells: Mapping[str, Mapping[str, Any]], path: Path) -> 
             else "not a job the lab exported"
         )
         raise UserError(f"{path}: {what}: it names no boot id of run {run_dir.name}")
-    return Job(path, raw, log, mine[0], cells[mine[0]])
+    cell_id = next(by_boot[b] for b in log.boot_ids() if b in by_boot)
+    return Job(path, raw, log, cell_id, cells[cell_id])
+
+
+MAX_LAVA_TEXT = 2000  # characters of one LAVA message kept in cell.json
+
+
+def _text(value: Any, limit: int) -> str:
+    """A value from the log (LAVA's, or the guest's through it) as bounded, printable text."""
+    return printable(str(value), limit, one_line=True)
 
 
 def _deadline_or_infra(log: lavalog.LavaLog, ready: bool) -> tuple[str | None, str]:
@@ -299,7 +308,9 @@ def _deadline_or_infra(log: lavalog.LavaLog, ready: bool) -> tuple[str | None, s
     message) for LAVA's own trouble (an infrastructure error), (None, "") otherwise."""
     if log.complete:
         return None, ""
-    error = f"LAVA {log.job.get('error_type', '?')} error: {log.job.get('error_msg', '')}"
+    error = f"LAVA {_text(log.job.get('error_type', '?'), 40)} error: " + _text(
+        log.job.get("error_msg", ""), MAX_LAVA_TEXT
+    )
     for case, why in log.failed_actions():
         timed_out = "timed out" in why or "timeout" in why.lower()
         if timed_out and case in lavalog.TEST_ACTIONS:
@@ -316,7 +327,10 @@ def _deadline_or_infra(log: lavalog.LavaLog, ready: bool) -> tuple[str | None, s
 def _cell_dir(run_dir: Path, entry: Mapping[str, Any], cell_id: str) -> Path:
     name = entry.get("dir")
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        raise UserError(f"{run_dir / 'run.json'}: lava cell {cell_id}: bad 'dir' {name!r}")
+        raise UserError(
+            f"{run_dir / 'run.json'}: lava cell {_text(cell_id, 200)}: bad 'dir' "
+            f"{_text(repr(name), 200)}"
+        )
     return run_dir / "cells" / name
 
 
@@ -332,10 +346,10 @@ def write_cell(run_dir: Path, job: Job) -> CellResult:
     lava_facts = {
         "log": str(job.path),
         "boot_id": job.entry["boot_id"],
-        "job_result": job.log.job.get("result"),
-        "error_type": job.log.job.get("error_type"),
-        "error_msg": job.log.job.get("error_msg"),
-        "failed_actions": [f"{c}: {w}" for c, w in job.log.failed_actions()][:20],
+        "job_result": _text(job.log.job.get("result"), 40),
+        "error_type": _text(job.log.job.get("error_type") or "", 40) or None,
+        "error_msg": _text(job.log.job.get("error_msg") or "", MAX_LAVA_TEXT) or None,
+        "failed_actions": [_text(f"{c}: {w}", 200) for c, w in job.log.failed_actions()[:20]],
         "records_complete": got.ended,
     }
     staging = run_dir / ".staging" / d.name
@@ -408,11 +422,15 @@ def import_logs(
         seen: dict[str, Path] = {}
         for j in jobs:
             if j.cell_id in seen:
-                raise UserError(f"{j.path}: the same cell ({j.cell_id}) as {seen[j.cell_id]}")
+                raise UserError(
+                    f"{j.path}: the same cell ({_text(j.cell_id, 200)}) as {seen[j.cell_id]}"
+                )
             seen[j.cell_id] = j.path
             d = _cell_dir(run_dir, j.entry, j.cell_id)
             if (d / "cell.json").exists():
-                raise UserError(f"{j.path}: cell {j.cell_id} is already in {run_dir.name} ({d})")
+                raise UserError(
+                    f"{j.path}: cell {_text(j.cell_id, 200)} is already in {run_dir.name} ({d})"
+                )
         done = [write_cell(run_dir, j) for j in jobs]
         shutil.rmtree(run_dir / ".staging", ignore_errors=True)
         meta = results.RunMeta.from_json(results.load_run(run_dir))

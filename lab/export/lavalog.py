@@ -13,6 +13,7 @@ The log is untrusted: bounded in bytes and lines, every record checked for its s
 from __future__ import annotations
 
 import binascii
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import yaml
 
 MAX_LOG = 64 << 20  # bytes of one job log
 MAX_LINES = 1_000_000
+MAX_LINE = 1 << 20  # LAVA itself replaces a longer record by "<line way too long ...>"
 MAX_RECORDS = 10_000  # framed records kept (the classifier looks at no more)
 BOOT_ID = re.compile(r"\b[0-9a-f]{16}\b")
 FRAME = re.compile(r"(LABREC|LABREP) (\d{1,6}) ([0-9a-f]{8}) (\{.*\})\s*$")
@@ -76,6 +78,24 @@ class LavaLog:
         return found
 
 
+def _record(body: str) -> Any:
+    """One log line's record, or None. Most lines are JSON as well as YAML; the rest (YAML
+    escapes such as \\e) go to the YAML loader, which must not meet an alias: expanding
+    nested aliases is exponential (a "billion laughs" log)."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        return None
+    except ValueError:
+        pass
+    try:
+        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(body, Loader=_Loader)):
+            return None
+        return yaml.load(body, Loader=_Loader)
+    except (yaml.YAMLError, RecursionError):
+        return None
+
+
 def _unescape(text: str) -> str:
     return text.replace('\\"', '"')
 
@@ -111,11 +131,9 @@ def parse(raw: bytes) -> LavaLog:
     last: float | None = None
     numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
     for i, (n, line) in enumerate(numbered):
-        body = line[2:] if line.startswith("- ") else line
-        try:
-            rec = yaml.load(body, Loader=_Loader)
-        except yaml.YAMLError:
-            rec = None
+        if len(line) > MAX_LINE:
+            raise LogError(f"line {n}: longer than {MAX_LINE} characters")
+        rec = _record(line[2:] if line.startswith("- ") else line)
         if not isinstance(rec, dict) or not isinstance(rec.get("lvl"), str) or "msg" not in rec:
             if i == len(numbered) - 1 and i > 0:
                 raise LogError(f"line {n}: cut off mid-record (truncated?)")
