@@ -471,3 +471,27 @@ def test_the_agent_on_the_console_reports_a_job_and_replays_it() -> None:
     assert out == "hello\n"
     assert got.ended and not got.problems and got.console == ""
     assert p.stdout.count("LABREP ") == len(records)  # each record printed again
+
+
+def test_export_without_a_built_kernel_names_lab_build_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from types import SimpleNamespace
+
+    from lab import build
+
+    monkeypatch.setattr(build, "plan", lambda *a, **k: SimpleNamespace(key="0" * 24))
+    monkeypatch.setattr(build, "lookup", lambda *a, **k: None)
+    res = tmp_path / "results"
+    code = cli.main(
+        ["--config", str(REPO / "lab.toml"), "export", "lava", "-a", "arm64", "-V", "C1",
+         "-t", "api", "-o", str(tmp_path / "out"), "--results", str(res)]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert (
+        "arm64/C1: kernel 000000000000000000000000 is not built; run `lab build -a arm64 -V C1`"
+        in err
+    )
+    assert not (tmp_path / "out").exists()
+    assert not res.exists() or not any(res.iterdir()), "a run directory was left behind"

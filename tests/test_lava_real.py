@@ -71,3 +71,6 @@ def test_lava_jobs_classify_as_the_local_run_of_the_same_cells(tmp_path: Path) -
     report = lab("report", str(run_dir))
     _ok(report, "lab report")
     assert "8 expected, 0 unexpected, 0 infra, 0 not run" in report.stdout
+    compare = lab("compare", str(local_run), str(run_dir))
+    _ok(compare, "lab compare")
+    assert compare.stdout.startswith("no cell changed between"), compare.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -102,17 +103,27 @@ def cmd_export_lava(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out}: exists and is not empty; choose a new export directory")
+    kernels = bundle.kernels_for(cfg, cells)  # before anything is written: never builds
     base = Path(args.results) if args.results else cfg.results_dir
+    made_out = not out.exists()
     run_dir = results.new_run(base, "lava", _run_header(cfg, cells, selection))
-    done = bundle.export(
-        cfg,
-        cells,
-        out,
-        run_dir,
-        args.base_url,
-        args.accel,
-        lambda m: print(f"lab: {m}", file=sys.stderr),
-    )
+    try:
+        done = bundle.export(
+            cfg,
+            cells,
+            kernels,
+            out,
+            run_dir,
+            args.base_url,
+            args.accel,
+            lambda m: print(f"lab: {m}", file=sys.stderr),
+        )
+    except BaseException:
+        # Half an export is no export: a run that cannot be imported into, jobs missing.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if made_out:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     print(f"lab: {len(done.jobs)} LAVA jobs in {out}/jobs; run {run_dir}", file=sys.stderr)
     print(f"lab: run them: sudo {done.script}", file=sys.stderr)
     print(f"lab: then: lab import lava {out}/logs/*.log --run {run_dir}", file=sys.stderr)

@@ -104,14 +104,16 @@ def _testcase_digest(files: Mapping[str, tuple[bytes, int]], name: str) -> str:
 def export(
     cfg: LabConfig,
     cells: Sequence[matrix.Planned],
+    kernels: Mapping[str, Kernel],
     out: Path,
     run_dir: Path,
     base_url: str = "",
     accel: str = "tcg",
     log: Log = lambda _m: None,
 ) -> Exported:
-    """Write the export for `cells` into `out` and the LAVA block into run_dir's run.json."""
-    kernels = kernels_for(cfg, cells)
+    """Write the export for `cells` into `out` and the LAVA block into run_dir's run.json.
+
+    `kernels`: kernels_for(cfg, cells), looked up before the caller made run_dir."""
     images: dict[str, BaseImage] = {}
     base_bytes: dict[str, bytes] = {}
     arches: dict[str, ArchSpec] = {}
