@@ -18,7 +18,7 @@ import yaml
 
 from lab import cli, config, report, results
 from lab.errors import UserError
-from lab.export import bundle, lava, lavalog
+from lab.export import bundle, ingest, lava, lavalog
 from lab.guest import agent
 from lab.outcome import CLASSES
 from lab.run import runner, testcase
@@ -217,7 +217,7 @@ def _state(run_dir: Path) -> list[tuple[str, bytes]]:
 def test_imported_jobs_classify_as_the_cells_expected_outcome(run_dir: Path) -> None:
     logs = [LOGS / n for n in ("x86_64-U0-api.log", "x86_64-C1-depletion.log")]
     logs.append(LOGS / "arm64-C1-depletion.log")
-    done = {c.id: c for c in bundle.import_logs(run_dir, logs)}
+    done = {c.id: c for c in ingest.import_logs(run_dir, logs)}
     assert {k: (c.observed, c.verdict) for k, c in done.items()} == {
         "x86_64/U0/api": ("pass", "expected"),
         "x86_64/C1/depletion": ("sigbus", "expected"),
@@ -240,18 +240,18 @@ def test_imported_jobs_classify_as_the_cells_expected_outcome(run_dir: Path) -> 
 def test_a_boot_timeout_is_the_boot_deadline_and_a_test_timeout_the_test_deadline(
     run_dir: Path, tmp_path: Path
 ) -> None:
-    (boot,) = bundle.import_logs(run_dir, [LOGS / "x86_64-U0-api-boot-timeout.log"])
+    (boot,) = ingest.import_logs(run_dir, [LOGS / "x86_64-U0-api-boot-timeout.log"])
     assert boot.data["ready"] is False and boot.data["deadline"] == "boot"
     other = tmp_path / "other" / run_dir.name
     (other / "cells").mkdir(parents=True)
     shutil.copy(run_dir / "run.json", other / "run.json")
-    (test,) = bundle.import_logs(other, [LOGS / "x86_64-U0-api-test-timeout.log"])
+    (test,) = ingest.import_logs(other, [LOGS / "x86_64-U0-api-test-timeout.log"])
     assert test.data["ready"] is True and test.data["deadline"] == "test"
     assert test.observed != "infra_error"
 
 
 def test_a_job_lava_could_not_run_is_an_infra_error_with_lavas_message(run_dir: Path) -> None:
-    (cell,) = bundle.import_logs(run_dir, [LOGS / "x86_64-U0-api-infra.log"])
+    (cell,) = ingest.import_logs(run_dir, [LOGS / "x86_64-U0-api-infra.log"])
     assert (cell.observed, cell.verdict) == ("infra_error", "infra")
     assert cell.rule == "lava-incomplete"
     assert "LAVA Job error: Invalid job data" in cell.detail
@@ -261,7 +261,7 @@ def test_a_job_lava_could_not_run_is_an_infra_error_with_lavas_message(run_dir: 
 def _refused(run_dir: Path, logs: list[Path], match: str) -> None:
     before = _state(run_dir)
     with pytest.raises(UserError, match=match):
-        bundle.import_logs(run_dir, logs)
+        ingest.import_logs(run_dir, logs)
     assert _state(run_dir) == before, "a refused import wrote into the run"
 
 
@@ -303,7 +303,7 @@ def test_a_job_the_lab_did_not_export_changes_nothing(run_dir: Path, tmp_path: P
 def test_a_cell_is_imported_once_and_a_batch_is_all_or_nothing(run_dir: Path) -> None:
     good = LOGS / "x86_64-C1-depletion.log"
     _refused(run_dir, [good, REPO / "README.md"], "README.md")  # nothing of the batch lands
-    bundle.import_logs(run_dir, [good])
+    ingest.import_logs(run_dir, [good])
     _refused(run_dir, [good], r"cell x86_64/C1/depletion is already in")
     _refused(
         run_dir,
@@ -317,7 +317,7 @@ def test_a_run_that_is_not_an_export_is_refused(tmp_path: Path) -> None:
     d.mkdir()
     (d / "run.json").write_text(json.dumps({"run_id": "x", "cells": []}))
     with pytest.raises(UserError, match="not a run made by `lab export lava`"):
-        bundle.import_logs(d, [LOGS / "x86_64-U0-api.log"])
+        ingest.import_logs(d, [LOGS / "x86_64-U0-api.log"])
 
 
 def test_an_oversized_log_is_refused_without_reading_it_all(
@@ -410,7 +410,7 @@ def test_lavas_error_message_is_bounded_and_made_printable(run_dir: Path, tmp_pa
     job["msg"]["error_msg"] = "\x1b]0;pwned\x07" + "E" * 100_000
     path = tmp_path / "infra.log"
     path.write_text("\n".join([*raw[:-1], json.dumps(job)]) + "\n")
-    (cell,) = bundle.import_logs(run_dir, [path])
+    (cell,) = ingest.import_logs(run_dir, [path])
     assert cell.observed == "infra_error"
     assert "\x1b" not in cell.detail and "\\x1b]0;pwned" in cell.detail
     assert len(cell.detail) < 2100 and len(json.dumps(cell.data)) < 20_000
@@ -419,7 +419,7 @@ def test_lavas_error_message_is_bounded_and_made_printable(run_dir: Path, tmp_pa
 def test_a_lava_server_log_as_downloaded_imports_too(run_dir: Path, tmp_path: Path) -> None:
     server = tmp_path / "output.yaml"  # lava-server keeps `- ` before each record
     server.write_text("".join(f"- {line}" for line in (LOGS / "x86_64-C1-depletion.log").open()))
-    (cell,) = bundle.import_logs(run_dir, [server])
+    (cell,) = ingest.import_logs(run_dir, [server])
     assert (cell.observed, cell.verdict) == ("sigbus", "expected")
 
 

@@ -132,11 +132,11 @@ def cmd_export_lava(args: argparse.Namespace) -> int:
 
 
 def cmd_import_lava(args: argparse.Namespace) -> int:
-    from lab.export import bundle
+    from lab.export import ingest
 
     cfg = _load(args)
     run_dir = results.resolve_run(cfg.results_dir, args.run)
-    done = bundle.import_logs(run_dir, [Path(p) for p in args.logs])
+    done = ingest.import_logs(run_dir, [Path(p) for p in args.logs])
     for res in done:
         print_cell(res, sys.stdout)
     report.render(run_dir)
