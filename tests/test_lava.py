@@ -495,3 +495,9 @@ def test_export_without_a_built_kernel_names_lab_build_and_leaves_nothing(
     )
     assert not (tmp_path / "out").exists()
     assert not res.exists() or not any(res.iterdir()), "a run directory was left behind"
+
+
+def test_a_fifo_named_as_a_log_is_refused_at_once(run_dir: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "job.log"
+    os.mkfifo(fifo)
+    _refused(run_dir, [fifo], "job.log: not a regular file")

@@ -7,7 +7,9 @@ one (not a LAVA log, cut short, another run's, a cell already there) changes not
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +52,10 @@ def _lava_cells(run_dir: Path, run: Mapping[str, Any]) -> dict[str, Mapping[str,
 def match(run_dir: Path, cells: Mapping[str, Mapping[str, Any]], path: Path) -> Job:
     """Read a log and find its cell; UserError (one line) when it is not one of this run's."""
     try:
-        with path.open("rb") as f:
+        # Non-blocking open: a FIFO named as a log must not hang the import.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise UserError(f"{path}: not a regular file")
             raw = f.read(lavalog.MAX_LOG + 1)
     except OSError as exc:
         raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
