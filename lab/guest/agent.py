@@ -28,8 +28,8 @@ console) the same records are printed on the console instead, one framed line ea
 line (printk and tty writes share the UART), so the agent prints every record again
 after `done` (tagged LABREP) and ends with `LABREC-END <count>`: the host keeps the
 first copy of each sequence number whose checksum holds, and knows from the end line
-whether any is missing. Test-case processes write their records into a SOCK_SEQPACKET socket (one
-message per record, as on the virtio port); the agent frames them.
+whether any is missing. Test-case processes write their records into a SOCK_SEQPACKET
+socket (one message per record, as on the virtio port); the agent frames them.
 """
 
 from __future__ import annotations
