@@ -69,6 +69,7 @@ PROGRAMS = _programs(
     ("chromium", "chromium", "tests", "renders the report in the lab's own tests"),
     ("ssh-keygen", "openssh-client", "tests", "makes host keys for the loopback SSH hosts"),
     ("mmdebstrap", "mmdebstrap", "tests", "makes the fresh Debian root of the fresh-root test"),
+    ("lava-run", "lava-dispatcher", "tests", "runs exported LAVA jobs in the lab's own tests"),
 )
 # Debian calls it chromium; some derivatives chromium-browser.
 PROGRAMS["chromium"] = replace(PROGRAMS["chromium"], alternatives=("chromium-browser",))
@@ -201,6 +202,7 @@ def tests_only() -> tuple[Need, ...]:
         FILES["sshd"],
         PROGRAMS["ssh-keygen"],
         PROGRAMS["mmdebstrap"],
+        PROGRAMS["lava-run"],
     )
 
 

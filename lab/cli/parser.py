@@ -6,6 +6,7 @@ import argparse
 import os
 
 from lab import __version__
+from lab.cli import export
 from lab.cli.cells import cmd_classify, cmd_run
 from lab.cli.kernels import cmd_boot, cmd_build
 from lab.cli.matrix import cmd_hosts_check, cmd_matrix
@@ -192,4 +193,5 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("setup", help="install missing host prerequisites with apt-get (root)")
     s.add_argument("--tests", action="store_true", help="also what the lab's own tests need")
     s.set_defaults(func=cmd_setup)
+    export.register(sub)
     return parser
