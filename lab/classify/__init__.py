@@ -73,7 +73,7 @@ def classify(console: str, facts: RunFacts | None = None) -> Classification:
         The class picked by the first rule of `RULES` that holds, with evidence.
         Never raises for anything found in the console or the records.
     """
-    f = _Findings(normalise(console), facts)
+    f = _Findings(console, facts)
     for rule in RULES:
         verdict = rule.check(f)
         if verdict is None:
@@ -95,5 +95,6 @@ def classify(console: str, facts: RunFacts | None = None) -> Classification:
             evidence=verdict.evidence.done(),
             matched=f.matched,
             fields=values,
+            title=_clean(verdict.title, MAX_DETAIL) if verdict.title else None,
         )
     raise AssertionError("unreachable: the last rules cover both foreign logs and lab runs")
