@@ -23,11 +23,12 @@ from lab.classify.model import (
     RunFacts,
     _clean,
 )
-from lab.classify.normalise import Scanner, lines, shown
+from lab.classify.normalise import Console, Scanner, lines, shown
 from lab.classify.records import _Agent, _parse_records
 from lab.classify.signatures import SIGNATURES
 from lab.classify.title import frames
 
+_LINUX = re.compile(r"\s*Linux version ")
 KILLS = ("oom_killed_process", "memcg_oom_killed_process")
 
 
@@ -86,7 +87,7 @@ class _Findings:
     ends the log in order.
     """
 
-    def __init__(self, console: str | Iterable[Line], facts: RunFacts | None) -> None:
+    def __init__(self, console: Console | Iterable[Line], facts: RunFacts | None) -> None:
         self.facts = facts
         self.first: dict[str, list[Hit]] = {}
         self.last: dict[str, Hit] = {}  # the last stamped hit, else the last weak one
@@ -104,7 +105,7 @@ class _Findings:
             _parse_records(facts.records, facts.problems) if facts is not None else _Agent()
         )
 
-    def _scan(self, console: str | Iterable[Line]) -> None:
+    def _scan(self, console: Console | Iterable[Line]) -> None:
         """One pass over the log, keeping counts, the first MAX_HITS and the last hit of
         each signature (each with its report context), the last lines and a few indices:
         memory does not grow with the log."""
@@ -114,23 +115,29 @@ class _Findings:
         titled: dict[tuple[str, bool], int] = {}
         waiting: list[int] = []  # init_started hits waiting for an unstamped line
         index = -1
-        for index, line in enumerate(lines(console) if isinstance(console, str) else console):
-            nonempty = bool(line.message.strip())
-            if nonempty:
-                self.tail.append(line)
-                if line.ktime is None and waiting:
+        tail, feed, boot = self.tail.append, scanner.feed, _LINUX.match
+        source = lines(console) if isinstance(console, str) or callable(console) else console
+        for index, line in enumerate(source):
+            message, ktime = line.message, line.ktime
+            if message and not message.isspace():
+                tail(line)
+                if ktime is None and waiting:
                     for start in waiting:
                         self.after_init[start] = index
                     waiting.clear()
-            if line.ktime is not None:
-                self.stamped = True
-            if self.boot is None and line.message.lstrip().startswith("Linux version "):
+            if self.boot is None and boot(message):
                 self.boot = index
-            hit = scanner.feed(index, line)
-            end = hit is not None and hit.sig.role == "end"
-            if line.ktime is not None and not end:
-                self.last_stamped = index
-            if hit is None or (self.facts is not None and hit.sig.kernel and hit.ktime is None):
+            hit = feed(index, line)
+            if hit is None:
+                if ktime is not None:
+                    self.stamped = True
+                    self.last_stamped = index
+                continue
+            if ktime is not None:
+                self.stamped = True
+                if hit.sig.role != "end":
+                    self.last_stamped = index
+            if self.facts is not None and hit.sig.kernel and hit.ktime is None:
                 continue
             name = hit.sig.name
             self.count[name] = self.count.get(name, 0) + 1

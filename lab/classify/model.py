@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 from lab.classify.signatures import Signature
 from lab.errors import UserError
@@ -21,7 +21,7 @@ MAX_HITS = 200  # hits kept per signature (all are counted)
 TAIL = 10  # last console lines shown when a log just stops
 TITLE_LINES = 80  # lines after a report read for its title's function
 TITLED = 3  # hits per signature (and stamped ones) whose title lines are kept
-MAX_SEEN = 100_000  # stamped hit lines remembered to skip echoes of them
+MAX_SEEN = 20_000  # stamped hit lines remembered to skip echoes of them (about 1 MB)
 
 TASK_STATUSES = ("exited", "signaled", "timeout", "killed")
 VERDICTS = ("pass", "fail", "error")
@@ -141,9 +141,9 @@ class Classification:
         }
 
 
-@dataclass(frozen=True)
-class Line:
-    """One console line after normalisation."""
+class Line(NamedTuple):
+    """One console line after normalisation (a tuple: a million of them are made per
+    50 MB log, and a tuple is the cheapest immutable record to make)."""
 
     line_no: int  # 1-based, in the console as given
     text: str  # the original line without CR
