@@ -56,8 +56,6 @@ TITLE_DIFFERS = {
     "function is a best guess",
     "refcount-blkg_free_workfn-x86_64.log": "outside: the excerpt ends at the registers; the "
     "label names the `Workqueue:` work item",
-    "warning-ref_tracker-packet_release-x86_64.log": "ours: ref_tracker_free is a debugging "
-    "helper like refcount_warn_saturate and should be skipped",
     "workqueue_lockup-wg_packet_handshake_receive_worker-x86_64.log": "outside: the stuck "
     "pool's busy worker is shown after the excerpt ends; ours takes the first in-flight work",
 }

@@ -691,7 +691,7 @@ SIGNATURES: tuple[Signature, ...] = (
         WARN_CONTEXT,
         family="warning",
         title="WARNING in {func}",
-        func=("field", "rip"),
+        func=("field", "rip", "trace"),
     ),
     Signature(
         "kernel_warning_new",
@@ -706,7 +706,7 @@ SIGNATURES: tuple[Signature, ...] = (
         WARN_CONTEXT,
         family="warning",
         title="WARNING in {func}",
-        func=("field", "rip"),
+        func=("field", "rip", "trace"),
     ),
     Signature(
         "kernel_warning_other",

@@ -72,6 +72,7 @@ _MACHINERY = (
     "vpanic",
     "check_panic_on_warn",
     "refcount_warn_saturate",
+    "ref_tracker_*",
     "refcount_*",
     "__refcount_*",
     "debug_print_object",
@@ -339,7 +340,10 @@ def function(hit: Hit) -> str | None:
         found: str | None = None
         if source == "field":
             value = hit.fields.get("func")
-            if isinstance(value, str) and value and not _SKIP_FIELD.match(_name(value)):
+            # A WARN() may sit in a helper that warns for its caller (ref_tracker_free);
+            # a sanitizer names the faulting function itself (even __lock_acquire).
+            own = _SKIP if family == "warning" else _SKIP_FIELD
+            if isinstance(value, str) and value and not own.match(_name(value)):
                 found = _name(value)
         elif source == "comm":
             value = hit.fields.get("comm")
