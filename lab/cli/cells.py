@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import datetime
 import json
 import os
 import secrets
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -127,6 +129,23 @@ def _cell_facts(cell_dir: Path) -> classify.RunFacts:
         raise UserError(f"{cell_dir / 'cell.json'}: {exc}") from None
 
 
+PIECE = 1 << 20  # bytes of a console file decoded at a time
+
+
+def _file_lines(path: Path) -> Callable[[], Iterator[str]]:
+    """The text of a console file in pieces, read anew on each call and decoded as a
+    whole-file decode would (a character split between two reads is kept whole)."""
+
+    def read() -> Iterator[str]:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        with path.open("rb") as f:
+            while chunk := f.read(PIECE):
+                yield decoder.decode(chunk)
+        yield decoder.decode(b"", final=True)
+
+    return read
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     path = Path(args.log)
     facts = None
@@ -139,18 +158,25 @@ def cmd_classify(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise UserError(f"{path / 'console.log'}: {exc}") from None
         path = path / "console.log"
+        # Bytes, then decode: a console's CR CR LF must not turn into extra lines.
+        console: classify.Console = raw.decode(errors="replace")
+    elif path.is_file():
+        console = _file_lines(path)  # read as it is classified: a log may be huge
     else:
         try:
-            raw = path.read_bytes()
+            console = path.read_bytes().decode(errors="replace")
         except FileNotFoundError:
             raise UserError(f"{path}: no such console log") from None
-    # Bytes, then decode: a console's CR CR LF must not turn into extra lines.
-    text = raw.decode(errors="replace")
-    result = classify.classify(text, facts)
+    try:
+        result = classify.classify(console, facts)
+    except OSError as exc:  # the file went away or became unreadable while being read
+        raise UserError(f"{path}: {exc}") from None
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return 0
     print(f"{path}: {result.outcome}: {result.detail}")
+    if result.title:
+        print(f"  title: {result.title}")
     print(f"  rule: {result.rule}: {result.rule_text}")
     for ev in result.evidence:
         where = f"L{ev.line_no}" if ev.line_no else "agent"

@@ -399,6 +399,7 @@ def _run_cell_html(run: Run, c: RunCell, open_: bool) -> str:
         ("expected", _h("|".join(c.expected) or "none declared")),
         ("expectation rule", f"<code>{_h(d.get('expected_rule') or '-')}</code>"),
         ("verdict", _badge(c.verdict)),
+        *([("title", _h(c.title))] if c.title else []),
         ("detail", _h(c.detail)),
         ("classifier rule", f"<code>{_h(rule or '-')}</code> {_h(rule_text)}"),
         ("params", f"<code>{_h(params or '-')}</code>"),

@@ -156,6 +156,8 @@ def render_markdown(run: Run) -> str:
                 f"### {_md(first.run_cell_id)}: {_md(first.observed)} (expected {_md(exp)})",
                 "",
             ]
+            if first.title:
+                lines += _md_kv("title", first.title)
             lines += _md_kv("detail", first.detail)
             if len(s.runs) > 1:
                 n = sum(r.verdict == "unexpected" for r in s.runs)
