@@ -55,15 +55,21 @@ def test_signature_is_linear_on_long_lines(sig: object) -> None:
     patterns = [sig.pattern]
     if sig.context is not None:
         patterns += list(sig.context.fields)
-    for line in lines:
+
+    def once(line: str) -> float:
         started = time.perf_counter()
         for pat in patterns:
             pat.match(line)
         if sig.context is not None:
             for pat in sig.context.fields:
                 pat.search(line)
-        took = time.perf_counter() - started
-        # Generous for a loaded machine: linear takes about 1 ms here.
+        return time.perf_counter() - started
+
+    for line in lines:
+        # Generous for a loaded machine: linear takes about 1 ms here. The best of three
+        # tries, because a preempted try on a busy 2-core machine (CI seen at load 8)
+        # is slow once, while a super-linear pattern is slow every time.
+        took = min(once(line) for _ in range(3)) if once(line) >= 0.25 else 0.0
         assert took < 0.25, f"{took:.2f}s on {line[:60]!r}... ({len(line)} chars)"
 
 
