@@ -54,6 +54,7 @@ def register(sub: Any) -> None:
     il.add_argument("logs", nargs="+", metavar="JOB_LOG")
     il.add_argument("--run", required=True, help="the run `lab export lava` created")
     il.set_defaults(func=cmd_import_lava)
+    register_bundle(sub)
 
 
 def _cells(args: argparse.Namespace) -> tuple[Any, list[matrix.Planned], dict[str, Any]]:
@@ -142,3 +143,30 @@ def cmd_import_lava(args: argparse.Namespace) -> int:
     report.render(run_dir)
     print(f"lab: {len(done)} cells imported into {run_dir}", file=sys.stderr)
     return results.exit_code(results.load_run(run_dir), results.read_cells(run_dir))
+
+
+def register_bundle(sub: Any) -> None:
+    b = sub.add_parser(
+        "bundle", help="one finished cell as a tarball that reruns it with QEMU alone"
+    )
+    b.add_argument("cell_dir", metavar="CELL_DIR", help="a finished cell's directory")
+    b.add_argument("--output", "-o", required=True, metavar="FILE.tar.gz")
+    b.set_defaults(func=cmd_bundle)
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from lab.export import repro
+
+    cfg = _load(args)
+    cell_dir = Path(args.cell_dir)
+    if not cell_dir.is_dir():
+        raise UserError(f"{cell_dir}: not a cell directory")
+    members = repro.assemble(cfg, cell_dir, lambda m: print(f"lab: {m}", file=sys.stderr))
+    out = repro.write_tar(members, cell_dir.resolve().name, Path(args.output))
+    print(
+        f"lab: bundle of {cell_dir} in {out}; run: tar xzf {out} && "
+        f"{cell_dir.resolve().name}/run.sh",
+        file=sys.stderr,
+    )
+    print(out)
+    return 0
