@@ -25,6 +25,8 @@ FOUNDATION = {"lab", "errors", "outcome", "cache", "proc", "progress"}
 ALLOWED: dict[str, set[str]] = {
     "config": set(),
     "classify": set(),
+    # provenance: the lab's git commit, file digests, QEMU's version (asks git and QEMU).
+    "provenance": set(),
     "results": set(),
     "prereqs": {"config"},
     "image": {"config", "prereqs"},
@@ -32,14 +34,14 @@ ALLOWED: dict[str, set[str]] = {
     "doctor": {"config", "image", "prereqs"},
     "vm": {"config", "image", "build", "prereqs"},
     "report": {"results", "classify"},
-    "run": {"config", "classify", "results", "image", "build", "vm", "prereqs"},
+    "run": {"config", "classify", "results", "image", "build", "vm", "prereqs", "provenance"},
     # hosts -> vm: a host reports its own accelerator choice (vm.accel).
     "hosts": {"config", "build", "image", "results", "vm", "run"},
     # export: cells as LAVA jobs (run's prepared cells, vm's QEMU arguments) and back.
     "export": {"config", "classify", "results", "image", "build", "vm", "run"},
     "cli": {
         "config", "classify", "results", "prereqs", "image", "build", "doctor", "vm",
-        "report", "run", "hosts", "export",
+        "report", "run", "hosts", "export", "provenance",
     },
     "__main__": {"cli"},
 }  # fmt: skip
@@ -61,6 +63,7 @@ PURE = [
     "lab.run.testcase",
     "lab.export.lava",
     "lab.export.lavalog",
+    "lab.export.kcidb",
 ]
 SPAWNERS = {"subprocess", "pexpect", "fabric", "paramiko", "invoke", "multiprocessing", "lab.proc"}
 SSH_LIBS = {"fabric", "paramiko", "invoke"}

@@ -175,3 +175,30 @@ def test_bundle_of_a_directory_without_a_cell_is_one_line(tmp_path: Path, repo: 
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert str(tmp_path) in proc.stderr
+
+
+def test_summary_and_html_name_each_unexpected_cells_bundle_command(tmp_path: Path) -> None:
+    from lab import report
+
+    run_dir = tmp_path / "20261126-080000-matrix-5e1f"
+    shutil.copytree(DATA / "run" / "results" / run_dir.name, run_dir)
+    report.render(run_dir)
+    cmd = (
+        "lab bundle 20261126-080000-matrix-5e1f/cells/x86_64--C0--depletion--r2 "
+        "-o x86_64--C0--depletion--r2.tar.gz"
+    )
+    summary = (run_dir / "summary.md").read_text()
+    assert f"    bundle:    {cmd}" in summary
+    assert summary.count("    bundle:    ") == summary.count("    reproduce: ")
+    assert cmd in (run_dir / "report.html").read_text()
+
+
+def test_bundle_takes_a_cell_under_the_results_directory(tmp_path: Path) -> None:
+    from lab.cli.export import cell_dir_of
+
+    cell = tmp_path / "results" / "run1" / "cells" / "a--b--c"
+    cell.mkdir(parents=True)
+    (cell / "cell.json").write_text("{}")
+    assert cell_dir_of("run1/cells/a--b--c", tmp_path / "results") == cell
+    with pytest.raises(UserError, match="run1/cells/nope: not a cell directory"):
+        cell_dir_of("run1/cells/nope", tmp_path / "results")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_cell_record import fixed_provenance, unhash
 from test_golden import _base, _kernel
 
 from lab import __version__, cache, classify, cli, results
@@ -46,6 +47,7 @@ def fixed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(results, "now", lambda: "2026-11-26T08:30:00+00:00")
     monkeypatch.setattr(results, "new_run_id", lambda _label="": RUN_ID)
     monkeypatch.setattr(results, "host_info", lambda: {"node": "controller", "cpus": 2})
+    fixed_provenance(monkeypatch)
     ticks = iter(float(i) for i in range(10_000))
     monkeypatch.setattr(cli_matrix, "time", types.SimpleNamespace(monotonic=lambda: next(ticks)))
 
@@ -87,6 +89,7 @@ def _check(run_dir: Path, name: str, tmp_path: Path) -> None:
     text = text.replace(str(tmp_path), "$TMP").replace(str(REPO), "$REPO")
     text = text.replace(f'"lab_version": "{__version__}"', '"lab_version": "$VERSION"')
     text = text.replace(cache.file_digest(REPO / "lab.toml"), "$LAB_TOML_SHA256")
+    text = unhash(text)
     golden = GOLDEN / name
     if REGEN:
         golden.parent.mkdir(exist_ok=True)

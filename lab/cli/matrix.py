@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from lab import build, cache, config, report, results
+from lab import build, cache, config, provenance, report, results
 from lab.cli.common import _load
 from lab.config import hosts
 from lab.errors import LabError, UserError, printable
@@ -75,6 +75,9 @@ def _run_header(
         "config": {"file": str(cfg.file), "sha256": cache.file_digest(cfg.file)},
         "selection": selection,
         "cells": [{"id": c.id, "dir": f"cells/{c.dirname}", "kernel": c.kernel} for c in cells],
+        "provenance": provenance.for_run(
+            cfg.file, [(c.cell.testcase.name, c.cell.testcase.path) for c in cells]
+        ),
     }
 
 

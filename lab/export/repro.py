@@ -233,7 +233,7 @@ def assemble(cfg: LabConfig, cell_dir: Path, log: Log = lambda _m: None) -> list
         cfg, cell, kernel, base, rec.run_cell_id, int(rec.data.get("repeat") or 1), log
     )
     tc_file = files[f"lab/testcases/{cell.testcase.name}.py"][0]
-    want_tc = rec.data.get("testcase_sha256")
+    want_tc = rec.provenance.get("testcase_sha256")
     if want_tc and hashlib.sha256(tc_file).hexdigest() != want_tc:
         raise UserError(
             f"{cell.testcase.path}: changed since {rec.id} ran (sha256 differs from the "
@@ -273,7 +273,7 @@ def assemble(cfg: LabConfig, cell_dir: Path, log: Log = lambda _m: None) -> list
         "reproducer": rec.data.get("reproducer"),
         "kernel": rec.data.get("kernel"),
         "testcase_sha256": hashlib.sha256(tc_file).hexdigest(),
-        "provenance": rec.data.get("provenance"),
+        "provenance": rec.provenance,
     }
     return [
         Member("run.sh", run_script(rec.id, argv, limit, job.banner, expected).encode(), 0o755),

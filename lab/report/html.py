@@ -19,7 +19,7 @@ from lab.report.clean import (
     _seconds,
     _token,
 )
-from lab.report.model import Run, RunCell, Slot, _param
+from lab.report.model import Run, RunCell, Slot, _param, bundle_command
 
 # --- HTML -----------------------------------------------------------------------------------
 
@@ -423,13 +423,15 @@ def _run_cell_html(run: Run, c: RunCell, open_: bool) -> str:
         ("finished", _h(f"{_line(d.get('finished'))} on {_line(d.get('host') or '?')}")),
     ]
     links = " ".join(f'<a href="{_h(c.link(f))}">{_h(f)}</a>' for f in c.files)
+    # An unexpected cell's rerun without the lab: a tarball with QEMU's command line.
+    bundle = f"\n{_h(bundle_command(run.id, c.dirname))}" if c.verdict == "unexpected" else ""
     return (
         f'<details class="run" id="{_anchor("run", c.run_cell_id)}" '
         f'data-run-cell="{_h(c.run_cell_id)}"{" open" if open_ else ""}>'
         f"<summary>{_h(c.run_cell_id)}: {_h(c.observed)} "
         f"{_badge(c.verdict)}</summary>{_kv(rows)}"
         f"<h4>Evidence</h4>{_evidence_html(c)}"
-        f"<h4>Reproduce</h4><pre>{_h(d.get('reproducer') or '-')}</pre>"
+        f"<h4>Reproduce</h4><pre>{_h(d.get('reproducer') or '-')}{bundle}</pre>"
         f'<p class="links">Files: {links or "none"}</p></details>'
     )
 

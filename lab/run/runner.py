@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-from lab import cache, classify, image, proc
+from lab import cache, classify, image, proc, provenance
 from lab.build import Kernel, kselftest, source
 from lab.config import ArchSpec, BootSpec, LabConfig, QemuSpec
 from lab.errors import InfraError, LabError, UserError
@@ -118,8 +118,12 @@ def prepare_cell(
         job=job_for(cell),
         extra_cmdline=cell.testcase.cmdline,
     )
+    files = guest_files(cfg, cell, log)
+    ident = identity(cfg, cell, run_cell_id, repeat)
+    # Every file the guest gets beside the base image (test case, labguest, selftests).
+    ident["provenance"] = {**ident["provenance"], "files": provenance.files_digests(files)}
     record = {
-        **identity(cfg, cell, run_cell_id, repeat),
+        **ident,
         "kernel": {
             "key": kernel.key,
             "image": kernel.image.name,
@@ -142,7 +146,7 @@ def prepare_cell(
         boot=dataclasses.asdict(cfg.boot),
         test_timeout=cell.testcase.timeout + MARGIN,
     )
-    return job, guest_files(cfg, cell, log)
+    return job, files
 
 
 def identity(cfg: LabConfig, cell: Cell, run_cell_id: str = "", repeat: int = 1) -> dict[str, Any]:
@@ -160,6 +164,7 @@ def identity(cfg: LabConfig, cell: Cell, run_cell_id: str = "", repeat: int = 1)
         "expected": list(rule.outcomes) if rule else [],
         "expected_rule": rule.text if rule else None,
         "reproducer": reproducer(cfg, cell),
+        "provenance": provenance.for_cell(cfg.file, cell.testcase.path),
     }
 
 
@@ -246,6 +251,7 @@ def execute(
             "qemu_exit": m.exit_status,
             "qemu_killed": m.killed,
             "host": platform.node(),
+            **provenance.where_run(job.arch["qemu"]["binary"]),
             "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         },
         result.to_json(),
