@@ -27,6 +27,8 @@ ALLOWED: dict[str, set[str]] = {
     "classify": set(),
     # provenance: the lab's git commit, file digests, QEMU's version (asks git and QEMU).
     "provenance": set(),
+    # ktap: a selftest's KTAP/TAP output read into per-subtest results (pure).
+    "ktap": set(),
     "results": set(),
     "prereqs": {"config"},
     "image": {"config", "prereqs"},
@@ -34,7 +36,8 @@ ALLOWED: dict[str, set[str]] = {
     "doctor": {"config", "image", "prereqs"},
     "vm": {"config", "image", "build", "prereqs"},
     "report": {"results", "classify"},
-    "run": {"config", "classify", "results", "image", "build", "vm", "prereqs", "provenance"},
+    "run": {"config", "classify", "results", "image", "build", "vm", "prereqs", "provenance",
+            "ktap"},
     # hosts -> vm: a host reports its own accelerator choice (vm.accel).
     "hosts": {"config", "build", "image", "results", "vm", "run"},
     # export: cells as LAVA jobs (run's prepared cells, vm's QEMU arguments) and back.
@@ -64,6 +67,7 @@ PURE = [
     "lab.export.lava",
     "lab.export.lavalog",
     "lab.export.kcidb",
+    "lab.ktap",
 ]
 SPAWNERS = {"subprocess", "pexpect", "fabric", "paramiko", "invoke", "multiprocessing", "lab.proc"}
 SSH_LIBS = {"fabric", "paramiko", "invoke"}

@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-from lab import cache, classify, image, proc, provenance
+from lab import cache, classify, image, ktap, proc, provenance
 from lab.build import Kernel, kselftest, source
 from lab.config import ArchSpec, BootSpec, LabConfig, QemuSpec
 from lab.errors import InfraError, LabError, UserError
@@ -241,6 +241,7 @@ def execute(
         {
             **job.record,
             **recorded_facts(facts),
+            **ktap.cell_fields(facts.records),  # a selftest's KTAP, per subtest
             "observed": result.outcome,
             "verdict": verdict,
             "detail": result.detail,
