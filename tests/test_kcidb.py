@@ -114,3 +114,30 @@ def test_cli_writes_the_file(tmp_path: Path) -> None:
     )  # fmt: skip
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
     assert "--origin" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_ktap_subtests_become_tests_under_the_cells_path(tmp_path: Path) -> None:
+    run_dir = _fixture(tmp_path)
+    cell = run_dir / "cells" / "x86_64--U0--pressure" / "cell.json"
+    data = json.loads(cell.read_text())
+    data["subtests"] = [
+        {"testcase": "kselftest", "name": "file IO is blocked", "status": "pass"},
+        {"testcase": "kselftest", "name": "suite.ptrace", "status": "fail", "reason": "EPERM"},
+        {"testcase": "kselftest", "name": "x", "status": "skip"},
+        {"testcase": "kselftest", "name": "y", "status": "bogus"},
+        {"name": 3},
+    ]
+    cell.write_text(json.dumps(data))
+    out = _convert(run_dir)
+    kcidb_io.schema.V5_3.validate_exactly(out)
+    subs = {t["path"]: t for t in out["tests"] if t["path"].startswith("lab.pressure.")}  # type: ignore[attr-defined]
+    assert {p: t["status"] for p, t in subs.items()} == {
+        "lab.pressure.file_IO_is_blocked": "PASS",
+        "lab.pressure.suite.ptrace": "FAIL",
+        "lab.pressure.x": "SKIP",
+        "lab.pressure.y": "ERROR",
+    }
+    cell_test = next(t for t in out["tests"] if t["path"] == "lab.pressure"  # type: ignore[attr-defined]
+                     and "x86_64/U0/pressure" in t["id"])  # fmt: skip
+    assert all(t["build_id"] == cell_test["build_id"] for t in subs.values())
+    assert len({t["id"] for t in out["tests"]}) == len(out["tests"])  # type: ignore[arg-type]

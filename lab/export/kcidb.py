@@ -29,6 +29,10 @@ MAX_EXCERPT = 16384  # KCIDB's log_excerpt maxLength
 MAX_TEXT = 1000  # other free text (comments, misc strings)
 ORIGIN = re.compile(r"[a-z0-9_]+")
 STATUS = {"expected": "PASS", "unexpected": "FAIL", "infra": "ERROR"}
+# lab.ktap statuses: an expected failure passed; a TODO ran without a verdict.
+SUBTEST_STATUS = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP", "xfail": "PASS",
+                  "todo": "DONE", "timeout": "ERROR", "error": "ERROR"}  # fmt: skip
+MAX_SUBTESTS = 1000  # per cell
 
 
 def _text(value: Any, limit: int = MAX_TEXT) -> str:
@@ -180,6 +184,7 @@ def convert(
             env["misc"] = {"qemu": _text(c.data.get("qemu_version"), 200)}
         test["environment"] = env
         tests.append(test)
+        tests += _subtests(test, c.data.get("subtests"))
     for rid in planned:
         if rid in done:
             continue
@@ -200,3 +205,26 @@ def convert(
         "builds": list(builds.values()),
         "tests": tests,
     }
+
+
+def _subtests(cell_test: Mapping[str, Any], subtests: Any) -> list[dict[str, Any]]:
+    """A selftest cell's KTAP subtests (cell.json `subtests`, lab.ktap) as tests under
+    the cell's path: lab.<test case>.<subtest path>."""
+    out: list[dict[str, Any]] = []
+    for i, st in enumerate(subtests[:MAX_SUBTESTS] if isinstance(subtests, list) else []):
+        if not isinstance(st, dict) or not isinstance(st.get("name"), str):
+            continue
+        path = ".".join(_path_part(p) for p in st["name"].split(".")[:20])
+        status = SUBTEST_STATUS.get(str(st.get("status")), "ERROR")
+        test: dict[str, Any] = {
+            "id": f"{cell_test['id']}:{i + 1}",
+            "build_id": cell_test["build_id"],
+            "origin": cell_test["origin"],
+            "path": f"{cell_test['path']}.{path}",
+            "status": status,
+            "misc": {"ktap_status": _text(st.get("status"), 40)},
+        }
+        if st.get("reason"):
+            test["comment"] = _text(st.get("reason"))
+        out.append(test)
+    return out
