@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lab import build, cache, config, provenance, report, results
+from lab.cli import jsonout
 from lab.cli.common import _load
 from lab.config import hosts
 from lab.errors import LabError, UserError, printable
@@ -290,6 +292,8 @@ def cmd_hosts_check(args: argparse.Namespace) -> int:
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
+    if args.json and not args.list:
+        raise UserError("--json goes with --list (a run's results are run.json and cell.json)")
     cfg = _load(args)
     tcs = testcase.discover(cfg.testcases_dir, CLASSES)
     for problem in matrix.unknown_rule_keys(cfg, tcs):
@@ -333,6 +337,9 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             cells = matrix.shard(cells, *matrix.parse_shard(args.shard))
         if not cells:
             raise UserError("the selection holds no cells")
+        if args.list and args.json:
+            print(json.dumps(jsonout.matrix_list(cells), indent=2))
+            return 0
         if args.list:
             for c in cells:
                 rule = c.cell.expectation()

@@ -109,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the planned cells and their expectations; run nothing",
     )
+    mx.add_argument("--json", action="store_true", help="with --list: one JSON document")
     mx.add_argument(
         "--hosts",
         default="",
@@ -148,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("compare", help="cells whose outcome changed between two runs")
     cp.add_argument("run_a")
     cp.add_argument("run_b")
+    cp.add_argument("--json", action="store_true", help="the changes as one JSON document")
     cp.set_defaults(func=cmd_compare)
     mg = sub.add_parser("merge", help="merge shard runs into one run and report")
     mg.add_argument("runs", nargs="+")

@@ -1,0 +1,84 @@
+"""--json on `lab matrix --list` (what a CI matrix generator reads) and `lab compare`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RUN = "20261126-080000-matrix-5e1f"
+
+
+def _lab(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lab", "--config", str(REPO / "lab.toml"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+
+
+def test_matrix_list_json_is_one_object_per_cell() -> None:
+    text = _lab("matrix", "--list", "-a", "x86_64", "-t", "api", "-V", "U0", "-V", "C0")
+    js = _lab("matrix", "--list", "--json", "-a", "x86_64", "-t", "api", "-V", "U0", "-V", "C0")
+    assert js.returncode == 0, js.stderr
+    data = json.loads(js.stdout)
+    assert data["format"] == 1
+    ids = [c["id"] for c in data["cells"]]
+    assert ids == [ln.split()[0] for ln in text.stdout.splitlines()]
+    cell = data["cells"][0]
+    assert set(cell) == {"id", "dir", "arch", "variant", "testcase", "repeat", "kernel",
+                         "expected", "rule"}  # fmt: skip
+    assert cell["arch"] == "x86_64" and cell["testcase"] == "api" and cell["expected"] == ["pass"]
+    assert data["kernels"] == sorted({c["kernel"] for c in data["cells"]})
+
+
+def test_compare_json_lists_changes_and_keeps_the_exit_code(tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    shutil.copytree(REPO / "tests" / "data" / "run" / "results" / RUN, a)
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    cell = b / "cells" / "x86_64--U0--pressure" / "cell.json"
+    data = json.loads(cell.read_text())
+    cell.write_text(json.dumps({**data, "observed": "sigbus", "verdict": "unexpected"}))
+    out = _lab("compare", str(a), str(b), "--json")
+    assert out.returncode == 1, out.stderr  # a regression, as without --json
+    got = json.loads(out.stdout)
+    assert got["format"] == 1 and got["a"] == "a" and got["b"] == "b"
+    (change,) = [c for c in got["changes"] if c["id"] == "x86_64/U0/pressure"]
+    assert change == {"kind": "regression", "id": "x86_64/U0/pressure",
+                      "a_observed": "oom_kill", "b_observed": "sigbus",
+                      "a_verdict": "expected", "b_verdict": "unexpected"}  # fmt: skip
+
+
+def test_matrix_json_without_list_is_one_line() -> None:
+    out = _lab("matrix", "--json", "-a", "x86_64", "-t", "api")
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0
+    assert "--json goes with --list" in out.stderr
+
+
+def test_the_per_kernel_workflow_fans_out_over_the_plans_kernels(tmp_path: Path) -> None:
+    import yaml
+
+    wf = yaml.safe_load((REPO / "ci" / "per-kernel.yml").read_text())
+    assert wf["jobs"]["kernel"]["strategy"]["matrix"]["include"] == (
+        "${{ fromJSON(needs.plan.outputs.kernels) }}"
+    )
+    plan = _lab("matrix", "--list", "--json", "-a", "x86_64", "-t", "api")
+    (tmp_path / "plan.json").write_text(plan.stdout)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "ci" / "kernels_of_plan.py"), str(tmp_path / "plan.json")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.startswith("kernels=") and out.count("\n") == 1
+    kernels = json.loads(out.removeprefix("kernels="))
+    listed = {c["kernel"] for c in json.loads(plan.stdout)["cells"]}
+    assert {f"{k['arch']}/{k['variant']}" for k in kernels} == listed
+    # each kernel job's command line selects exactly that kernel's cells
+    (step,) = [s for s in wf["jobs"]["kernel"]["steps"] if "matrix -a" in s.get("run", "")]
+    assert step["run"].startswith("./labw matrix -a ${{ matrix.arch }} -V ${{ matrix.variant }}")
