@@ -202,3 +202,27 @@ def test_bundle_takes_a_cell_under_the_results_directory(tmp_path: Path) -> None
     assert cell_dir_of("run1/cells/a--b--c", tmp_path / "results") == cell
     with pytest.raises(UserError, match="run1/cells/nope: not a cell directory"):
         cell_dir_of("run1/cells/nope", tmp_path / "results")
+
+
+def test_a_hostile_cell_json_names_no_path_outside_the_cache(tmp_path: Path, repo: Path) -> None:
+    from lab import config, results
+    from lab.export.repro import _kernel
+
+    cfg = config.load(repo / "lab.toml")
+    for key in ("../../../etc", "/etc/passwd", "ab", None, 7):
+        rec = results.CellResult(tmp_path, {"id": "a/b/c", "kernel": {"key": key}}, {})
+        with pytest.raises(UserError, match="is not a kernel key"):
+            _kernel(cfg, rec)
+    rec = results.CellResult(tmp_path, {"id": "a/b/c", "kernel": {"key": "0" * 24}}, {})
+    with pytest.raises(UserError, match="not in the cache"):
+        _kernel(cfg, rec)
+
+
+def test_an_oversized_qemu_argv_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "qemu.argv").write_bytes(b"x" * (repro.MAX_ARGV + 1))
+    with pytest.raises(UserError, match="qemu.argv"):
+        repro._read_argv(tmp_path)
+    (tmp_path / "qemu.argv").unlink()
+    (tmp_path / "qemu.argv").symlink_to("/etc/hostname")
+    with pytest.raises(UserError, match="outside"):
+        repro._read_argv(tmp_path)
