@@ -82,3 +82,24 @@ def test_the_per_kernel_workflow_fans_out_over_the_plans_kernels(tmp_path: Path)
     # each kernel job's command line selects exactly that kernel's cells
     (step,) = [s for s in wf["jobs"]["kernel"]["steps"] if "matrix -a" in s.get("run", "")]
     assert step["run"].startswith("./labw matrix -a ${{ matrix.arch }} -V ${{ matrix.variant }}")
+
+
+def test_hosts_check_json_is_one_entry_per_host() -> None:
+    from lab.cli import jsonout
+    from lab.config import hosts
+    from lab.hosts.check import CheckLine
+
+    h = hosts.Host("h1", "10.0.0.1", 22, "lab", Path("k"), Path("kh"), "strict", 2,
+                   ("x86_64",), False, "~/lab", "python3")  # fmt: skip
+    data = jsonout.hosts_check(
+        [h], {"h1": [CheckLine("reachable", True, "ssh ok"), CheckLine("disk", False, "1 GB\0")]}
+    )
+    assert data["format"] == 1 and data["ok"] is False
+    (entry,) = data["hosts"]
+    assert entry["name"] == "h1" and entry["capacity"] == 2 and entry["arches"] == ["x86_64"]
+    assert entry["checks"] == [
+        {"label": "reachable", "ok": True, "detail": "ssh ok"},
+        {"label": "disk", "ok": False, "detail": "1 GB\\x00"},
+    ]
+    none = jsonout.hosts_check([h], {})
+    assert none["hosts"][0]["checks"] == [{"label": "check", "ok": False, "detail": "no answer"}]

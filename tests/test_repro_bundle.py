@@ -220,7 +220,7 @@ def test_a_hostile_cell_json_names_no_path_outside_the_cache(tmp_path: Path, rep
 
 def test_an_oversized_qemu_argv_is_refused(tmp_path: Path) -> None:
     (tmp_path / "qemu.argv").write_bytes(b"x" * (repro.MAX_ARGV + 1))
-    with pytest.raises(UserError, match="qemu.argv"):
+    with pytest.raises(UserError, match=r"qemu\.argv"):
         repro._read_argv(tmp_path)
     (tmp_path / "qemu.argv").unlink()
     (tmp_path / "qemu.argv").symlink_to("/etc/hostname")

@@ -280,6 +280,10 @@ def cmd_hosts_check(args: argparse.Namespace) -> int:
         answers[h.name] = hosts_check.check(cfg, h, upload=not args.no_upload)
 
     ssh.each_host(chosen, one)
+    if args.json:
+        doc = jsonout.hosts_check(chosen, answers)
+        print(json.dumps(doc, indent=2))
+        return 0 if doc["ok"] else 2
     ok = True
     for h in chosen:
         arches = ", ".join(h.arches) if h.arches else "all"

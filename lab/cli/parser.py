@@ -124,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="per host: reachable, python, lab bundle, QEMU, accelerator, disk"
     )
     hc.add_argument("--hosts", default="", metavar="NAME,...|all", help="default: all")
+    hc.add_argument("--json", action="store_true", help="the checks as one JSON document")
     hc.add_argument(
         "--no-upload",
         action="store_true",
