@@ -1,4 +1,5 @@
-"""--json on `lab matrix --list` (what a CI matrix generator reads) and `lab compare`."""
+"""--json on `lab matrix --list` (what a CI matrix generator reads), `lab compare`,
+`lab hosts check` and `lab reproduce`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = "20261126-080000-matrix-5e1f"
@@ -103,3 +106,37 @@ def test_hosts_check_json_is_one_entry_per_host() -> None:
     ]
     none = jsonout.hosts_check([h], {})
     assert none["hosts"][0]["checks"] == [{"label": "check", "ok": False, "detail": "no answer"}]
+
+
+def test_reproduce_json_is_the_answers_alone_on_stdout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+    import dataclasses
+
+    from lab import config
+    from lab.cli import reproduce
+    from lab.config import failures
+    from lab.outcome import CLASSES
+    from lab.run import runner
+
+    cfg = dataclasses.replace(config.load(REPO / "lab.toml"), results_dir=tmp_path / "results")
+    monkeypatch.setattr(reproduce, "_load", lambda _a: cfg)
+
+    def scripted(cfg_: object, cells: list, run_dir: Path, *_a: object, **_k: object) -> int:  # type: ignore[type-arg]
+        for p in cells:  # no boots: every cell an infra result
+            runner.infra_cell(cfg, p, run_dir / "cells" / p.dirname, "scripted")
+        return 2
+
+    monkeypatch.setattr(reproduce, "run_matrix", scripted)
+    mode = failures.parse(cfg.extra.get("failure_mode"), cfg.file, CLASSES)[0]
+    args = argparse.Namespace(
+        id=[mode.id], arch=["x86_64"], jobs=1, list=False, markdown=None, json=True
+    )
+    assert reproduce.cmd_reproduce(args) == 2
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert doc["format"] == 1 and Path(doc["run"]).parent == tmp_path / "results"
+    assert doc["answers"] and {a["failure_mode"] for a in doc["answers"]} == {mode.id}
+    assert all(a["observed"] == "infra_error" for a in doc["answers"])
+    assert f"{mode.id}: " in err  # the text for people, on stderr

@@ -138,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--jobs", "-j", type=int, default=0)
     rp.add_argument("--list", action="store_true", help="list the failure modes")
     rp.add_argument(
+        "--json", action="store_true", help="the answers as one JSON document (text to stderr)"
+    )
+    rp.add_argument(
         "--markdown",
         metavar="RUN",
         help="print the ledger of a finished reproduce run as Markdown (docs/ledger.md)",

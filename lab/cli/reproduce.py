@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 from lab import build, cache, results
@@ -63,10 +65,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     code = run_matrix(cfg, list(cells.values()), run_dir, jobs, quiet=True)
     records = {r.id: r for r in results.read_cells(run_dir)}
     answers = []
+    # --json: the JSON document alone on stdout; the text for people goes to stderr.
+    out = sys.stderr if args.json else sys.stdout
     for m in chosen:
-        print(f"{m.id}: {m.who} <{m.lore_url}>")
-        print(f'  claim: "{m.claim}"')
-        print(f"  reproduced if: {' or '.join(m.reproduced)}")
+        print(f"{m.id}: {m.who} <{m.lore_url}>", file=out)
+        print(f'  claim: "{m.claim}"', file=out)
+        print(f"  reproduced if: {' or '.join(m.reproduced)}", file=out)
         # one line per (era, arch), then each cell's answer and evidence under it
         groups: dict[tuple[str, str], list[matrix.Planned]] = {}
         for c in cells.values():
@@ -102,8 +106,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                         f"      {'L' + str(ev['line_no']) if ev['line_no'] else 'agent':>6} "
                         f"{ev['text']}"
                     )
-            print(f"  era {era or '-'} {arch}: {failures.summarise(got).upper()}")
-            print("\n".join(lines))
+            print(f"  era {era or '-'} {arch}: {failures.summarise(got).upper()}", file=out)
+            print("\n".join(lines), file=out)
     cache.write_json(run_dir / "reproduce.json", answers)
-    print(f"run: {run_dir}")
+    if args.json:
+        print(json.dumps({"format": 1, "run": str(run_dir), "answers": answers}, indent=2))
+    else:
+        print(f"run: {run_dir}")
     return code
