@@ -71,6 +71,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 # --- boot ------------------------------------------------------------------------
 
 BOOT_FAILED = 125  # like timeout(1)/docker: the lab failed, not the command
+DEADLINE = 124  # like timeout(1): a deadline expired (boot hang, command overran --timeout)
 MAX_CONSOLE = 1 << 30  # bytes of a cell directory's console.log that `lab classify` reads
 
 
@@ -132,7 +133,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
                 for line in exc.lines:
                     print(f"  | {line}", file=sys.stderr)
                 print(f"lab: console log: {workdir / 'console.log'}", file=sys.stderr)
-                return BOOT_FAILED
+                return DEADLINE if exc.kind == "hang" else BOOT_FAILED
             if args.exec is None:
                 print(
                     f"lab: {arch.name}/{variant.name} ready ({prepared.accel.accel}); Ctrl-] quits",
@@ -158,7 +159,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
                     )
                     for line in m.console.tail(10) if m.console else []:
                         print(f"  | {line}", file=sys.stderr)
-                    status = BOOT_FAILED
+                    status = DEADLINE if how == "timeout" else BOOT_FAILED
     finally:
         boot.discard_initrd(workdir)
     t = m.timings()
