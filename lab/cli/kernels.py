@@ -7,12 +7,13 @@ import json
 import sys
 import time
 
-from lab import build, config
+from lab import build
 from lab.build import source
 from lab.cli.common import BuildFailed, _load
+from lab.cli.options import the_variant
 from lab.errors import LabError
 from lab.progress import Reporter
-from lab.run import selection
+from lab.run import orchestrate, selection
 from lab.vm import boot, machine
 
 # --- build -------------------------------------------------------------------------
@@ -70,29 +71,14 @@ def cmd_build(args: argparse.Namespace) -> int:
 # --- boot ------------------------------------------------------------------------
 
 BOOT_FAILED = 125  # like timeout(1)/docker: the lab failed, not the command
-MAX_CONSOLE = 1 << 30  # bytes of a cell directory's console.log that `lab classify` reads
-
-
-def _kernel_for(
-    cfg: config.LabConfig, arch: config.ArchSpec, variant: config.Variant, reporter: Reporter
-) -> build.Kernel:
-    build.check_host_tools()
-    p = build.plan(cfg, arch, variant, 0, reporter.line)
-    task = reporter.task(p.label)
-    built = build.build(cfg, p, task)
-    if built.kernel is None:  # a result, but lab boot/run cannot go on without the kernel
-        task.finish("failed")
-        raise LabError(built.message)
-    task.finish("kernel cached" if built.kernel.cached else "kernel built")
-    return built.kernel
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
     cfg = _load(args)
     arch = cfg.arch(args.arch)
-    variant = cfg.variant(args.variant) if args.variant else cfg.variants[0]
+    variant = the_variant(cfg, args.variant)
     with Reporter() as reporter:
-        kernel = _kernel_for(cfg, arch, variant, reporter)
+        kernel = orchestrate.one_kernel(cfg, arch, variant, reporter)
         base = boot.base_image(cfg, arch, reporter.line)
     job: dict[str, object] = (
         {"mode": "shell"} if args.exec is None else {"mode": "exec", "command": args.exec}

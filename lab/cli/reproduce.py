@@ -8,11 +8,11 @@ from pathlib import Path
 from lab import build, cache, results
 from lab.cli.common import _load
 from lab.cli.ledger import render_ledger
-from lab.cli.matrix import _run_header, run_matrix
+from lab.cli.printer import evidence_lines
 from lab.config import failures
 from lab.errors import LabError
 from lab.outcome import CLASSES
-from lab.run import matrix, testcase
+from lab.run import matrix, orchestrate, testcase
 
 # --- reproduce ----------------------------------------------------------------------------
 
@@ -46,7 +46,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             [m.testcase],
         ):
             cells.setdefault(c.id, c)
-    header = _run_header(
+    header = orchestrate.run_header(
         cfg,
         list(cells.values()),
         {
@@ -60,7 +60,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     )
     run_dir = results.new_run(cfg.results_dir, "reproduce", header)
     jobs = args.jobs or cfg.jobs or build.default_jobs(cfg)
-    code = run_matrix(cfg, list(cells.values()), run_dir, jobs, quiet=True)
+    code = orchestrate.run_matrix(cfg, list(cells.values()), run_dir, jobs)
     records = {r.id: r for r in results.read_cells(run_dir)}
     answers = []
     for m in chosen:
@@ -97,11 +97,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                     f"    {c.cell.id}: {ans.upper()}: observed {rec.observed} "
                     f"({rec.data.get('detail', '')})"
                 )
-                for ev in rec.evidence.get("evidence", [])[:4]:
-                    lines.append(
-                        f"      {'L' + str(ev['line_no']) if ev['line_no'] else 'agent':>6} "
-                        f"{ev['text']}"
-                    )
+                lines += evidence_lines(rec.lines, "      ", 4)
             print(f"  era {era or '-'} {arch}: {failures.summarise(got).upper()}")
             print("\n".join(lines))
     cache.write_json(run_dir / "reproduce.json", answers)

@@ -120,6 +120,10 @@ class RemoteWorker:
         self._aborted = True
         self.close()
 
+    def summary(self) -> dict[str, Any]:
+        """The cells the host finished and, if it was lost, why (run.json `hosts`)."""
+        return {"cells": self.cells, **({"status": f"lost: {self._lost}"} if self._lost else {})}
+
     def close(self) -> None:
         with self._lock:
             conns, self._open = self._open, []

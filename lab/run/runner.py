@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import platform
 import secrets
 import shutil
@@ -24,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-from lab import cache, classify, image, proc
+from lab import cache, classify, image, proc, results
 from lab.build import Kernel, kselftest, source
 from lab.config import ArchSpec, BootSpec, LabConfig, QemuSpec
 from lab.errors import InfraError, LabError, UserError
@@ -33,7 +34,7 @@ from lab.outcome import Deadline, Verdict
 from lab.results import CellResult
 from lab.run import matrix
 from lab.run.cell import Cell, expected_banner, job_for, reproducer
-from lab.vm import boot
+from lab.vm import boot, channel
 from lab.vm.machine import BootError
 
 MARGIN = 30.0  # seconds the host waits beyond a test case's own (in-guest) deadline
@@ -263,6 +264,47 @@ def recorded_facts(facts: classify.RunFacts) -> dict[str, Any]:
     }
 
 
+def cell_facts(cell_dir: Path) -> classify.RunFacts:
+    """What the lab knew about a recorded cell: its records and the run facts the runner
+    wrote into cell.json (a cell directory may come from anywhere: bounded, confined)."""
+    reader = channel.Reader()
+    try:
+        if os.path.lexists(cell_dir / "result.jsonl"):
+            reader.feed(
+                results.read_inside(
+                    cell_dir, cell_dir / "result.jsonl", channel.MAX_TOTAL, whole=False
+                )
+            )
+        info = (
+            results.loads_bounded(
+                results.read_inside(cell_dir, cell_dir / "cell.json", results.MAX_CELL_JSON),
+                results.MAX_CELL_JSON,
+            )
+            if os.path.lexists(cell_dir / "cell.json")
+            else {}
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{cell_dir}: unreadable cell: {exc}") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{cell_dir}/cell.json: not a JSON object")
+    records = list(reader.records)
+    # A cell recorded before cell.json kept `ready`: inferred from the agent's records.
+    ready = info.get("ready", any(r.get("type") == "ready" for r in records))
+    try:
+        return classify.RunFacts.from_mapping(
+            {
+                "ready": ready,
+                "deadline": info.get("deadline"),
+                "qemu_exit": info.get("qemu_exit"),
+                "records": records,
+                "problems": list(reader.problems),
+                "expected_banner": info.get("banner"),
+            }
+        )
+    except LabError as exc:
+        raise UserError(f"{cell_dir / 'cell.json'}: {exc}") from None
+
+
 def run_cell(
     cfg: LabConfig,
     cell: Cell,
@@ -342,6 +384,14 @@ class Worker(Protocol):
         """Stop in-flight cells now (Ctrl-C, SIGTERM)."""
         ...
 
+    def close(self) -> None:
+        """Release what the worker holds (connections) once the run has ended."""
+        ...
+
+    def summary(self) -> dict[str, Any]:
+        """What run.json adds about the worker when the run ends (its `hosts` entry)."""
+        ...
+
 
 @dataclass(frozen=True)
 class LocalWorker:
@@ -376,6 +426,12 @@ class LocalWorker:
 
     def abort(self) -> None:
         proc.kill_all()
+
+    def close(self) -> None:
+        pass  # nothing held between cells
+
+    def summary(self) -> dict[str, Any]:
+        return {}  # run.json has no entry for this machine's slots
 
 
 @dataclass
