@@ -130,11 +130,10 @@ class ScriptedMachine:
 
 
 def _scripted_launch(records: tuple[dict[str, Any], ...], how: str) -> Callable[..., boot.Prepared]:
-    def launch(arch: Any, kernel: Path, base: Path, _ov: bytes, _id: str, cmdline: str,
-               memory: int, smp: int, workdir: Path, *_rest: Any) -> boot.Prepared:  # fmt: skip
+    def launch(req: boot.LaunchRequest, workdir: Path, *_rest: Any) -> boot.Prepared:
         machine = ScriptedMachine(workdir, records, how)
-        spec = Launch(arch, "tcg", kernel, workdir / "initrd.cpio.gz", cmdline,
-                      workdir / "result.jsonl", memory, smp)  # fmt: skip
+        spec = Launch(req.arch, "tcg", req.kernel_image, workdir / "initrd.cpio.gz", req.cmdline,
+                      workdir / "result.jsonl", req.memory_mib, req.smp)  # fmt: skip
         return boot.Prepared(machine, Choice("tcg", "kvm disabled in lab.toml"), spec)  # type: ignore[arg-type]
 
     return launch
@@ -148,7 +147,8 @@ def _executed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> resu
     monkeypatch.setattr(boot, "launch", _scripted_launch(PASS_RECORDS, how))
     monkeypatch.setattr(runner, "guest_files", lambda *_a, **_k: {})
     d = tmp_path / "cells" / p.dirname
-    res = runner.run_cell(cfg, p.cell, kernel, base, d, run_cell_id=p.id, repeat=p.repeat)
+    inputs = runner.Inputs(kernel, base)
+    res = runner.execute_here(cfg, p.cell, inputs, d, run_cell_id=p.id, repeat=p.repeat)
     assert res.dir == d and res.run_cell_id == p.id
     return res
 

@@ -189,7 +189,7 @@ class HostileHost:
         pass
 
     def run(
-        self, p: matrix.Planned, kernel: object, base: object, d: Path, tried: tuple[str, ...]
+        self, p: matrix.Planned, inputs: object, d: Path, tried: tuple[str, ...]
     ) -> runner.CellResult:
         self.ran.append(p.id)
         src = d.parent.parent / f"{p.dirname}.tar.gz"

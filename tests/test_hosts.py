@@ -395,9 +395,7 @@ class FakeWorker:
     def abort(self) -> None:
         pass
 
-    def run(
-        self, p: Planned, kernel: object, base: object, d: Path, tried: tuple[str, ...]
-    ) -> runner.CellResult:
+    def run(self, p: Planned, inputs: object, d: Path, tried: tuple[str, ...]) -> runner.CellResult:
         if self.gone:
             raise runner.HostDown(self.name, self.gone, ran=False)
         self.ran.append(p.id)

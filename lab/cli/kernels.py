@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from lab import build
 from lab.build import source
@@ -83,11 +84,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
     job: dict[str, object] = (
         {"mode": "shell"} if args.exec is None else {"mode": "exec", "command": args.exec}
     )
-    req = boot.BootRequest(
-        arch, variant, kernel, base, job, extra_cmdline=args.append, memory_mib=args.memory
-    )
+    req = boot.request(cfg, arch, variant, kernel, base, job, args.append, args.memory)
     workdir = boot.new_workdir(cfg, f"{arch.name}-{variant.name}")
-    prepared = boot.prepare(cfg, req, workdir, lambda m: print(f"lab: {m}", file=sys.stderr))
+    prepared = boot.launch(req, workdir, lambda m: print(f"lab: {m}", file=sys.stderr))
     m = prepared.machine
     out: dict[str, list[str]] = {"stdout": [], "stderr": []}
     status: int | None = None
@@ -102,46 +101,36 @@ def cmd_boot(args: argparse.Namespace) -> int:
                 target.write(data)
                 target.flush()
 
-    try:
-        with m:
-            try:
-                m.wait_ready()
-            except machine.BootError as exc:
-                print(f"lab: boot failed: {exc}", file=sys.stderr)
-                for line in exc.lines:
-                    print(f"  | {line}", file=sys.stderr)
-                print(f"lab: console log: {workdir / 'console.log'}", file=sys.stderr)
-                return BOOT_FAILED
-            if args.exec is None:
+    with boot.started(prepared, workdir):
+        try:
+            m.wait_ready()
+        except machine.BootError as exc:
+            print(f"lab: boot failed: {exc}", file=sys.stderr)
+            _console(exc.lines, workdir)
+            return BOOT_FAILED
+        if args.exec is None:
+            print(
+                f"lab: {arch.name}/{variant.name} ready ({prepared.accel.accel}); Ctrl-] quits",
+                file=sys.stderr,
+            )
+            m.interact()
+            status = 0
+        else:
+            status, why = boot.exec_command(m, args.timeout, on_record)
+            if status is None:
                 print(
-                    f"lab: {arch.name}/{variant.name} ready ({prepared.accel.accel}); Ctrl-] quits",
-                    file=sys.stderr,
+                    f"lab: command {why}; console log: {workdir / 'console.log'}", file=sys.stderr
                 )
-                m.interact()
-                status = 0
-            else:
-                how = m.follow(lambda r: r.get("type") == "exit", args.timeout, on_record)
-                exit_rec = m.results.first("exit")
-                if exit_rec is not None and isinstance(exit_rec.get("status"), int):
-                    status = int(exit_rec["status"])
-                    m.follow(lambda r: r.get("type") == "done", 5.0, on_record)
-                    m.wait_exit()
-                else:
-                    why = {
-                        "timeout": f"did not finish within {args.timeout:.0f}s",
-                        "exited": "the guest stopped before the command finished",
-                    }[how]
-                    print(
-                        f"lab: command {why}; console log: {workdir / 'console.log'}",
-                        file=sys.stderr,
-                    )
-                    for line in m.console.tail(10) if m.console else []:
-                        print(f"  | {line}", file=sys.stderr)
-                    status = BOOT_FAILED
-    finally:
-        boot.discard_initrd(workdir)
-    t = m.timings()
+                for line in m.console.tail(10) if m.console else []:
+                    print(f"  | {line}", file=sys.stderr)
     if args.json:
+        t = m.timings()
+        timings = {
+            "ready": t.ready,
+            "agent": t.first_result,
+            "command_done": m.arrivals.get("exit"),
+            "total": t.total,
+        }
         print(
             json.dumps(
                 {
@@ -152,12 +141,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
                     "accel_reason": prepared.accel.reason,
                     "qemu_argv": prepared.launch.argv(),
                     "workdir": str(workdir),
-                    "timings": {
-                        "ready": t.ready,
-                        "agent": t.first_result,
-                        "command_done": m.arrivals.get("exit"),
-                        "total": t.total,
-                    },
+                    "timings": timings,
                     "exit_status": status,
                     "stdout": "".join(out["stdout"]),
                     "stderr": "".join(out["stderr"]),
@@ -166,3 +150,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
             )
         )
     return status if status is not None else BOOT_FAILED
+
+
+def _console(lines: list[str], workdir: Path) -> None:
+    for line in lines:
+        print(f"  | {line}", file=sys.stderr)
+    print(f"lab: console log: {workdir / 'console.log'}", file=sys.stderr)

@@ -38,7 +38,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from lab import cache, results
-from lab.build import Kernel
 from lab.config import LabConfig
 from lab.config.hosts import Host
 from lab.errors import InfraError, LabError, printable
@@ -66,7 +65,6 @@ from lab.hosts.transfer import (
     result_problem,
     store_cell,
 )
-from lab.image import BaseImage
 from lab.run import matrix, runner
 
 # --- running cells on a host ------------------------------------------------------------
@@ -137,14 +135,14 @@ class RemoteWorker:
     def run(
         self,
         p: matrix.Planned,
-        kernel: Kernel,
-        base: BaseImage,
+        inputs: runner.Inputs,
         directory: Path,
         requeued_from: tuple[str, ...],
     ) -> results.CellResult:
         if self._lost:
             raise runner.HostDown(self.name, self._lost, ran=False)
-        job, files = runner.prepare_cell(self.cfg, p.cell, kernel, base, p.id, p.repeat)
+        job, files = runner.prepare_cell(self.cfg, p.cell, inputs, p.id, p.repeat)
+        kernel, base = inputs.kernel, inputs.base
         images = (
             f"kernels/{kernel.key}/{kernel.image.name}",
             f"images/{p.cell.arch.name}/{base.key}/base.cpio.gz",

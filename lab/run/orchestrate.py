@@ -15,9 +15,8 @@ from typing import Any
 
 from lab import build, cache, config, report, results
 from lab.errors import LabError, UserError
-from lab.image import BaseImage
 from lab.progress import Reporter
-from lab.run import matrix, runner
+from lab.run import matrix, needs, runner
 from lab.run.testcase import TestCase
 from lab.vm import boot
 
@@ -178,16 +177,16 @@ class _Run:
         status: results.RunStatus = "interrupted"
         try:
             with Reporter() as reporter:
-                kernels, images = self._prepare(reporter)
-                self._cells(reporter, kernels, images)
+                self._cells(reporter, self._prepare(reporter))
             status = "complete"
         finally:
             records = self._finish(status)
         return results.exit_code(self.meta.to_json(), records)
 
-    def _prepare(self, reporter: Reporter) -> tuple[dict[str, build.Kernel], dict[str, BaseImage]]:
-        """Kernels and base images for the cells still to run; a kernel that did not build
-        makes its cells infra cells now."""
+    def _prepare(self, reporter: Reporter) -> runner.Artifacts:
+        """Kernels, base images and test-case needs for the cells still to run, all built
+        before any cell is scheduled; a kernel or need that did not build makes its cells
+        infra cells now."""
         run, todo = self.meta, self.todo
         kernels, failed = build_kernels(self.cfg, matrix.kernels(todo), reporter)
         provenance = {label: kernel_provenance(k) for label, k in kernels.items()}
@@ -198,22 +197,20 @@ class _Run:
             img = boot.base_image(self.cfg, self.cfg.arch(arch_name), reporter.line)
             images[arch_name] = img
             run.images = {**(run.images or {}), arch_name: {"key": img.key, "path": str(img.path)}}
+        binaries, unmet = needs.resolve(self.cfg, [c.cell for c in todo if c.kernel in kernels])
         seconds = round(time.monotonic() - self.started, 1)
         run.durations = {**(run.durations or {}), "build_and_images": seconds}
         run.write(self.run_dir)
         for c in todo:
-            if c.kernel in failed:
-                why = f"kernel did not build: {failed[c.kernel]}"
-                runner.infra_cell(self.cfg, c, self.run_dir / "cells" / c.dirname, why)
-        return kernels, images
+            need = needs.failure(c.cell, unmet)
+            if c.kernel in failed or need is not None:
+                why = f"kernel did not build: {failed[c.kernel]}" if c.kernel in failed else ""
+                d = self.run_dir / "cells" / c.dirname
+                runner.infra_cell(self.cfg, c, d, why or str(need))
+        return runner.Artifacts(kernels, images, binaries, unmet)
 
-    def _cells(
-        self,
-        reporter: Reporter,
-        kernels: dict[str, build.Kernel],
-        images: dict[str, BaseImage],
-    ) -> None:
-        runnable = [c for c in self.todo if c.kernel in kernels]
+    def _cells(self, reporter: Reporter, built: runner.Artifacts) -> None:
+        runnable = [c for c in self.todo if built.ready(c)]
         progress = _Progress(reporter, f"matrix {self.run_dir.name}", len(runnable))
         progress.show()
         workers: Sequence[runner.Worker] = []
@@ -225,14 +222,15 @@ class _Run:
                 self.cfg,
                 runnable,
                 self.run_dir,
-                kernels,
-                images,
+                built.kernels,
+                built.images,
                 self.jobs,
                 runner.Stop(),
                 progress.on_start,
                 progress.on_done,
                 workers=workers,
                 on_note=reporter.line,
+                binaries=built.binaries,
             )
         finally:
             self._close(workers)

@@ -15,7 +15,6 @@ import dataclasses
 import datetime
 import os
 import platform
-import secrets
 import shutil
 import threading
 import time
@@ -25,16 +24,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-from lab import cache, classify, image, proc, results
-from lab.build import Kernel, kselftest, source
+from lab import cache, classify, proc, results
+from lab.build import Kernel
 from lab.config import ArchSpec, BootSpec, LabConfig, QemuSpec
 from lab.errors import InfraError, LabError, UserError
 from lab.image import BaseImage
 from lab.outcome import Deadline, Verdict
 from lab.results import CellResult
-from lab.run import matrix
+from lab.run import matrix, needs
 from lab.run.cell import Cell, expected_banner, job_for, reproducer
 from lab.vm import boot, channel
+from lab.vm.boot import Files, LaunchRequest
 from lab.vm.machine import BootError
 
 MARGIN = 30.0  # seconds the host waits beyond a test case's own (in-guest) deadline
@@ -69,6 +69,48 @@ class CellJob:
     def boot_spec(self) -> BootSpec:
         return BootSpec(**self.boot)
 
+    def launch_request(
+        self, kernel_image: Path, base_image: Path, files: Files, cache_root: Path
+    ) -> LaunchRequest:
+        """The boot of this job, wherever it runs (the images are the host's copies)."""
+        return LaunchRequest(
+            arch=self.arch_spec(),
+            kernel_image=kernel_image,
+            base_image=base_image,
+            agent_job=self.agent_job,
+            cmdline=self.cmdline,
+            memory_mib=self.memory_mib,
+            smp=self.smp,
+            timeouts=self.boot_spec(),
+            cache_root=cache_root,
+            files=files,
+        )
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """What a matrix run built before scheduling its cells: kernels by label, base images
+    by arch, test-case needs by (arch, need), and the needs that did not build."""
+
+    kernels: Mapping[str, Kernel]
+    images: Mapping[str, BaseImage]
+    binaries: Mapping[needs.Need, Path]
+    unmet: Mapping[needs.Need, LabError]
+
+    def ready(self, p: matrix.Planned) -> bool:
+        """Everything the planned cell needs was built."""
+        return p.kernel in self.kernels and needs.failure(p.cell, self.unmet) is None
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a cell boots and carries, built before the cell is scheduled: its kernel,
+    the base image of its arch and the binaries its test case needs (need -> file)."""
+
+    kernel: Kernel
+    base: BaseImage
+    binaries: Mapping[str, Path] = dataclasses.field(default_factory=dict)
+
 
 def arch_from_json(data: Mapping[str, Any]) -> ArchSpec:
     """An ArchSpec from dataclasses.asdict() output (after a JSON round trip)."""
@@ -79,24 +121,18 @@ def arch_from_json(data: Mapping[str, Any]) -> ArchSpec:
     return ArchSpec(**a, qemu=QemuSpec(**q))
 
 
-def guest_files(
-    cfg: LabConfig, cell: Cell, log: Callable[[str], None] = lambda _m: None
-) -> dict[str, tuple[bytes, int]]:
+def guest_files(cell: Cell, binaries: Mapping[str, Path]) -> dict[str, tuple[bytes, int]]:
+    """The overlay files of a cell: the guest library, its test case and the binaries
+    its needs resolved to (lab.run.needs built them before scheduling)."""
     lib = resources.files("lab.guest").joinpath("labguest.py").read_bytes()
     files = {
         "lab/lib/labguest.py": (lib, 0o644),
         f"lab/testcases/{cell.testcase.name}.py": (cell.testcase.path.read_bytes(), 0o644),
     }
     for need in cell.testcase.needs:
-        if not need.startswith(kselftest.PREFIX):
-            raise UserError(
-                f"{cell.testcase.path}: unknown need {need!r} "
-                f"(known: {kselftest.PREFIX}<dir>/<name>)"
-            )
-        src = source.prepare(cfg.source, cfg.cache_dir, log)
-        binary = kselftest.build(
-            need, cell.arch, src.tree, boot.image_recipe(cfg), cfg.cache_dir, log
-        )
+        binary = binaries.get(need)
+        if binary is None:  # needs.resolve runs first; a cell it failed is an infra cell
+            raise InfraError(f"{cell.id}: {need} was not built before the cell was prepared")
         files[f"lab/bin/{binary.name}"] = (binary.read_bytes(), 0o755)
     return files
 
@@ -104,21 +140,12 @@ def guest_files(
 def prepare_cell(
     cfg: LabConfig,
     cell: Cell,
-    kernel: Kernel,
-    base: BaseImage,
+    inputs: Inputs,
     run_cell_id: str = "",
     repeat: int = 1,
-    log: Callable[[str], None] = lambda _m: None,
 ) -> tuple[CellJob, dict[str, tuple[bytes, int]]]:
-    """The job and the guest files of a cell (local: it may build a kselftest binary)."""
-    req = boot.BootRequest(
-        arch=cell.arch,
-        variant=cell.variant,
-        kernel=kernel,
-        base=base,
-        job=job_for(cell),
-        extra_cmdline=cell.testcase.cmdline,
-    )
+    """The job and the guest files of a cell: reads files, builds and starts nothing."""
+    kernel, base = inputs.kernel, inputs.base
     record = {
         **identity(cfg, cell, run_cell_id, repeat),
         "kernel": {
@@ -133,7 +160,7 @@ def prepare_cell(
     job = CellJob(
         record=record,
         arch=dataclasses.asdict(cell.arch),
-        cmdline=boot.cmdline_for(cfg, req),
+        cmdline=boot.cmdline_for(cfg, cell.arch, cell.variant, cell.testcase.cmdline),
         memory_mib=cell.testcase.memory_mib or cell.arch.qemu.memory_mib,
         smp=cell.arch.qemu.smp,
         agent_job=job_for(cell),
@@ -141,7 +168,7 @@ def prepare_cell(
         boot=dataclasses.asdict(cfg.boot),
         test_timeout=cell.testcase.timeout + MARGIN,
     )
-    return job, guest_files(cfg, cell, log)
+    return job, guest_files(cell, inputs.binaries)
 
 
 def identity(cfg: LabConfig, cell: Cell, run_cell_id: str = "", repeat: int = 1) -> dict[str, Any]:
@@ -176,40 +203,23 @@ def execute(
     The same code runs on the controller and on SSH lab hosts."""
     directory.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    boot_id = secrets.token_hex(8)
-    overlay = image.build_overlay(boot.overlay_files(job.agent_job, boot_id, files))
-    prepared = boot.launch(
-        job.arch_spec(),
-        kernel_image,
-        base_image,
-        overlay,
-        boot_id,
-        job.cmdline,
-        job.memory_mib,
-        job.smp,
-        directory,
-        cache_root,
-        job.boot_spec(),
-        log,
-    )
+    req = job.launch_request(kernel_image, base_image, files, cache_root)
+    prepared = boot.launch(req, directory, log)
     m = prepared.machine
     deadline: Deadline | None = None
     ready = False
-    try:
-        with m:
-            try:
-                m.wait_ready()
-                ready = True
-            except BootError as exc:
-                deadline = "boot" if exc.kind == "hang" else None
-            if ready:
-                how = m.follow(lambda r: r.get("type") == "done", job.test_timeout)
-                if how == "timeout":
-                    deadline = "test"
-                elif how == "record":
-                    m.wait_exit()
-    finally:
-        boot.discard_initrd(directory)
+    with boot.started(prepared, directory):
+        try:
+            m.wait_ready()
+            ready = True
+        except BootError as exc:
+            deadline = "boot" if exc.kind == "hang" else None
+        if ready:
+            how = m.follow(lambda r: r.get("type") == "done", job.test_timeout)
+            if how == "timeout":
+                deadline = "test"
+            elif how == "record":
+                m.wait_exit()
     # Bytes, then decode: the console's CR CR LF must not become extra lines.
     console = (directory / "console.log").read_bytes().decode(errors="replace")
     facts = classify.RunFacts(
@@ -312,12 +322,30 @@ def run_cell(
     base: BaseImage,
     directory: Path,
     log: Callable[[str], None] = lambda _m: None,
+) -> CellResult:
+    """Build what the cell's test case needs, then prepare and execute the cell here
+    (`lab run`; a matrix builds the needs of all its cells before scheduling them)."""
+    built, failed = needs.resolve(cfg, [cell], log)
+    problem = needs.failure(cell, failed)
+    if problem is not None:
+        raise problem
+    return execute_here(
+        cfg, cell, Inputs(kernel, base, needs.binaries(cell, built)), directory, log
+    )
+
+
+def execute_here(
+    cfg: LabConfig,
+    cell: Cell,
+    inputs: Inputs,
+    directory: Path,
+    log: Callable[[str], None] = lambda _m: None,
     run_cell_id: str = "",
     repeat: int = 1,
 ) -> CellResult:
-    """Prepare and execute one cell here."""
-    job, files = prepare_cell(cfg, cell, kernel, base, run_cell_id, repeat, log)
-    return execute(job, kernel.image, base.path, files, directory, cfg.cache_dir, log)
+    """Prepare and execute one cell on this machine, its inputs built."""
+    job, files = prepare_cell(cfg, cell, inputs, run_cell_id, repeat)
+    return execute(job, inputs.kernel.image, inputs.base.path, files, directory, cfg.cache_dir, log)
 
 
 # --- the matrix ---------------------------------------------------------------------
@@ -367,8 +395,7 @@ class Worker(Protocol):
     def run(
         self,
         p: matrix.Planned,
-        kernel: Kernel,
-        base: BaseImage,
+        inputs: Inputs,
         directory: Path,
         requeued_from: tuple[str, ...],
     ) -> CellResult:
@@ -407,12 +434,11 @@ class LocalWorker:
     def run(
         self,
         p: matrix.Planned,
-        kernel: Kernel,
-        base: BaseImage,
+        inputs: Inputs,
         directory: Path,
         requeued_from: tuple[str, ...],
     ) -> CellResult:
-        res = run_cell(self.cfg, p.cell, kernel, base, directory, run_cell_id=p.id, repeat=p.repeat)
+        res = execute_here(self.cfg, p.cell, inputs, directory, run_cell_id=p.id, repeat=p.repeat)
         if requeued_from:
             # cell.json is written last; rewriting it (atomically) keeps the cell complete.
             data = cache.read_json(directory / "cell.json")
@@ -496,10 +522,15 @@ def run_cells(
     on_done: Callable[[matrix.Planned, CellResult | None, str], None] = lambda _c, _r, _e: None,
     workers: Sequence[Worker] = (),
     on_note: Callable[[str], None] = lambda _m: None,
+    binaries: Mapping[needs.Need, Path] | None = None,
 ) -> None:
-    """Run cells on `jobs` local slots plus the slots of `workers` (SSH lab hosts)."""
+    """Run cells on `jobs` local slots plus the slots of `workers` (SSH lab hosts).
+
+    `binaries`: what the cells' test cases need, built (lab.run.needs.resolve)."""
     everyone = [LocalWorker(cfg, max(1, jobs)), *workers]
-    schedule(cfg, cells, run_dir, kernels, images, everyone, stop, on_start, on_done, on_note)
+    schedule(
+        cfg, cells, run_dir, kernels, images, everyone, stop, on_start, on_done, on_note, binaries
+    )
 
 
 def schedule(
@@ -513,6 +544,7 @@ def schedule(
     on_start: Callable[[matrix.Planned], None] = lambda _c: None,
     on_done: Callable[[matrix.Planned, CellResult | None, str], None] = lambda _c, _r, _e: None,
     on_note: Callable[[str], None] = lambda _m: None,
+    binaries: Mapping[needs.Need, Path] | None = None,
 ) -> None:
     """Slots pulling from one queue, in plan order; each cell's directory is complete or absent.
 
@@ -545,7 +577,9 @@ def schedule(
         if tried:
             marks["requeued_from"] = list(tried)
         try:
-            res = w.run(p, kernels[p.kernel], images[p.cell.arch.name], d, tried)
+            built = needs.binaries(p.cell, binaries or {})
+            inputs = Inputs(kernels[p.kernel], images[p.cell.arch.name], built)
+            res = w.run(p, inputs, d, tried)
         except HostDown as exc:
             if stop:
                 shutil.rmtree(d, ignore_errors=True)
