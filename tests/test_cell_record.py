@@ -71,7 +71,8 @@ def _check(d: Path, name: str, tmp_path: Path) -> None:
 
 @pytest.fixture
 def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(results, "now", lambda: FINISHED)
+    for module in (results, results.model, results.store):  # defined in model, re-exported
+        monkeypatch.setattr(module, "now", lambda: FINISHED)
     fixed = datetime.datetime.fromisoformat(FINISHED)
     clock = types.SimpleNamespace(now=lambda _tz=None: fixed)
     monkeypatch.setattr(runner, "datetime", types.SimpleNamespace(datetime=clock, UTC=None))

@@ -42,9 +42,15 @@ def _plan(tmp_path: Path) -> tuple[LabConfig, list[matrix.Planned]]:
 
 @pytest.fixture
 def fixed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(results, "now", lambda: "2026-11-26T08:30:00+00:00")
-    monkeypatch.setattr(results, "new_run_id", lambda _label="": RUN_ID)
-    monkeypatch.setattr(results, "host_info", lambda: {"node": "controller", "cpus": 2})
+    fixed = {
+        "now": lambda: "2026-11-26T08:30:00+00:00",
+        "new_run_id": lambda _label="": RUN_ID,
+        "host_info": lambda: {"node": "controller", "cpus": 2},
+    }
+    for name, value in fixed.items():  # where it is defined and where it is re-exported
+        for module in (results, results.model, results.store):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, value)
     ticks = iter(float(i) for i in range(10_000))
     monkeypatch.setattr(orchestrate, "time", types.SimpleNamespace(monotonic=lambda: next(ticks)))
 
