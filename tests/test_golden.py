@@ -38,8 +38,9 @@ from test_classify import CORPUS_FILES, load_case
 from lab import build, cache, cli, config, report
 from lab.classify import CLASSES, classify
 from lab.image import BaseImage
-from lab.run import runner, testcase
+from lab.run import testcase
 from lab.run.cell import Cell
+from lab.run.job import Inputs, prepare_cell
 from lab.vm import boot
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,10 +98,10 @@ def _with_accel(cfg: config.LabConfig, accel: str) -> config.LabConfig:
 
 
 def _cell_argv(cfg: config.LabConfig, cell: Cell, workdir: Path) -> list[str]:
-    """As runner.execute launches a matrix cell, up to the point QEMU would start."""
+    """As lab.run.execute launches a matrix cell, up to the point QEMU would start."""
     kernel = _kernel(cfg, cell.arch.name, cell.variant.name)
     base = _base(cfg, cell.arch.name)
-    job, files = runner.prepare_cell(cfg, cell, runner.Inputs(kernel, base))
+    job, files = prepare_cell(cfg, cell, Inputs(kernel, base))
     req = job.launch_request(kernel.image, base.path, files, cfg.cache_dir)
     return boot.launch(dataclasses.replace(req, boot_id="0" * 16), workdir).launch.argv()
 

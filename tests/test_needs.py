@@ -13,8 +13,9 @@ from lab.build import kselftest, source
 from lab.config import LabConfig, load
 from lab.errors import InfraError, UserError
 from lab.outcome import CLASSES
-from lab.run import needs, runner, testcase
+from lab.run import needs, testcase
 from lab.run.cell import Cell
+from lab.run.job import Inputs, prepare_cell
 from lab.vm import boot
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,9 +95,9 @@ def test_preparing_a_cell_reads_the_built_binaries_and_builds_nothing(
     (cell,) = _cells(cfg, "kselftest", ("x86_64",))[:1]
     binary = tmp_path / "memfd_secret"
     binary.write_bytes(b"\x7fELF built before")
-    inputs = runner.Inputs(_kernel(cfg, "x86_64", cell.variant.name), _base(cfg, "x86_64"),
+    inputs = Inputs(_kernel(cfg, "x86_64", cell.variant.name), _base(cfg, "x86_64"),
                            {NEED: binary})  # fmt: skip
-    job, files = runner.prepare_cell(cfg, cell, inputs)
+    job, files = prepare_cell(cfg, cell, inputs)
     assert files["lab/bin/memfd_secret"] == (b"\x7fELF built before", 0o755)
     assert builds == [] and job.record["testcase"] == "kselftest"
 

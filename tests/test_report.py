@@ -1,6 +1,6 @@
 """Reports, compare and merge on synthetic run directories (and real ones when present).
 
-The synthetic run mirrors what lab.run.runner and lab.run.orchestrate.run_matrix write:
+The synthetic run mirrors what lab.run.execute and lab.run.orchestrate.run_matrix write:
 run.json with the planned cells and provenance, one directory per finished cell with cell.json,
 evidence.json and the logs. It holds every case a report must show: expected and
 unexpected cells, an infra cell, repetitions that disagree, arches that disagree,

@@ -20,7 +20,8 @@ from test_golden import _base, _kernel
 
 from lab import __version__, cache, classify, results
 from lab.config import LabConfig, load
-from lab.run import matrix, orchestrate, runner, testcase
+from lab.run import matrix, orchestrate, testcase
+from lab.run.schedule import infra_cell
 from lab.vm import boot
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,16 +76,16 @@ def _fake_stages(monkeypatch: pytest.MonkeyPatch, cfg: LabConfig) -> None:
         *_a: Any,
         **_k: Any,
     ) -> None:
-        on_start: Callable[[matrix.Planned], None] = _a[4]
-        on_done: Callable[..., None] = _a[5]
+        on_start: Callable[[matrix.Planned], None] = _a[3]
+        on_done: Callable[..., None] = _a[4]
         for p in cells:
             on_start(p)
-            res = runner.infra_cell(cfg_, p, run_dir / "cells" / p.dirname, "scripted")
+            res = infra_cell(cfg_, p, run_dir / "cells" / p.dirname, "scripted")
             on_done(p, res, "")
 
     monkeypatch.setattr(orchestrate, "build_kernels", build_kernels)
     monkeypatch.setattr(boot, "base_image", lambda c, a, _log: _base(c, a.name))
-    monkeypatch.setattr(runner, "run_cells", run_cells)
+    monkeypatch.setattr(orchestrate, "run_cells", run_cells)
 
 
 def _check(run_dir: Path, name: str, tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ from lab.cli.printer import evidence_lines, print_cell
 from lab.errors import UserError
 from lab.outcome import CLASSES
 from lab.progress import Reporter
-from lab.run import cell, orchestrate, runner, testcase
+from lab.run import cell, orchestrate, testcase
+from lab.run.execute import cell_facts, run_cell
 from lab.vm import boot
 
 MAX_CONSOLE = 1 << 30  # bytes of a cell directory's console.log that `lab classify` reads
@@ -35,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         kernel = orchestrate.one_kernel(cfg, arch, variant, reporter)
         base = boot.base_image(cfg, arch, reporter.line)
     run_dir = Path(args.results) if args.results else cfg.results_dir / results.new_run_id("run")
-    res = runner.run_cell(
+    res = run_cell(
         cfg,
         the_cell,
         kernel,
@@ -60,7 +61,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if path.is_dir():
         if not os.path.lexists(path / "console.log"):
             raise UserError(f"{path}: neither a console log nor a cell directory (no console.log)")
-        facts = runner.cell_facts(path)
+        facts = cell_facts(path)
         try:  # a cell directory may come from anywhere: nothing outside it is read
             raw = results.read_inside(path, path / "console.log", MAX_CONSOLE, whole=False)
         except (OSError, ValueError) as exc:

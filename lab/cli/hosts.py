@@ -12,7 +12,7 @@ from lab.cli.common import _load
 from lab.config import hosts
 from lab.errors import UserError, printable
 from lab.run.orchestrate import OpenWorkers
-from lab.run.runner import Worker
+from lab.run.workers import Worker
 
 
 def declared(cfg: config.LabConfig) -> list[hosts.Host]:

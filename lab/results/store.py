@@ -4,7 +4,7 @@ its exit status.
     results/<run-id>/
       run.json                 inputs, versions, hashes, host, accelerators, durations,
                                the planned cells and the run's status
-      cells/<cell-dir>/        one directory per finished cell (see lab.run.runner)
+      cells/<cell-dir>/        one directory per finished cell (see lab.run.execute)
       report.html, summary.md, junit.xml   rendered by lab.report
 
 A cell counts as finished when its cell.json exists; it is written last, atomically,

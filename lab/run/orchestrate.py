@@ -16,15 +16,18 @@ from typing import Any
 from lab import build, cache, config, report, results
 from lab.errors import LabError, UserError
 from lab.progress import Reporter
-from lab.run import matrix, needs, runner
+from lab.run import matrix, needs
+from lab.run.job import Artifacts
+from lab.run.schedule import infra_cell, run_cells
 from lab.run.testcase import TestCase
+from lab.run.workers import Stop, Worker
 from lab.vm import boot
 
 Log = Callable[[str], None]
 
 # Opens the extra workers (SSH lab hosts) once kernels and images are ready: the workers
 # that answered, and what run.json records about every host asked (run.hosts).
-OpenWorkers = Callable[[Log], tuple[Sequence[runner.Worker], dict[str, Any]]]
+OpenWorkers = Callable[[Log], tuple[Sequence[Worker], dict[str, Any]]]
 
 VERDICT_WORDS = {"expected": "as expected", "unexpected": "UNEXPECTED", "infra": "INFRA"}
 
@@ -183,7 +186,7 @@ class _Run:
             records = self._finish(status)
         return results.exit_code(self.meta.to_json(), records)
 
-    def _prepare(self, reporter: Reporter) -> runner.Artifacts:
+    def _prepare(self, reporter: Reporter) -> Artifacts:
         """Kernels, base images and test-case needs for the cells still to run, all built
         before any cell is scheduled; a kernel or need that did not build makes its cells
         infra cells now."""
@@ -206,31 +209,29 @@ class _Run:
             if c.kernel in failed or need is not None:
                 why = f"kernel did not build: {failed[c.kernel]}" if c.kernel in failed else ""
                 d = self.run_dir / "cells" / c.dirname
-                runner.infra_cell(self.cfg, c, d, why or str(need))
-        return runner.Artifacts(kernels, images, binaries, unmet)
+                infra_cell(self.cfg, c, d, why or str(need))
+        return Artifacts(kernels, images, binaries, unmet)
 
-    def _cells(self, reporter: Reporter, built: runner.Artifacts) -> None:
+    def _cells(self, reporter: Reporter, built: Artifacts) -> None:
         runnable = [c for c in self.todo if built.ready(c)]
         progress = _Progress(reporter, f"matrix {self.run_dir.name}", len(runnable))
         progress.show()
-        workers: Sequence[runner.Worker] = []
+        workers: Sequence[Worker] = []
         if self.open_workers is not None and runnable:
             workers, self.meta.hosts = self.open_workers(reporter.line)
             self.meta.write(self.run_dir)
         try:
-            runner.run_cells(
+            run_cells(
                 self.cfg,
                 runnable,
                 self.run_dir,
-                built.kernels,
-                built.images,
+                built,
                 self.jobs,
-                runner.Stop(),
+                Stop(),
                 progress.on_start,
                 progress.on_done,
                 workers=workers,
                 on_note=reporter.line,
-                binaries=built.binaries,
             )
         finally:
             self._close(workers)
@@ -242,7 +243,7 @@ class _Run:
             "cells": round(time.monotonic() - progress.t_cells, 1),
         }
 
-    def _close(self, workers: Sequence[runner.Worker]) -> None:
+    def _close(self, workers: Sequence[Worker]) -> None:
         """Close every worker and record what each says about its part of the run."""
         record = self.meta.hosts
         for w in workers:
