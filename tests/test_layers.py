@@ -34,8 +34,9 @@ ALLOWED: dict[str, set[str]] = {
     "report": {"results", "classify"},
     # run -> report: a matrix run ends by rendering its reports (also when interrupted).
     "run": {"config", "classify", "results", "image", "build", "vm", "prereqs", "report"},
-    # hosts -> vm: a host reports its own accelerator choice (vm.accel).
-    "hosts": {"config", "build", "image", "results", "vm", "run"},
+    # hosts -> vm: a host reports its own accelerator choice (vm.accel). A host's kernel and
+    # base image reach it as the run stage's Inputs, so hosts needs neither build nor image.
+    "hosts": {"config", "results", "vm", "run"},
     "cli": {
         "config", "classify", "results", "prereqs", "image", "build", "doctor", "vm",
         "report", "run", "hosts",
