@@ -30,7 +30,7 @@ from lab.hosts import connect as hosts_connect
 from lab.hosts import transfer as hosts_transfer
 from lab.progress import Reporter
 from lab.run import matrix, testcase
-from lab.run.job import Artifacts
+from lab.run.job import Artifacts, prepare_cell
 from lab.run.schedule import schedule
 from lab.run.workers import HostDown, Stop
 
@@ -594,3 +594,44 @@ def test_an_upload_that_arrives_damaged_is_refused(tmp_path: Path) -> None:
         w._ensure(w._idle[0], "images/x86_64/b/base.cpio.gz", image)
     left = sorted(p.name for p in (tmp_path / "remote").rglob("*") if p.is_file())
     assert left == []  # neither the damaged temporary file nor a final one
+
+
+@pytest.mark.parametrize(
+    "job",
+    [{}, {"arch": "x86_64"}, "not a job"],
+    ids=["empty", "fields missing", "not an object"],
+)
+def test_remote_exec_answers_a_malformed_job_with_one_line(tmp_path: Path, job: Any) -> None:
+    """A job the host cannot read is a bad request (exit 4, one line), not a traceback."""
+    req = {"protocol": remote.PROTOCOL, "kernel": "k", "base": "b", "files": {}, "job": job}
+    req |= {"kernel_sha256": "a" * 64, "base_sha256": "b" * 64}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "lab.hosts.remote", "exec", str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+    )  # fmt: skip
+    assert p.stdin is not None
+    p.stdin.write(json.dumps(req).encode() + b"\n")
+    p.stdin.flush()  # stdin stays open: EOF would mean the controller is gone
+    try:
+        p.wait(timeout=60)
+        assert p.stderr is not None
+        err = p.stderr.read()
+    finally:
+        p.stdin.close()
+        p.kill()
+    text = err.decode()
+    assert p.returncode == remote.EXIT_BAD_REQUEST, text
+    assert "Traceback" not in text and "malformed request" in text
+
+
+def test_a_job_survives_its_json_trip_to_a_host() -> None:
+    """CellJob carries a typed ArchSpec and BootSpec; the JSON a host reads gives them back."""
+    from test_golden import _base, _kernel
+
+    from lab.run.job import CellJob, Inputs
+
+    cfg, p = _plan()
+    inputs = Inputs(_kernel(cfg, "x86_64", p.cell.variant.name), _base(cfg, "x86_64"))
+    job, _files = prepare_cell(cfg, p.cell, inputs, p.id)
+    again = CellJob.from_json(json.loads(json.dumps(job.to_json())))
+    assert again == job and again.arch == cfg.arch("x86_64") and again.boot == cfg.boot

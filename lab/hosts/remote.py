@@ -153,7 +153,10 @@ def exec_cell(lab_dir: Path) -> int:
         sys.stderr.flush()
 
     try:
-        job = CellJob.from_json(req["job"])
+        try:
+            job = CellJob.from_json(req["job"])
+        except ValueError as exc:
+            return _fail(EXIT_BAD_REQUEST, f"malformed request: {exc}")
         for p, sha in ((kernel, req["kernel_sha256"]), (base, req["base_sha256"])):
             if not p.is_file():
                 return _fail(EXIT_LAB_ERROR, f"{p.name} missing on the lab host ({p})")

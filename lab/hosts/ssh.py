@@ -273,9 +273,9 @@ class RemoteWorker:
     def _budget(self, job: CellJob) -> float:
         b = job.boot
         return float(
-            b["ready_timeout"]
-            + b["shutdown_timeout"]
-            + b["kvm_probe_timeout"]
+            b.ready_timeout
+            + b.shutdown_timeout
+            + b.kvm_probe_timeout
             + job.test_timeout
             + CELL_SLACK
         )

@@ -30,41 +30,49 @@ class CellJob:
     The kernel image, base image and overlay travel beside it as files."""
 
     record: Mapping[str, Any]  # cell.json fields known before the run
-    arch: Mapping[str, Any]  # ArchSpec as a dict (with its qemu table)
+    arch: ArchSpec
     cmdline: str
     memory_mib: int
     smp: int
     agent_job: Mapping[str, Any]
     banner: Mapping[str, str] | None
-    boot: Mapping[str, Any]  # BootSpec as a dict
+    boot: BootSpec  # the boot timeouts
     test_timeout: float  # the host's deadline for the test phase
 
     def to_json(self) -> dict[str, Any]:
+        """JSON-safe (what travels to a lab host); ArchSpec and BootSpec as tables."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> CellJob:
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
-
-    def arch_spec(self) -> ArchSpec:
-        return arch_from_json(self.arch)
-
-    def boot_spec(self) -> BootSpec:
-        return BootSpec(**self.boot)
+    def from_json(cls, data: Any) -> CellJob:
+        """to_json's output read back (on a lab host: from the controller's request).
+        Raises ValueError naming what is missing or of the wrong shape."""
+        if not isinstance(data, dict):
+            raise ValueError(f"the job is a JSON {type(data).__name__}, not an object")
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data]
+        if missing:
+            raise ValueError(f"the job has no {', '.join(missing)}")
+        try:
+            fields = {f.name: data[f.name] for f in dataclasses.fields(cls)}
+            fields["arch"] = arch_from_json(data["arch"])
+            fields["boot"] = BootSpec(**data["boot"])
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            raise ValueError(f"the job's arch or boot table is malformed: {exc}") from None
+        return cls(**fields)
 
     def launch_request(
         self, kernel_image: Path, base_image: Path, files: Files, cache_root: Path
     ) -> LaunchRequest:
         """The boot of this job, wherever it runs (the images are the host's copies)."""
         return LaunchRequest(
-            arch=self.arch_spec(),
+            arch=self.arch,
             kernel_image=kernel_image,
             base_image=base_image,
             agent_job=self.agent_job,
             cmdline=self.cmdline,
             memory_mib=self.memory_mib,
             smp=self.smp,
-            timeouts=self.boot_spec(),
+            timeouts=self.boot,
             cache_root=cache_root,
             files=files,
         )
@@ -149,13 +157,13 @@ def prepare_cell(
     }
     job = CellJob(
         record=record,
-        arch=dataclasses.asdict(cell.arch),
+        arch=cell.arch,
         cmdline=boot.cmdline_for(cfg, cell.arch, cell.variant, cell.testcase.cmdline),
         memory_mib=cell.testcase.memory_mib or cell.arch.qemu.memory_mib,
         smp=cell.arch.qemu.smp,
         agent_job=job_for(cell),
         banner=expected_banner(cell.variant),
-        boot=dataclasses.asdict(cfg.boot),
+        boot=cfg.boot,
         test_timeout=cell.testcase.timeout + MARGIN,
     )
     return job, guest_files(cell, inputs.binaries)
