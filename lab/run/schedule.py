@@ -106,107 +106,139 @@ def schedule(
     (marked `requeued_from`); a second loss makes it an infra_error naming the host.
     A lost host takes no more cells. Every planned cell gets exactly one result.
     """
-    queue = _Queue([(p, ()) for p in cells], workers, stop)
-    errors: list[BaseException] = []
+    _Schedule(cfg, run_dir, built, workers, stop, on_start, on_done, on_note).run(cells)
 
-    def give_up(p: matrix.Planned, tried: tuple[str, ...]) -> None:
+
+@dataclass
+class _Schedule:
+    """One schedule() call: the slots' threads and what each does with a cell."""
+
+    cfg: LabConfig
+    run_dir: Path
+    built: Artifacts
+    workers: Sequence[Worker]
+    stop: Stop
+    on_start: Callable[[matrix.Planned], None]
+    on_done: Callable[[matrix.Planned, CellResult | None, str], None]
+    on_note: Callable[[str], None]
+    errors: list[BaseException] = dataclasses.field(default_factory=list)
+    queue: _Queue = dataclasses.field(init=False)
+
+    def run(self, cells: list[matrix.Planned]) -> None:
+        self.queue = _Queue([(p, ()) for p in cells], self.workers, self.stop)
+        threads = [
+            threading.Thread(target=self.slot, args=(w,), name=f"cell-{w.name}-{i}", daemon=True)
+            for w in self.workers
+            for i in range(w.slots)
+        ]
+        try:
+            for t in threads:
+                t.start()
+            # Join with a timeout: the main thread must stay responsive to SIGINT/SIGTERM.
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+            if self.errors:
+                raise self.errors[0]
+            # Every worker lost (possible only without local slots): nobody else will.
+            while not self.stop and self.queue.pending:
+                p, tried = self.queue.pending.pop(0)
+                self.give_up(p, tried)
+        except BaseException:
+            self.stop.set()
+            self.queue.wake()
+            for w in self.workers:
+                w.abort()  # every QEMU of every worker, now (remote: close the channels)
+            for t in threads:
+                t.join(30)
+            raise
+        finally:
+            # Cells fetched from lab hosts are staged here before their rename into cells/.
+            shutil.rmtree(self.run_dir / ".staging", ignore_errors=True)
+
+    def slot(self, w: Worker) -> None:
+        try:
+            while (item := self.queue.take(w)) is not None:
+                p, tried, orphan = item
+                if orphan:
+                    self.give_up(p, tried)
+                    self.queue.done()
+                else:
+                    self.attempt(w, p, tried)
+        except BaseException as exc:  # a bug: stop everything, re-raised in the main thread
+            self.errors.append(exc)
+            self.stop.set()
+            self.queue.wake()
+
+    def give_up(self, p: matrix.Planned, tried: tuple[str, ...]) -> None:
         arch = p.cell.arch.name
-        lost = "; ".join(f"{w.name}: {w.lost()}" for w in workers if w.lost())
+        lost = "; ".join(f"{w.name}: {w.lost()}" for w in self.workers if w.lost())
         msg = f"no usable worker left for {arch} cells ({lost or 'none serves it'})"
-        d = run_dir / "cells" / p.dirname
-        infra_cell(cfg, p, d, msg, {"requeued_from": list(tried)} if tried else None)
-        on_done(p, None, msg)
+        marks = {"requeued_from": list(tried)} if tried else None
+        infra_cell(self.cfg, p, self.run_dir / "cells" / p.dirname, msg, marks)
+        self.on_done(p, None, msg)
 
-    def attempt(w: Worker, p: matrix.Planned, tried: tuple[str, ...]) -> None:
-        if stop:
-            queue.done()
+    def attempt(self, w: Worker, p: matrix.Planned, tried: tuple[str, ...]) -> None:
+        if self.stop:
+            self.queue.done()
             return
-        on_start(p)
-        d = run_dir / "cells" / p.dirname
+        self.on_start(p)
+        d = self.run_dir / "cells" / p.dirname
         if d.exists():
             shutil.rmtree(d)  # a leftover of an interrupted attempt
         marks: dict[str, Any] = {} if isinstance(w, LocalWorker) else {"lab_host": w.name}
         if tried:
             marks["requeued_from"] = list(tried)
         try:
-            res = w.run(p, built.inputs(p), d, tried)
+            res = w.run(p, self.built.inputs(p), d, tried)
         except HostDown as exc:
-            if stop:
-                shutil.rmtree(d, ignore_errors=True)
-                queue.done()
-                return
-            if not exc.ran:
-                queue.put_back(p, tried)  # never reached the host: not an attempt
-                return
-            on_note(f"[{p.id}] {exc}")
-            if tried:  # already re-queued once: give up on the cell
-                msg = f"{exc} (the cell was re-queued from {', '.join(tried)} before)"
-                infra_cell(cfg, p, d, msg, marks)
-                queue.done()
-                on_done(p, None, msg)
-                return
-            on_note(f"[{p.id}] re-queued (was on {w.name})")
-            queue.put_back(p, (*tried, w.name))
+            if self.stop:
+                self.discard(d)
+            elif not exc.ran:
+                self.queue.put_back(p, tried)  # never reached the host: not an attempt
+            else:
+                self.lost(w, p, tried, d, exc, marks)
             return
         except LabError as exc:
-            if stop:
-                shutil.rmtree(d, ignore_errors=True)
-                queue.done()
-                return
-            infra_cell(cfg, p, d, str(exc), marks or None)
-            queue.done()
-            on_done(p, None, str(exc))
+            if self.stop:
+                self.discard(d)
+            else:
+                self.infra(p, d, str(exc), marks or None)
             return
-        if stop:
-            shutil.rmtree(d, ignore_errors=True)  # killed mid-way: not a result
-            queue.done()
+        if self.stop:
+            self.discard(d)  # killed mid-way: not a result
             return
-        queue.done()
-        on_done(p, res, "")
+        self.queue.done()
+        self.on_done(p, res, "")
 
-    def slot(w: Worker) -> None:
-        try:
-            while (item := queue.take(w)) is not None:
-                p, tried, orphan = item
-                if orphan:
-                    give_up(p, tried)
-                    queue.done()
-                else:
-                    attempt(w, p, tried)
-        except BaseException as exc:  # a bug: stop everything, re-raised in the main thread
-            errors.append(exc)
-            stop.set()
-            queue.wake()
+    def lost(
+        self,
+        w: Worker,
+        p: matrix.Planned,
+        tried: tuple[str, ...],
+        d: Path,
+        exc: HostDown,
+        marks: dict[str, Any],
+    ) -> None:
+        """The cell's host was lost while it ran: re-queue the cell once, then give up."""
+        self.on_note(f"[{p.id}] {exc}")
+        if tried:  # already re-queued once: give up on the cell
+            self.infra(
+                p, d, f"{exc} (the cell was re-queued from {', '.join(tried)} before)", marks
+            )
+            return
+        self.on_note(f"[{p.id}] re-queued (was on {w.name})")
+        self.queue.put_back(p, (*tried, w.name))
 
-    threads = [
-        threading.Thread(target=slot, args=(w,), name=f"cell-{w.name}-{i}", daemon=True)
-        for w in workers
-        for i in range(w.slots)
-    ]
-    try:
-        for t in threads:
-            t.start()
-        # Join with a timeout: the main thread must stay responsive to SIGINT/SIGTERM.
-        for t in threads:
-            while t.is_alive():
-                t.join(0.2)
-        if errors:
-            raise errors[0]
-        # Every worker lost (possible only without local slots): nobody else will.
-        while not stop and queue.pending:
-            p, tried = queue.pending.pop(0)
-            give_up(p, tried)
-    except BaseException:
-        stop.set()
-        queue.wake()
-        for w in workers:
-            w.abort()  # every QEMU of every worker, now (remote: close the channels)
-        for t in threads:
-            t.join(30)
-        raise
-    finally:
-        # Cells fetched from lab hosts are staged here before their rename into cells/.
-        shutil.rmtree(run_dir / ".staging", ignore_errors=True)
+    def infra(self, p: matrix.Planned, d: Path, msg: str, marks: Mapping[str, Any] | None) -> None:
+        infra_cell(self.cfg, p, d, msg, marks)
+        self.queue.done()
+        self.on_done(p, None, msg)
+
+    def discard(self, d: Path) -> None:
+        """A cell stopped mid-way is no result: --resume runs it again."""
+        shutil.rmtree(d, ignore_errors=True)
+        self.queue.done()
 
 
 def infra_cell(
