@@ -199,6 +199,27 @@ def secretmem_stats() -> dict[str, int]:
     return out
 
 
+def own_pages() -> int:
+    """Make every private writable page of this process its own now: write each one
+    back to itself, so that copy-on-write (after a fork: the harness and its children
+    share everything) and first-touch allocations happen while memory is plentiful.
+    Later writes then need no new page: a task that must not allocate once a scenario
+    has taken the memory away (a waiting victim, the harness between the depletion and
+    the victim's fault) calls this before. Returns the pages touched."""
+    touched = 0
+    with open("/proc/self/maps") as f:
+        maps = f.read().splitlines()
+    for line in maps:
+        fields = line.split()
+        if len(fields) < 2 or fields[1] != "rw-p":  # never a shared (secret) mapping
+            continue
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        for addr in range(lo, hi, PAGE):
+            ctypes.memmove(addr, addr, 1)
+            touched += 1
+    return touched
+
+
 def parse_zoneinfo(text: str) -> list[dict[str, Any]]:
     """/proc/zoneinfo -> one dict per zone, in the kernel's zone order:
     {name, free, min, low, free_cma, protection: [pages per zone index]}.
