@@ -46,9 +46,14 @@ TESTCASE = {
 VICTIM_TIMEOUT = 20.0  # a victim still faulting after this long is spinning
 CHUNK_KB = 2048
 STATE = "/tmp/depletion-attacker.json"
-# The victim's secret file: one page short of a PMD region, so that it shares the page
-# table the victim made before the depletion (with an anonymous page in that region).
-VICTIM_PAGES = 511
+# The victim's secret file, mapped in pieces of one page short of a PMD region, so
+# that each piece shares the page table the victim made before the depletion (with an
+# anonymous page at the start of its region): its faults then allocate secret pages
+# and nothing else. 4 pieces: just under uid 1001's 8 MiB RLIMIT_MEMLOCK, and more
+# than what reclaim still finds once RAM has run out (x86_64 P0 with one piece: the
+# victim's 511 fallback pages came from reclaim with 124 pages above the watermark).
+PIECE = (1 << lg.PMD_ORDER) - 1
+VICTIM_PAGES = 4 * PIECE
 # Watermark room (pages) the PMD attacker leaves: enough for the harness's few records
 # and the kernel's own small allocations between the attacker stopping and the victim's
 # fault, far less than the victim's file (P0) or an order-9 chunk (P1).
@@ -184,9 +189,18 @@ def _victim(stages: lg.Stages, wait: bool, pages: int) -> dict[str, object]:
     except OSError as exc:
         return {"refused": f"memfd_secret: {lg.errno_name(exc.errno)}", "step": "memfd_secret"}
     rw = mmap.PROT_READ | mmap.PROT_WRITE
-    area = lg.raw_mmap(-1, 2 * lg.PMD_SIZE, rw, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    region = (area + lg.PMD_SIZE - 1) & ~(lg.PMD_SIZE - 1)
-    lg.poke(region)  # the region's page table, made while memory is plentiful
+    pieces = -(-pages // PIECE)
+    area = lg.raw_mmap(-1, (pieces + 1) * lg.PMD_SIZE, rw, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    regions = [
+        ((area + lg.PMD_SIZE - 1) & ~(lg.PMD_SIZE - 1)) + k * lg.PMD_SIZE for k in range(pieces)
+    ]
+    for region in regions:
+        lg.poke(region)  # the region's page table, made while memory is plentiful
+    sizes = [min(PIECE, pages - k * PIECE) for k in range(pieces)]
+    # every address the faults will touch, made now (a list made after GO would
+    # allocate: a Python heap page is not the allocation under test)
+    addrs = [r + (i + 1) * lg.PAGE for r, n in zip(regions, sizes, strict=True) for i in range(n)]
+    fixed = mmap.MAP_SHARED | lg.MAP_FIXED
     held()  # runs what the steps after GO run, so their pages exist
     stages.mark("ready", alive=lg.alive(os.getpid()), own_pages=lg.own_pages())
     if wait:
@@ -199,13 +213,14 @@ def _victim(stages: lg.Stages, wait: bool, pages: int) -> dict[str, object]:
     except OSError as exc:
         stages.mark("refused", errno=lg.errno_name(exc.errno))
         return {"refused": f"ftruncate: {lg.errno_name(exc.errno)}", "step": "ftruncate"}
-    addr = lg.raw_mmap(fd, pages * lg.PAGE, rw, mmap.MAP_SHARED | lg.MAP_FIXED, region + lg.PAGE)
+    for k, region in enumerate(regions):
+        lg.raw_mmap(fd, sizes[k] * lg.PAGE, rw, fixed, region + lg.PAGE, k * PIECE * lg.PAGE)
     # said before the touch: a spinning or killed victim got here
     stages.mark("faulting", attacker_alive=held())
-    for i in range(pages):
-        lg.poke(addr + i * lg.PAGE, 0x42)  # the faults under test
+    for addr in addrs:
+        lg.poke(addr, 0x42)  # the faults under test
     stages.mark("faulted")
-    return {"touched": pages, "ok": all(lg.peek(addr + i * lg.PAGE) == 0x42 for i in range(pages))}
+    return {"touched": len(addrs), "ok": all(lg.peek(a) == 0x42 for a in addrs)}
 
 
 def _exhaustion(

@@ -487,7 +487,7 @@ P1 = {"pool": "pmd", "fallback": False, "reserve": False, "fault": "oom"}
     [
         # P0: RAM has run out under the hoard: the victim's 511 pages are not there
         (P0, {"headroom": 60, "pmd_refill": False, "zones": {}}, True, "60 pages above"),
-        (P0, {"headroom": 2000, "pmd_refill": False, "zones": {}}, False, "2000 pages"),
+        (P0, {"headroom": 3000, "pmd_refill": False, "zones": {}}, False, "3000 pages"),
         (P0, {"headroom": 60, "pmd_refill": True, "zones": {}}, False, "possible: True"),
         # P1: the refill must fail; free order-0 memory does not matter (spec 3(c))
         (P1, {"headroom": 3000, "pmd_refill": False, "zones": {}}, True, "possible: False"),

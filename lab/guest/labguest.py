@@ -126,10 +126,12 @@ _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-def raw_mmap(fd: int, length: int, prot: int, flags: int, addr: int | None = None) -> int:
+def raw_mmap(
+    fd: int, length: int, prot: int, flags: int, addr: int | None = None, offset: int = 0
+) -> int:
     """mmap(2) without Python's size checks (which refuse lengths past the end of a file);
     `addr` with MAP_FIXED in `flags` places it (over part of a mapping made earlier)."""
-    addr = _libc.mmap(addr, length, prot, flags, fd, 0)
+    addr = _libc.mmap(addr, length, prot, flags, fd, offset)
     if addr is None or addr == MAP_FAILED:
         err = ctypes.get_errno()
         raise OSError(err, f"mmap: {os.strerror(err)}")
