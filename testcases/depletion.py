@@ -219,7 +219,7 @@ def _victim(stages: lg.Stages, wait: bool, pages: int) -> dict[str, object]:
     stages.mark("faulting", attacker_alive=held())
     for addr in addrs:
         lg.poke(addr, 0x42)  # the faults under test
-    stages.mark("faulted")
+    stages.mark("faulted", memory=lg.memory_headroom().get("zones"))
     return {"touched": len(addrs), "ok": all(lg.peek(a) == 0x42 for a in addrs)}
 
 
@@ -341,9 +341,14 @@ def run(t: lg.Context) -> None:
             "victim_waiting",
             f"the victim waits for its turn, set up (fate: {victim.result})",
         )
+        vm_before = lg.vmstat()
         go = time.monotonic()
         os.kill(victim.pid, GO)
         res = victim.wait(VICTIM_TIMEOUT)
+        # Where the victim's memory came from (or why it did not come): reclaim and
+        # compaction counters across its faults.
+        vm_after = lg.vmstat()
+        t.event("vmstat during the victim's faults", **_vm_delta(vm_before, vm_after))
         spun = res.seconds - (go - victim.started)
         outcome = _outcome(res)
         attacker_after = "alive" if not attacker.poll() else f"{attacker.result}"
@@ -468,6 +473,17 @@ def _deplete(
     ok, how_gone, numbers = _exhaustion(t.params, state, limit, before)
     t.require(ok, "resource_exhausted", how_gone, **numbers)
     return state, numbers
+
+
+_VM_KEYS = ("steal", "scan", "slabs", "drop", "kswapd", "oom", "compact", "alloc_stall", "free")
+
+
+def _vm_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {
+        k: after[k] - before.get(k, 0)
+        for k in sorted(after)
+        if any(w in k for w in _VM_KEYS) and after[k] != before.get(k, 0)
+    }
 
 
 def _mem() -> dict[str, int]:
