@@ -190,7 +190,8 @@ def _victim(stages: lg.Stages, wait: bool, pages: int) -> dict[str, object]:
         return {"refused": f"memfd_secret: {lg.errno_name(exc.errno)}", "step": "memfd_secret"}
     rw = mmap.PROT_READ | mmap.PROT_WRITE
     pieces = -(-pages // PIECE)
-    area = lg.raw_mmap(-1, (pieces + 1) * lg.PMD_SIZE, rw, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    size = (pieces + 1) * lg.PMD_SIZE
+    area = lg.raw_mmap(-1, size, rw, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     regions = [
         ((area + lg.PMD_SIZE - 1) & ~(lg.PMD_SIZE - 1)) + k * lg.PMD_SIZE for k in range(pieces)
     ]
@@ -202,7 +203,11 @@ def _victim(stages: lg.Stages, wait: bool, pages: int) -> dict[str, object]:
     addrs = [r + (i + 1) * lg.PAGE for r, n in zip(regions, sizes, strict=True) for i in range(n)]
     fixed = mmap.MAP_SHARED | lg.MAP_FIXED
     held()  # runs what the steps after GO run, so their pages exist
-    stages.mark("ready", alive=lg.alive(os.getpid()), own_pages=lg.own_pages())
+    # Not the area: its pages must not exist (the secret mapping replaces them after
+    # GO, which would hand them back to the allocator: x86_64 P0, where they became
+    # the victim's chunks).
+    own = lg.own_pages(skip=(area, size))
+    stages.mark("ready", alive=lg.alive(os.getpid()), own_pages=own)
     if wait:
         signal.sigwait({GO})
         with open(STATE) as f:  # the attacker's pid, written when it stopped filling

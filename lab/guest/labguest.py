@@ -201,13 +201,15 @@ def secretmem_stats() -> dict[str, int]:
     return out
 
 
-def own_pages() -> int:
+def own_pages(skip: tuple[int, int] | None = None) -> int:
     """Make every private writable page of this process its own now: write each one
     back to itself, so that copy-on-write (after a fork: the harness and its children
     share everything) and first-touch allocations happen while memory is plentiful.
     Later writes then need no new page: a task that must not allocate once a scenario
     has taken the memory away (a waiting victim, the harness between the depletion and
-    the victim's fault) calls this before. Returns the pages touched."""
+    the victim's fault) calls this before. `skip`: an (address, length) range to leave
+    alone (a reserved area whose pages must not exist: unmapping them later would hand
+    memory back). Returns the pages touched."""
     touched = 0
     with open("/proc/self/maps") as f:
         maps = f.read().splitlines()
@@ -217,6 +219,8 @@ def own_pages() -> int:
             continue
         lo, hi = (int(x, 16) for x in fields[0].split("-"))
         for addr in range(lo, hi, PAGE):
+            if skip is not None and skip[0] <= addr < skip[0] + skip[1]:
+                continue
             ctypes.memmove(addr, addr, 1)
             touched += 1
     return touched
