@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.config import templates, variants
+from lab.config import known, templates, variants
 from lab.config.tomlread import Scalar, Table
 from lab.errors import UserError
 
@@ -161,6 +161,8 @@ class LabConfig:
     arches: Mapping[str, ArchSpec]
     variants: tuple[Variant, ...]
     extra: Mapping[str, object] = field(default_factory=dict)
+    # [[known_issues]]: understood disagreements with an expectation (lab/config/known.py)
+    known_issues: tuple[known.KnownIssue, ...] = ()
 
     @property
     def config_dir(self) -> Path:
@@ -284,6 +286,7 @@ def parse(data: dict[str, object], file: Path) -> LabConfig:
         for k in ("image", "testcases", "matrix", "hosts", "failure_mode")
         if top.has(k)
     }
+    issues = known.parse(top.raw("known_issues") if top.has("known_issues") else None, file)
     top.done()
     return LabConfig(
         file=file,
@@ -301,6 +304,7 @@ def parse(data: dict[str, object], file: Path) -> LabConfig:
         arches=arches,
         variants=tuple(all_variants),
         extra=extra,
+        known_issues=tuple(issues),
     )
 
 
