@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lab import build, config, doctor, image, report, results
+from lab import build, cache, config, doctor, image, report, results
 from lab.build import kconfig
 from lab.cli.common import _load
 from lab.config import known
@@ -23,6 +23,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = results.resolve_run(cfg.results_dir, args.run)
     issues = known.lookup(cfg.known_issues)
     report.render(run_dir, issues)
+    if args.markdown:
+        doc = report.render_observed(report.load(run_dir), issues)
+        cache.write_atomic(Path(args.markdown), doc)
     print(report.text_summary(run_dir, issues))
     cells = results.read_cells(run_dir)
     return known.gate(results.exit_code(results.load_run(run_dir), cells), cfg.known_issues, cells)
