@@ -38,6 +38,7 @@ def _has_cap(bit: int) -> bool:
 # capability the harness gets the real -1000; without, a higher value still shows that
 # a workload task sets its own value instead of inheriting the harness's.
 HARNESS_ADJ = lg.HARNESS_OOM_SCORE_ADJ if _has_cap(CAP_SYS_RESOURCE) else 300
+AGENT_ADJ = lg.AGENT_OOM_SCORE_ADJ if _has_cap(CAP_SYS_RESOURCE) else 300
 
 
 def _records(rfd: int) -> list[dict[str, Any]]:
@@ -168,7 +169,7 @@ def _run_agent(tmp_path: Path, name: str, body: str) -> list[dict[str, Any]]:
     job = {"mode": "testcases", "testcases": [{"name": name, "timeout": 20}], "params": {}}
 
     def run(fd: int) -> None:
-        lg.set_oom_score_adj(HARNESS_ADJ)  # as main() does before running test cases
+        lg.set_oom_score_adj(AGENT_ADJ)  # as main() does before running test cases
         agent.run_testcases(job, agent.Channel(fd), fd, str(tmp_path))
 
     return _in_child(run)
@@ -211,8 +212,13 @@ def test_the_harness_runs_protected_and_its_death_is_an_infrastructure_error(
     (spawn,) = [r for r in records if r["type"] == "spawn"]
     assert spawn["role"] == "harness" and spawn["name"] == "testcase:dies"
     (event,) = [r for r in records if r["type"] == "event"]
-    # The test-case process keeps the agent's value (it used to reset itself to 0).
-    assert event["data"]["adj"] == HARNESS_ADJ
+    # The test-case process runs just above the agent's -1000 (it used to reset itself
+    # to 0): never picked while a workload task is left, but when none is, the OOM
+    # killer takes it instead of panicking ("no killable processes"), and its death is
+    # an infrastructure error the agent reports.
+    assert event["data"]["adj"] == HARNESS_ADJ == spawn["oom_score_adj"]
+    if _has_cap(CAP_SYS_RESOURCE):
+        assert (HARNESS_ADJ, AGENT_ADJ) == (-999, -1000)
     (task,) = [r for r in records if r["type"] == "task"]
     assert (task["role"], task["pid"], task["signal"]) == ("harness", spawn["pid"], "SIGKILL")
     (error,) = [r for r in records if r["type"] == "error"]

@@ -12,9 +12,10 @@ forked child, optionally as another user, with its own deadline, whose fate
 Every task has a *role* (ROLES), recorded with its pid when it starts (a `spawn`
 record) and with its fate when it ends (a `task` record), so the host can decide the
 outcome for the task the scenario is about (the victim) and report the others as
-context. The agent and the test-case process (role `harness`) run at oom_score_adj
--1000: only workload tasks can be OOM-killed. A workload task resets its own
-oom_score_adj (0 unless the scenario asks for another value).
+context. The agent runs at oom_score_adj -1000 and the test-case process (role
+`harness`) at -999: workload tasks are always OOM-killed first (the harness only
+when none is left, instead of a "no killable processes" panic). A workload task
+gets its own oom_score_adj (0 unless the scenario asks for another value).
 
 Preconditions (`Context.require`) are recorded as `precondition` records whether they
 hold or not; one that does not hold ends the test case as a precondition failure (an
@@ -81,7 +82,15 @@ ROLES = (
     "holder",  # holds the secret a reader tries to read
 )
 HARNESS = "harness"
-HARNESS_OOM_SCORE_ADJ = -1000
+# The agent is never killable. The harness (the test-case process) is killable only when
+# no other task is left: its badness, rss - 0.999 x RAM, is below that of any task at a
+# higher value, so the OOM killer takes every workload task first; but once they are
+# gone it takes the harness instead of panicking "System is deadlocked on memory" (which
+# -1000 made happen: x86_64 P1 depletion, arm64 C1/P1 pressure, run 20261130-033017).
+# The agent then reports the harness's death: an infrastructure error, with the run's
+# records and console intact.
+AGENT_OOM_SCORE_ADJ = -1000
+HARNESS_OOM_SCORE_ADJ = -999
 WORKLOAD_OOM_SCORE_ADJ = 0  # a workload task is as killable as any ordinary task
 
 
@@ -589,15 +598,15 @@ class Context:
         """Start func(*args) in a forked child (own process group); see Handle.
 
         role: one of ROLES (required: every task says what it is to the scenario).
-        oom_score_adj: the task's own value; it must not keep the harness's -1000, or
-        the OOM killer could not pick it.
+        oom_score_adj: the task's own value; it must not keep the harness's value, or
+        the OOM killer would pick the harness as soon as it.
         """
         check_role(role)
         rfd, wfd = os.pipe()
         # The child must be killable from its first instruction: right after the fork
         # it touches memory (copy-on-write) before it could set its own value, and a
-        # child still at the harness's -1000 can leave the OOM killer nothing to kill
-        # ("Out of memory and no killable processes", a panic: x86_64/P1/depletion).
+        # child still at the harness's value (it was -1000) can leave the OOM killer
+        # nothing to kill ("no killable processes", a panic: x86_64/P1/depletion).
         # So the harness holds the child's value across the fork, then takes its own
         # back (CAP_SYS_RESOURCE, which the guest's root has, allows lowering it).
         harness_adj = get_oom_score_adj()
