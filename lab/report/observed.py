@@ -95,7 +95,7 @@ def render_observed(run: Run, known: Known | None = None) -> str:
         lines += [f"### {_code(r.run_cell_id, 120)}: {observed} (expected {exp})", ""]
         hit = known(r.run_cell_id, r.observed) if known and r.verdict == "unexpected" else None
         if hit is not None:
-            lines += [f"Known issue: {_code(hit[0])} ({_code(hit[1])})", ""]
+            lines += [f"Known issue: {_code(hit[0], 600)} ({_code(hit[1])})", ""]
         lines.append(f"    {printable(r.detail, TEXT, one_line=True)}")
         e = r.telling()
         if e is not None:
