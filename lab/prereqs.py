@@ -63,11 +63,13 @@ PROGRAMS = _programs(
     ("xz", "xz-utils", "source", "tar runs it for .tar.xz sources"),
     ("dpkg-query", "dpkg", "source", "names the linux-source package version"),
     ("git", "git", "source", "exports a [source] kind = git tree"),
+    ("b4", "b4", "source", "lab series fetch: b4 am downloads a series from lore (optional)"),
     ("apt-get", "apt", "image", "fetches guest packages in a private apt directory"),
     ("zstd", "zstd", "image", "unpacks zstd-compressed .debs (archives that use it)"),
     ("chromium", "chromium", "tests", "renders the report in the lab's own tests"),
     ("ssh-keygen", "openssh-client", "tests", "makes host keys for the loopback SSH hosts"),
     ("mmdebstrap", "mmdebstrap", "tests", "makes the fresh Debian root of the fresh-root test"),
+    ("lava-run", "lava-dispatcher", "tests", "runs exported LAVA jobs in the lab's own tests"),
 )
 # Debian calls it chromium; some derivatives chromium-browser.
 PROGRAMS["chromium"] = replace(PROGRAMS["chromium"], alternatives=("chromium-browser",))
@@ -200,6 +202,7 @@ def tests_only() -> tuple[Need, ...]:
         FILES["sshd"],
         PROGRAMS["ssh-keygen"],
         PROGRAMS["mmdebstrap"],
+        PROGRAMS["lava-run"],
     )
 
 
@@ -214,6 +217,8 @@ def for_config(
         for arch in cfg.arches.values():
             rows += for_arch(arch)
         rows += source(cfg.source)
+        for spec in cfg.sources.values():
+            rows += source(spec)
     if tests:
         rows += tests_only()
     seen: set[tuple[str, str]] = set()

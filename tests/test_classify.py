@@ -222,13 +222,46 @@ EXAMPLES: dict[str, str] = {
     "bad_page_state_suppressed": "BUG: Bad page state: 3 messages suppressed",
     "soft_lockup": "BUG: soft lockup - CPU#0 stuck for 22s! [smtest:123]",
     "kasan_report": "BUG: KASAN: use-after-free in secretmem_fault+0x1f/0x200",
-    "kernel_bug_other": "BUG: scheduling while atomic: smtest/123/0x00000002",
+    "kernel_bug_other": "BUG: spinlock bad magic on CPU#0, smtest/123",
     "hung_task": "INFO: task smtest:123 blocked for more than 120 seconds.",
     "rcu_stall": "rcu: INFO: rcu_preempt self-detected stall on CPU",
     "page_dumped": "page dumped because: VM_BUG_ON_FOLIO(folio_test_lru(folio))",
     "pages_still_in_use": "512 pages are still in use!",
     "kernel_warning": "WARNING: CPU: 1 PID: 212 at mm/secretmem.c:480 secretmem_fault+0x1a/0x90",
-    "kernel_warning_other": "WARNING: possible circular locking dependency detected",
+    "kernel_warning_other": "WARNING: kernel stack frame pointer at 000000001 in smtest:1 has "
+    "bad value 0000000000000000",
+    "stack_protector_panic": "Kernel panic - not syncing: stack-protector: Kernel stack is "
+    "corrupted in: udp4_lib_lookup2+0x7ea/0x7f0",
+    "x86_page_fault_old": "BUG: unable to handle kernel paging request at ffffffffffffffff",
+    "stack_guard_page": "BUG: TASK stack guard page was hit at ffffc90000017ff8 (stack is "
+    "ffffc90000018000..ffffc90000020000)",
+    "divide_error": "Oops: divide error: 0000 [#1] PREEMPT SMP NOPTI",
+    "usercopy_abort": "usercopy: Kernel memory exposure attempt detected from vmalloc (offset "
+    "975108, size 249596)!",
+    "bad_page_map": "BUG: Bad page map in process smtest  pte:800000012345f067 pmd:12345067",
+    "hard_lockup": "NMI watchdog: Watchdog detected hard LOCKUP on cpu 79",
+    "kmsan_report": "BUG: KMSAN: uninit-value in virtqueue_add+0x20e2/0x60f0",
+    "kcsan_report": "BUG: KCSAN: data-race in exit_signals / prepare_signal",
+    "kfence_report": "BUG: KFENCE: use-after-free write in down_write+0x15/0x40",
+    "workqueue_lockup": "BUG: workqueue lockup - pool cpus=0 node=0 flags=0x0 nice=0 stuck "
+    "for 56s!",
+    "scheduling_while_atomic": "BUG: scheduling while atomic: smtest/123/0x00000002",
+    "sleeping_in_atomic": "BUG: sleeping function called from invalid context at "
+    "kernel/locking/mutex.c:586",
+    "ubsan_report": "UBSAN: array-index-out-of-bounds in lib/lstring.c:152:13",
+    "ubsan_detail": "index 17 is out of range for type 'char [1]'",
+    "refcount_warning": "refcount_t: underflow; use-after-free.",
+    "odebug_warning": "ODEBUG: free active (active state 0) object type: timer_list hint: "
+    "delayed_work_timer_fn+0x0/0x90",
+    "usercopy_warning": "Bad or missing usercopy whitelist? Kernel memory exposure attempt "
+    "detected from SLUB object 'simplefs_cache' (offset 4, size 4)!",
+    "lockdep_deadlock": "WARNING: possible circular locking dependency detected",
+    "lockdep_inconsistent": "WARNING: inconsistent lock state",
+    "lockdep_other": "WARNING: suspicious RCU usage",
+    "kernel_warning_new": "WARNING: fs/iomap/buffered-io.c:289 at ifs_free+0x344/0x400, CPU#0: "
+    "kswapd0/69",
+    "oom_kill_choice": "Memory cgroup out of memory: Kill process 24572 (java) score 0 or "
+    "sacrifice child",
     "oom_invoked": "python3 invoked oom-killer: gfp_mask=0x100dc2(GFP_HIGHUSER|__GFP_ZERO), "
     "order=0, oom_score_adj=0",
     "oom_summary": "oom-kill:constraint=CONSTRAINT_NONE,nodemask=(null),cpuset=/,"
@@ -324,6 +357,7 @@ def test_fields_are_extracted() -> None:
 
 # --- precedence: one synthetic case per rule ------------------------------------------
 
+LINUX = "[    0.000000] Linux version 6.1.192 (lab@lab) #1 SMP\n"
 BOOT = "[    0.600000] Run /init as init process\n"
 READY = BOOT + "LABREADY 1234abcd\n"
 END = "[    9.000000] reboot: Power down\n"
@@ -375,6 +409,12 @@ OOPS = (
 BUG = (
     "[    7.000000] BUG: Bad page state in process python3  pfn:1bc00\n"
     "[    7.000001] page dumped because: page still charged to cgroup\n"
+)
+OOPS_USER = (
+    "[    7.000000] BUG: kernel NULL pointer dereference, address: 0000000000000008\n"
+    "[    7.000001] #PF: supervisor read access in kernel mode\n"
+    "[    7.000002] Oops: 0000 [#1] PREEMPT SMP NOPTI\n"
+    "[    7.000003] CPU: 1 PID: 4321 Comm: syz-executor6 Not tainted 6.1.192 #1\n"
 )
 PANIC = (
     "[    8.000000] Kernel panic - not syncing: Fatal exception\n"
@@ -436,7 +476,25 @@ RULE_CASES: list[tuple[str, str, RunFacts | None, str]] = [
         facts(result("pass"), expected_banner=EXPECT_CMA),
         "infra_error",
     ),
-    ("panic-before-userspace", BANNER + PANIC, None, "boot_failure"),
+    # A foreign log needs positive evidence that userspace never ran: the boot in the log
+    # and no userspace before the panic, a boot-only panic reason, a boot-path trace.
+    ("panic-before-userspace", LINUX + BANNER + PANIC, None, "boot_failure"),
+    (
+        "panic-before-userspace",
+        "[    0.9] Kernel panic - not syncing: No working init found.  Try passing init=\n",
+        None,
+        "boot_failure",
+    ),
+    (
+        "panic-before-userspace",
+        BANNER + PANIC + "[    8.000002] Call Trace:\n[    8.000003]  start_kernel+0xd8a/0xd90\n",
+        None,
+        "boot_failure",
+    ),
+    # ... and without any (a log that starts mid-run) a panic is a panic.
+    ("panic", BANNER + PANIC, None, "panic"),
+    # A user task named by the report says userspace ran, even with the boot in the log.
+    ("panic", LINUX + OOPS_USER + PANIC, None, "panic"),
     (
         "panic-before-userspace",
         BANNER + PANIC,
@@ -914,7 +972,8 @@ def test_many_matches_are_bounded() -> None:
 def test_json_shape() -> None:
     c = classify(READY + KILL + END, facts(result("pass")))
     out = c.to_json()
-    assert set(out) == {"outcome", "detail", "rule", "rule_text", "evidence", "matched", "fields"}
+    want = {"outcome", "title", "detail", "rule", "rule_text", "evidence", "matched", "fields"}
+    assert set(out) == want
     assert out["outcome"] == "oom_kill"
     assert out["evidence"][0] == {
         "line_no": 3,

@@ -187,3 +187,56 @@ def test_failure_modes_select_every_era(repo: Path) -> None:
     assert failures.summarise(["reproduced", "reproduced"]) == "reproduced"
     assert failures.summarise(["reproduced", "different outcome"]) == "mixed"
     assert failures.summarise([]) == "not run"
+
+
+def _scoped(tmp_path: Path, meta: str) -> testcase.TestCase:
+    f = tmp_path / "scoped.py"
+    f.write_text(f"TESTCASE = {{'name': 'scoped', {meta}}}\n")
+    return testcase.load(f, classify.CLASSES)
+
+
+def test_a_testcase_scoped_to_families_and_params_plans_only_those_pairs(
+    repo: Path, tmp_path: Path
+) -> None:
+    """TESTCASE['families'] and ['params'] say which variants a test case is about;
+    the planner pairs it with those only (issue 13: an LKDTM test case on LKDTM kernels)."""
+    cfg = config.load(repo / "lab.toml")
+    tcs = testcase.discover(repo / "testcases", classify.CLASSES)
+    everything = matrix.plan(cfg, tcs, matrix.MatrixSpec())
+    cma = _scoped(
+        tmp_path, "'families': ['secret*'], 'params': {'pool': ['cma'], 'fallback': [False]}"
+    )
+    cells = matrix.plan(cfg, [*tcs, cma], matrix.MatrixSpec())
+    mine = [c for c in cells if c.cell.testcase.name == "scoped"]
+    assert mine and all(
+        c.cell.variant.params["pool"] == "cma" and c.cell.variant.params["fallback"] is False
+        for c in mine
+    )
+    picked = {c.cell.variant.name for c in mine}
+    wanted = {
+        v.name for v in cfg.variants if v.params["pool"] == "cma" and not v.params["fallback"]
+    }
+    assert picked == wanted and picked != {v.name for v in cfg.variants}
+    # the other test cases are planned as before
+    assert [c.id for c in cells if c.cell.testcase.name != "scoped"] == [c.id for c in everything]
+    # unscoped (the default) means every variant
+    assert _scoped(tmp_path, "'arches': ['*']").applies_to("anything", {})
+
+
+@pytest.mark.parametrize(
+    ("meta", "error"),
+    [
+        ("'families': ['lkdtm']", r"TESTCASE\['families'\]: 'lkdtm' matches no variant family"),
+        ("'params': {'pools': ['cma']}", r"no variant has the parameter 'pools'"),
+        ("'params': {'pool': 'cma'}", r"\['params'\]: 'pool': 'cma' is not valid"),
+        ("'params': {'pool': []}", r"at least one value"),
+        ("'families': 'secretmem'", r"\['families'\]: expected variant families"),
+    ],
+)
+def test_testcase_scope_errors_are_one_clear_line(
+    repo: Path, tmp_path: Path, meta: str, error: str
+) -> None:
+    cfg = config.load(repo / "lab.toml")
+    with pytest.raises(LabError, match=error) as exc:
+        matrix.plan(cfg, [_scoped(tmp_path, meta)], matrix.MatrixSpec())
+    assert "\n" not in str(exc.value)

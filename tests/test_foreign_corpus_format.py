@@ -1,8 +1,8 @@
 """The foreign-log corpus (tests/data/foreign): real kernel consoles this lab did not produce.
 
 Each file is a header (`KEY: value` lines), a blank line, then the log excerpt verbatim.
-This checks the headers and the spread of the corpus only; the classifier is not run on
-these logs yet (issue 13 extends it first). The family -> class rules that the labels
+This checks the headers and the spread of the corpus; tests/test_foreign_corpus.py runs
+the classifier on it. The family -> class rules that the labels
 follow are in tests/data/foreign/README.md.
 """
 

@@ -9,7 +9,11 @@ D16: bidi controls in console lines are shown as escapes, never raw.
 
 from __future__ import annotations
 
+import importlib
+import random
 import time
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,8 @@ from lab import classify as cl
 from lab.classify import RunFacts, classify
 from lab.classify.signatures import SIGNATURES, Signature
 from lab.report import clean as report_clean
+
+normalise_module = importlib.import_module("lab.classify.normalise")
 
 # --- D3: linear signatures ----------------------------------------------------------
 
@@ -49,15 +55,21 @@ def test_signature_is_linear_on_long_lines(sig: object) -> None:
     patterns = [sig.pattern]
     if sig.context is not None:
         patterns += list(sig.context.fields)
-    for line in lines:
+
+    def once(line: str) -> float:
         started = time.perf_counter()
         for pat in patterns:
             pat.match(line)
         if sig.context is not None:
             for pat in sig.context.fields:
                 pat.search(line)
-        took = time.perf_counter() - started
-        # Generous for a loaded machine: linear takes about 1 ms here.
+        return time.perf_counter() - started
+
+    for line in lines:
+        # Generous for a loaded machine: linear takes about 1 ms here. The best of three
+        # tries, because a preempted try on a busy 2-core machine (CI seen at load 8)
+        # is slow once, while a super-linear pattern is slow every time.
+        took = min(once(line) for _ in range(3)) if once(line) >= 0.25 else 0.0
         assert took < 0.25, f"{took:.2f}s on {line[:60]!r}... ({len(line)} chars)"
 
 
@@ -89,7 +101,7 @@ def test_one_long_line_classifies_quickly(line: str, lab: bool) -> None:
 
 def test_a_long_kernel_line_still_matches_on_its_start() -> None:
     c = classify("[    1.000000] Kernel panic - not syncing: Fatal exception" + " x" * 600_000)
-    assert c.outcome == "boot_failure"  # a panic, and no userspace before it
+    assert c.outcome == "panic"  # a foreign panic with no evidence that userspace never ran
     assert str(c.fields["reason"]).startswith("Fatal exception x x")
 
 
@@ -294,3 +306,61 @@ def test_evidence_reports_and_host_text_escape_one_set(char: str) -> None:
     for escape in (shown, printable, _clean):
         out = escape(f"a{char}b")
         assert char not in out and out.startswith("a\\") and out.endswith("b"), escape
+
+
+# --- issue 13: a console read in pieces, bounded memory ---------------------------
+
+
+def _pieces(text: str, seed: int) -> list[str]:
+    rnd = random.Random(seed)
+    cuts = sorted(rnd.sample(range(len(text) + 1), min(len(text) + 1, 7)))
+    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)] + [""]
+
+
+_PIECE_CASES = [
+    "",
+    "a",
+    "a\n\n",
+    "a\r\r\nb\r",
+    "x" * 70_000 + "\n[    1.000000] Kernel panic - not syncing: x\n",
+    "\r" * 70_000 + "[    1.000000] [    2.000000] reboot: Power down\n",
+    "[    1.000000] [    2.000000] a\nb",
+    "\x1b[" * 5000 + "\n[    3.000000] BUG: KASAN: use-after-free in f+0x1/0x2\n",
+]
+
+
+@pytest.mark.parametrize("text", _PIECE_CASES, ids=range(len(_PIECE_CASES)))
+def test_a_console_in_pieces_classifies_as_its_text(text: str) -> None:
+    """`lab classify FILE` reads the file in pieces; split anywhere, the result is the
+    same as for the whole text (the goldens hold it for every corpus log)."""
+    for seed in range(4):
+        pieces = _pieces(text, seed)
+        assert classify(lambda p=pieces: iter(p)).to_json() == classify(text).to_json()
+
+
+def _storm(n: int) -> Iterator[str]:
+    report = (
+        "[{t:12.6f}] dd invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, "
+        "oom_score_adj=0\n[{t:12.6f}] CPU: 0 PID: {p} Comm: dd Not tainted 6.1.192 #2\n"
+        + "[{t:12.6f}] anon 33472512\n" * 20
+        + "[{t:12.6f}] Memory cgroup out of memory: Killed process {p} (dd) total-vm:67792kB\n"
+    )
+    for i in range(n):
+        yield report.format(t=1.0 + i / 1000, p=1000 + i)
+
+
+def test_memory_does_not_grow_with_the_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A console given in pieces is never held: classifying 4x the log costs no more
+    memory (counts, first/last hits, the last lines and, up to MAX_SEEN, the stamped hits
+    remembered against echoes are all that is kept; MAX_SEEN is made small here so that
+    both logs reach it)."""
+    monkeypatch.setattr(normalise_module, "MAX_SEEN", 500)
+    peaks = []
+    for n in (600, 2400):  # about 0.75 MB and 3 MB of console
+        tracemalloc.start()
+        c = classify(lambda n=n: _storm(n))
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert c.outcome == "oom_kill" and c.fields["kill_count"] == n
+    assert peaks[1] < 4 * 2**20, f"{peaks[1] / 2**20:.1f} MiB for 3 MB of console"
+    assert peaks[1] < peaks[0] * 1.5, f"peaks {peaks}: memory grows with the log"

@@ -37,9 +37,11 @@ ALLOWED: dict[str, set[str]] = {
     # hosts -> vm: a host reports its own accelerator choice (vm.accel). A host's kernel and
     # base image reach it as the run stage's Inputs, so hosts needs neither build nor image.
     "hosts": {"config", "results", "vm", "run"},
+    # export: cells as LAVA jobs (run's prepared cells, vm's QEMU arguments) and back.
+    "export": {"config", "classify", "results", "image", "build", "vm", "run"},
     "cli": {
         "config", "classify", "results", "prereqs", "image", "build", "doctor", "vm",
-        "report", "run", "hosts",
+        "report", "run", "hosts", "export",
     },
     "__main__": {"cli"},
 }  # fmt: skip
@@ -59,6 +61,8 @@ PURE = [
     "lab.run.matrix",
     "lab.run.selection",
     "lab.run.testcase",
+    "lab.export.lava",
+    "lab.export.lavalog",
 ]
 SPAWNERS = {"subprocess", "pexpect", "fabric", "paramiko", "invoke", "multiprocessing", "lab.proc"}
 SSH_LIBS = {"fabric", "paramiko", "invoke"}

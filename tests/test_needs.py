@@ -3,6 +3,7 @@ reads files, and `lab boot --exec` follows its command through vm.boot.exec_comm
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from test_golden import _base, _kernel
 
 from lab.build import kselftest, source
-from lab.config import LabConfig, load
+from lab.config import LabConfig, SourceSpec, load
 from lab.errors import InfraError, UserError
 from lab.outcome import CLASSES
 from lab.run import needs, testcase
@@ -33,15 +34,15 @@ def builds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[str, s
     tree and a cross compiler); each build writes a binary named after the arch."""
     calls: list[tuple[str, str]] = []
 
-    def prepare(*_a: Any, **_k: Any) -> Any:
-        calls.append(("source", ""))
-        return type("Src", (), {"tree": tmp_path / "tree"})()
+    def prepare(spec: SourceSpec, *_a: Any, **_k: Any) -> Any:
+        calls.append(("source", spec.package))
+        return type("Src", (), {"tree": tmp_path / "tree" / spec.package})()
 
-    def build(spec: str, arch: Any, *_a: Any) -> Path:
+    def build(spec: str, arch: Any, tree: Path, *_a: Any) -> Path:
         calls.append((arch.name, spec))
         if arch.name == "arm64":
             raise InfraError("aarch64-linux-gnu-gcc failed")
-        out = tmp_path / arch.name / "memfd_secret"
+        out = tmp_path / arch.name / tree.name / "memfd_secret"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(b"\x7fELF " + arch.name.encode())
         return out
@@ -57,12 +58,33 @@ def test_each_need_is_built_once_per_arch_and_a_failure_names_its_cells(
     cfg = load(REPO / "lab.toml")
     cells = _cells(cfg, "kselftest", ("x86_64", "arm64"))
     built, unmet = needs.resolve(cfg, cells)
-    assert builds == [("source", ""), ("arm64", NEED), ("x86_64", NEED)]
-    assert set(built) == {("x86_64", NEED)} and set(unmet) == {("arm64", NEED)}
+    assert builds == [("source", "linux-source-6.1"), ("arm64", NEED), ("x86_64", NEED)]
+    assert set(built) == {("x86_64", "", NEED)} and set(unmet) == {("arm64", "", NEED)}
     for c in cells:
         problem = needs.failure(c, unmet)
         assert (problem is None) == (c.arch.name == "x86_64")
     assert "aarch64-linux-gnu-gcc failed" in str(needs.failure(cells[-1], unmet))
+
+
+def test_a_need_is_built_from_the_source_of_each_cells_variant(
+    builds: list[tuple[str, str]],
+) -> None:
+    # [sources.NAME]: a selftest is compiled from the tree of the kernel it runs on.
+    cfg = load(REPO / "lab.toml")
+    new = dataclasses.replace(cfg.source, package="linux-source-6.12")
+    old_v, new_v = cfg.variants[0], dataclasses.replace(cfg.variants[1], source="new")
+    cfg = dataclasses.replace(cfg, sources={"new": new}, variants=(old_v, new_v))
+    tc = testcase.find(cfg.testcases_dir, "kselftest", CLASSES)
+    cells = [Cell(cfg.arch("x86_64"), v, tc) for v in (old_v, new_v, old_v)]
+    built, unmet = needs.resolve(cfg, cells)
+    assert unmet == {}
+    assert builds == [
+        ("source", "linux-source-6.1"), ("x86_64", NEED),
+        ("source", "linux-source-6.12"), ("x86_64", NEED),
+    ]  # fmt: skip
+    old_bin, new_bin = (needs.binaries(c, built)[NEED] for c in cells[:2])
+    assert (old_bin.parent.name, new_bin.parent.name) == ("linux-source-6.1", "linux-source-6.12")
+    assert needs.binaries(cells[2], built)[NEED] == old_bin
 
 
 def test_a_cell_without_needs_builds_nothing(builds: list[tuple[str, str]]) -> None:

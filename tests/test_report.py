@@ -804,3 +804,19 @@ def test_malformed_and_unknown_values_still_render(tmp_path: Path) -> None:
     (empty / "run.json").write_text(json.dumps({"run_id": "empty", "status": "running"}))
     report.render(empty)
     assert "0 expected, 0 unexpected, 0 infra, 0 not run" in report.text_summary(empty)
+
+
+def test_report_and_summary_show_the_title(run_dir: Path) -> None:
+    """A classification's CI-bot style title (issue 13) is in summary.md and report.html,
+    for a cell that has one; cells without one show no empty title line."""
+    path = run_dir / "cells" / _dirname("arm64/C1/depletion") / "evidence.json"
+    data = json.loads(path.read_text())
+    data["title"] = "WARNING in secretmem_fault"
+    path.write_text(json.dumps(data))
+    report.render(run_dir)
+    md = (run_dir / "summary.md").read_text()
+    part = md.split("### arm64/C1/depletion")[1].split("###")[0]
+    assert "title:     WARNING in secretmem_fault" in part
+    assert "title:" not in md.split("### x86_64/C0/depletion")[1].split("###")[0]
+    html = (run_dir / "report.html").read_text()
+    assert html.count("WARNING in secretmem_fault") == 1

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from lab import __version__, cache, prereqs, proc
 from lab.build import kconfig, patches, source, toolchain
-from lab.config import ArchSpec, LabConfig, Variant, templates
+from lab.config import ArchSpec, LabConfig, SourceSpec, Variant, templates
 from lab.errors import InfraError, UserError
 from lab.outcome import BuildStatus
 
@@ -60,6 +60,7 @@ class BuildPlan:
     inputs: Mapping[str, Any] = field(hash=False)
     key: str
     tree_key: str
+    source: SourceSpec | None = None  # the variant's kernel source; None: lab.toml's [source]
 
     @property
     def label(self) -> str:
@@ -148,6 +149,7 @@ def make_plan(
     tools: toolchain.Toolchain,
     base_identity: str,
     jobs: int,
+    source_spec: SourceSpec | None = None,
 ) -> BuildPlan:
     """Pure: the cache key and build-tree key of a kernel from its resolved inputs."""
     tree_inputs = {
@@ -181,6 +183,7 @@ def make_plan(
         inputs=inputs,
         key=cache.digest_json(inputs)[:24],
         tree_key=f"{arch.name}-{cache.digest_json(tree_inputs)[:16]}",
+        source=source_spec,
     )
 
 
@@ -205,7 +208,8 @@ def plan(
     for frag in fragments:
         kconfig.parse_fragment(frag.text, str(cfg.config_dir / frag.template))
     tools = toolchain.detect(arch)
-    identity, description = source.identify(cfg.source, cfg.cache_dir, log)
+    spec = cfg.source_for(variant)
+    identity, description = source.identify(spec, cfg.cache_dir, log)
     series = patches.load_series(cfg.patches_dir, variant.series)
     return make_plan(
         cfg,
@@ -218,6 +222,7 @@ def plan(
         tools,
         _base_identity(cfg),
         jobs or default_jobs(cfg),
+        spec,
     )
 
 
@@ -369,7 +374,7 @@ def build(cfg: LabConfig, p: BuildPlan, task: Task, force: bool = False) -> Buil
         task.phase(msg)
 
     task.phase("source")
-    src = source.prepare(cfg.source, cfg.cache_dir, log)
+    src = source.prepare(p.source or cfg.source, cfg.cache_dir, log)
     if src.identity != p.source_identity:
         raise InfraError(f"{p.label}: source changed while building ({src.identity})")
     srctree = patches.apply(src, p.series, cfg.cache_dir, log)
@@ -458,6 +463,8 @@ def _collect(
             "config_sha256": cache.file_digest(tmp / "config"),
             "source": {"identity": p.source_identity, "description": p.source_description},
             "series": p.series.describe(),
+            # Per named series: quilt or mbox, its version and base-commit: trailer.
+            "series_sources": p.series.identity(),
             "fragments": [
                 {"template": f.template, "sha256": cache.digest(f.text)} for f in p.fragments
             ],
@@ -480,7 +487,7 @@ def _collect(
 def show_config(cfg: LabConfig, p: BuildPlan, reporter: Reporter) -> ConfigResult:
     """Configure (without building) and return base, merged and final config."""
     task = reporter.task(p.label)
-    src = source.prepare(cfg.source, cfg.cache_dir, task.phase)
+    src = source.prepare(p.source or cfg.source, cfg.cache_dir, task.phase)
     srctree = patches.apply(src, p.series, cfg.cache_dir, task.phase)
     objtree, lock = _tree_paths(cfg, p)
     objtree.mkdir(parents=True, exist_ok=True)

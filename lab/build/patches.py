@@ -10,10 +10,12 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from lab import cache, prereqs
+from lab.build import mbox
 from lab.build.source import Log, Source
 from lab.errors import InfraError, UserError
 
@@ -22,8 +24,57 @@ from lab.errors import InfraError, UserError
 class Patch:
     series: str
     name: str
+    path: Path  # the patch file; for a mail, the mbox it came from
+    sha256: str  # of the bytes `patch` applies: the file, or a mail's diff part
+    # A patch from an mbox: only its diff part goes to `patch`, and its mail headers
+    # and commit message go into the build's metadata, as `git am` would keep them.
+    mail: mbox.MailPatch | None = None
+
+    def read(self) -> bytes:
+        """The bytes handed to `patch` (bounded: MAX_PATCH_BYTES)."""
+        if self.mail is not None:
+            return self.mail.diff
+        # A git format-patch file is a mail: its commit message is not part of the diff.
+        return mbox.diff_of_file(self.file_bytes())
+
+    def file_bytes(self) -> bytes:
+        """The whole patch file (bounded: MAX_PATCH_BYTES); a mail's diff for an mbox patch."""
+        if self.mail is not None:
+            return self.mail.diff
+        with self.path.open("rb") as f:
+            raw = f.read(MAX_PATCH_BYTES + 1)
+        if len(raw) > MAX_PATCH_BYTES:
+            raise UserError(
+                f"patch {self.series}/{self.name} ({self.path}): larger than "
+                f"{MAX_PATCH_BYTES >> 20} MiB"
+            )
+        return raw
+
+    def describe(self) -> dict[str, str]:
+        out = {"series": self.series, "patch": self.name, "sha256": self.sha256}
+        if self.mail is not None:
+            m = self.mail
+            out |= {
+                "message_id": m.message_id,
+                "subject": m.subject,
+                "tag": m.tag,
+                "author": m.author,
+                "date": m.date,
+                "message": m.message,
+            }
+        return out
+
+
+@dataclass(frozen=True)
+class SeriesSource:
+    """Where one named series came from: a quilt directory or an mbox (with its trailers)."""
+
+    name: str
     path: Path
-    sha256: str
+    kind: str  # "quilt" | "mbox"
+    base_commit: str = ""
+    cover_message_id: str = ""
+    version: int = 0  # the [PATCH vN] of an mbox; 0 for quilt
 
 
 # How patches are applied is part of the result: `patch` applies hunks whose context
@@ -38,6 +89,7 @@ MAX_PATCH_BYTES = 64 << 20
 @dataclass(frozen=True)
 class Series:
     patches: tuple[Patch, ...]
+    sources: tuple[SeriesSource, ...] = ()
 
     @property
     def digest(self) -> str:
@@ -45,24 +97,113 @@ class Series:
         return cache.digest("\n".join([POLICY, *(p.sha256 for p in self.patches)]))
 
     def describe(self) -> list[dict[str, str]]:
-        return [{"series": p.series, "patch": p.name, "sha256": p.sha256} for p in self.patches]
+        return [p.describe() for p in self.patches]
+
+    def identity(self) -> list[dict[str, object]]:
+        """Per named series: kind, file, version and the base-commit: trailer (build metadata)."""
+        return [
+            {
+                "series": s.name,
+                "kind": s.kind,
+                "path": str(s.path),
+                **({"version": s.version} if s.version else {}),
+                **({"base_commit": s.base_commit} if s.base_commit else {}),
+                **({"cover_message_id": s.cover_message_id} if s.cover_message_id else {}),
+            }
+            for s in self.sources
+        ]
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """One line of a side-by-side of two series versions (git range-diff's view)."""
+
+    a: int  # 1-based position in the first series, 0 when absent
+    b: int  # 1-based position in the second series, 0 when absent
+    mark: str  # "=" same diff, "!" changed diff, "<" only in the first, ">" only in the second
+    title: str
+
+
+def pair(a: Sequence[tuple[str, str]], b: Sequence[tuple[str, str]]) -> list[Pairing]:
+    """Pair the patches of two versions of a series, each (subject, diff digest), by
+    subject (pure).
+
+    A patch keeps its subject from one version to the next far more often than its
+    diff; the diff digest then says whether it changed.
+    """
+    b_by_title: dict[str, list[int]] = {}
+    for j, (title, _digest) in enumerate(b, 1):
+        b_by_title.setdefault(title, []).append(j)
+    used: set[int] = set()
+    out: list[Pairing] = []
+    for i, (title, digest) in enumerate(a, 1):
+        js = [j for j in b_by_title.get(title, []) if j not in used]
+        if not js:
+            out.append(Pairing(i, 0, "<", title))
+            continue
+        j = js[0]
+        used.add(j)
+        out.append(Pairing(i, j, "=" if digest == b[j - 1][1] else "!", title))
+    for j, (title, _digest) in enumerate(b, 1):
+        if j not in used:
+            out.append(Pairing(0, j, ">", title))
+    return sorted(out, key=lambda x: (x.b if x.b else x.a - 0.5, x.a))
+
+
+def available(patches_dir: Path) -> list[str]:
+    """Series names under patches_dir: quilt directories and mboxes."""
+    if not patches_dir.is_dir():
+        return []
+    out = []
+    for p in sorted(patches_dir.iterdir()):
+        if (p / "series").is_file():
+            out.append(p.name)
+        elif mbox.is_mbox(p):
+            out.append(p.stem)
+        elif p.is_dir() and any(mbox.is_mbox(f) for f in p.iterdir()):
+            out.append(p.name)
+    return out
+
+
+def check_name(name: str, where: str) -> None:
+    """A series name is one directory entry under kernels/patches, nothing else."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise UserError(
+            f"{where}: patch series {name!r} is not a name under kernels/patches/; "
+            "use a directory or mbox name without '/'"
+        )
 
 
 def load_series(patches_dir: Path, names: tuple[str, ...]) -> Series:
-    """Read the named series files; a missing file names the series and the path."""
+    """Read the named series (quilt directories or mboxes); a missing one is named with its path."""
     patches: list[Patch] = []
+    sources: list[SeriesSource] = []
     for name in names:
+        check_name(name, str(patches_dir))
+        if (box := mbox.find(patches_dir, name)) is not None:
+            mail_series = mbox.read(box)
+            sources.append(
+                SeriesSource(
+                    name,
+                    box,
+                    "mbox",
+                    mail_series.base_commit,
+                    mail_series.cover_message_id,
+                    mail_series.version,
+                )
+            )
+            patches.extend(
+                Patch(name, f"{m.number:04d} {m.tag}", box, cache.digest(m.diff), m)
+                for m in mail_series.patches
+            )
+            continue
         series_file = patches_dir / name / "series"
         if not series_file.is_file():
-            available = (
-                sorted(p.name for p in patches_dir.iterdir() if (p / "series").is_file())
-                if patches_dir.is_dir()
-                else []
-            )
             raise UserError(
-                f"patch series {name!r}: {series_file} not found; "
-                f"available: {', '.join(available) or '(none)'}"
+                f"patch series {name!r}: {series_file} not found (nor {name}.mbox/.mbx); "
+                f"available: {', '.join(available(patches_dir)) or '(none)'}"
             )
+        sources.append(SeriesSource(name, series_file.parent, "quilt"))
         for no, line in enumerate(series_file.read_text().splitlines(), 1):
             entry = line.split("#", 1)[0].strip()
             if not entry:
@@ -78,7 +219,7 @@ def load_series(patches_dir: Path, names: tuple[str, ...]) -> Series:
             if not path.is_file():
                 raise UserError(f"{series_file}:{no}: patch {entry!r} not found")
             patches.append(Patch(name, entry, path, cache.file_digest(path)))
-    return Series(tuple(patches))
+    return Series(tuple(patches), tuple(sources))
 
 
 _HEADER = re.compile(r"^(?:---|\+\+\+) (\S+)")
@@ -278,10 +419,9 @@ def apply(source: Source, series: Series, cache_root: Path, log: Log) -> Path:
 
 def _apply_one(tree: Path, patch: Patch) -> None:
     label = f"{patch.series}/{patch.name}"
-    with patch.path.open("rb") as f:
-        raw = f.read(MAX_PATCH_BYTES + 1)
-    if len(raw) > MAX_PATCH_BYTES:
-        raise UserError(f"patch {label} ({patch.path}): larger than {MAX_PATCH_BYTES >> 20} MiB")
+    if patch.mail is not None:
+        label += f" ({patch.mail.label})"
+    raw = patch.read()
     text = raw.decode(errors="replace")
     # Checked before `patch` runs at all: nothing from a patch may reach outside the tree.
     touched = touched_files(text)
@@ -291,19 +431,20 @@ def _apply_one(tree: Path, patch: Patch) -> None:
                 f"patch {label} ({patch.path}): path {rel!r} {reason}, outside the kernel "
                 "tree; a patch may only touch files inside the tree"
             )
-    dry = _run_patch(tree, patch.path, dry_run=True)
+    dry = _run_patch(tree, raw, dry_run=True)
     if dry.returncode != 0:
         raise UserError(
             f"patch {label} does not apply: {explain_failure(text, dry.stdout + dry.stderr)}"
         )
     for rel in touched:
         _unshare(tree / rel)
-    real = _run_patch(tree, patch.path, dry_run=False)
+    real = _run_patch(tree, raw, dry_run=False)
     if real.returncode != 0:
         raise InfraError(f"patch {label} passed --dry-run but failed: {real.stdout.strip()[-300:]}")
 
 
-def _run_patch(tree: Path, path: Path, dry_run: bool) -> subprocess.CompletedProcess[str]:
+def _run_patch(tree: Path, diff: bytes, dry_run: bool) -> subprocess.CompletedProcess[str]:
+    """Run patch(1) on `diff` (on stdin: a mail's diff part has no file of its own)."""
     argv = [
         prereqs.program("patch"),
         "-p1",
@@ -311,15 +452,19 @@ def _run_patch(tree: Path, path: Path, dry_run: bool) -> subprocess.CompletedPro
         "--forward",
         "--batch",
         "--no-backup-if-mismatch",
-        "-i",
-        str(path),
     ]
     if dry_run:
         argv.append("--dry-run")
     try:
-        return subprocess.run(argv, cwd=tree, capture_output=True, text=True)
+        proc = subprocess.run(argv, cwd=tree, input=diff, capture_output=True)
     except FileNotFoundError:
         raise UserError("patch not found; install it with: sudo apt-get install patch") from None
+    return subprocess.CompletedProcess(
+        proc.args,
+        proc.returncode,
+        proc.stdout.decode(errors="replace"),
+        proc.stderr.decode(errors="replace"),
+    )
 
 
 def _unshare(path: Path) -> None:

@@ -38,7 +38,7 @@ from lab.classify.model import (
     RunFacts,
     _clean,
 )
-from lab.classify.normalise import normalise, scan, shown
+from lab.classify.normalise import Console, normalise, scan, shown
 from lab.classify.rules import RULES, Rule
 from lab.classify.victim_rules import _victim_fields
 from lab.outcome import CLASSES
@@ -52,6 +52,7 @@ __all__ = [
     "RULES",
     "TASK_ROLES",
     "Classification",
+    "Console",
     "Evidence",
     "Rule",
     "RunFacts",
@@ -62,18 +63,20 @@ __all__ = [
 ]
 
 
-def classify(console: str, facts: RunFacts | None = None) -> Classification:
+def classify(console: Console, facts: RunFacts | None = None) -> Classification:
     """Classify one run.
 
     Args:
-        console: the raw serial console log (any text; see `normalise`).
+        console: the raw serial console log (any text; see `normalise`), or a function
+            that returns its lines anew each time it is called (a log read from disk as it
+            is needed: it is read twice, and memory does not grow with its size).
         facts: what the lab knows besides the console, or None for a foreign log.
 
     Returns:
         The class picked by the first rule of `RULES` that holds, with evidence.
         Never raises for anything found in the console or the records.
     """
-    f = _Findings(normalise(console), facts)
+    f = _Findings(console, facts)
     for rule in RULES:
         verdict = rule.check(f)
         if verdict is None:
@@ -95,5 +98,6 @@ def classify(console: str, facts: RunFacts | None = None) -> Classification:
             evidence=verdict.evidence.done(),
             matched=f.matched,
             fields=values,
+            title=_clean(verdict.title, MAX_DETAIL) if verdict.title else None,
         )
     raise AssertionError("unreachable: the last rules cover both foreign logs and lab runs")

@@ -7,6 +7,7 @@ from typing import Any
 
 from lab.classify.findings import _Evidence, _Findings, _msg, _Verdict
 from lab.classify.model import Hit
+from lab.classify.title import title
 
 # --- the rules, in precedence order ----------------------------------------------
 
@@ -77,9 +78,7 @@ def _panic_common(f: _Findings, outcome: str, hit: Hit) -> _Verdict:
         values["cause_signature"] = cause.sig.name
         values["cause"] = _msg(f, cause)
         extra.append(f"after {cause.sig.outcome}: {values['cause']}")
-    kills = [
-        h for h in f.hits("oom_killed_process", "memcg_oom_killed_process") if h.index < hit.index
-    ]
+    kills = [h for h in f.kills() if h.index < hit.index]
     if kills:
         values["oom_kills"] = len(kills)
         extra.append(f"after {len(kills)} OOM kill{'s' if len(kills) > 1 else ''}")
@@ -95,14 +94,27 @@ def _panic_common(f: _Findings, outcome: str, hit: Hit) -> _Verdict:
     reason = values["reason"] or "(no reason)"
     what = "kernel panic before userspace ran: " if outcome == "boot_failure" else ""
     more = f" ({'; '.join(extra)})" if extra else ""
-    return _Verdict(outcome, f"{outcome}: {what}{reason}{more}", ev, values)
+    # The title names what came first: the report that led to the panic, else the panic.
+    named = (title(cause) if causes else None) or title(hit)
+    return _Verdict(outcome, f"{outcome}: {what}{reason}{more}", ev, values, named)
 
 
 def _panic_before_userspace(f: _Findings) -> _Verdict | None:
     panics = _panic_hits(f)
-    if not panics or f.userspace_ran(before=panics[0].index):
+    if not panics:
         return None
-    return _panic_common(f, "boot_failure", panics[0])
+    if f.facts is not None:  # a lab run: the ready marker says
+        if f.userspace_ran(before=panics[0].index):
+            return None
+        return _panic_common(f, "boot_failure", panics[0])
+    # A foreign log often starts mid-run: only positive evidence makes it a boot failure.
+    why = f.never_ran(panics[0])
+    if why is None:
+        return None
+    verdict = _panic_common(f, "boot_failure", panics[0])
+    verdict.evidence.note(f"classify: userspace never ran: {why}", "lab:boot")
+    verdict.fields["boot_evidence"] = why
+    return verdict
 
 
 def _panic(f: _Findings) -> _Verdict | None:
@@ -127,6 +139,6 @@ def _integrity(outcome: str) -> Callable[[_Findings], _Verdict | None]:
         values.update({k: v for k, v in first.fields.items() if k not in values})
         values["reports"] = sum(f.count[n] for n in kinds)
         more = f" (+{values['reports'] - 1} more)" if values["reports"] > 1 else ""
-        return _Verdict(outcome, f"{outcome}: {values['message']}{more}", ev, values)
+        return _Verdict(outcome, f"{outcome}: {values['message']}{more}", ev, values, title(first))
 
     return rule

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple
 
 from lab.classify.signatures import Signature
 from lab.errors import UserError
@@ -19,6 +19,9 @@ MAX_RECORDS = 10_000  # records looked at; the host already bounds their size
 MAX_PROBLEMS = 20
 MAX_HITS = 200  # hits kept per signature (all are counted)
 TAIL = 10  # last console lines shown when a log just stops
+TITLE_LINES = 80  # lines after a report read for its title's function
+TITLED = 3  # hits per signature (and stamped ones) whose title lines are kept
+MAX_SEEN = 20_000  # stamped hit lines remembered to skip echoes of them (about 1 MB)
 
 TASK_STATUSES = ("exited", "signaled", "timeout", "killed")
 VERDICTS = ("pass", "fail", "error")
@@ -121,10 +124,14 @@ class Classification:
     evidence: tuple[Evidence, ...]
     matched: tuple[str, ...]  # every signature that matched, first-match order
     fields: Mapping[str, Any]  # JSON-safe values
+    # The CI-bot style title of the kernel report that decided (`WARNING in func`), None
+    # when no kernel report decided (see lab.classify.title).
+    title: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "outcome": self.outcome,
+            "title": self.title,
             "detail": self.detail,
             "rule": self.rule,
             "rule_text": self.rule_text,
@@ -134,9 +141,9 @@ class Classification:
         }
 
 
-@dataclass(frozen=True)
-class Line:
-    """One console line after normalisation."""
+class Line(NamedTuple):
+    """One console line after normalisation (a tuple: a million of them are made per
+    50 MB log, and a tuple is the cheapest immutable record to make)."""
 
     line_no: int  # 1-based, in the console as given
     text: str  # the original line without CR
@@ -152,9 +159,15 @@ class Line:
 class Hit:
     sig: Signature
     index: int  # into the normalised lines
-    fields: Mapping[str, Any]
+    fields: dict[str, Any]
     ktime: float | None
     inner: bool = False  # matched the text after a mid-line printk stamp
+    # The log is read once and not kept: a hit carries its own line, the lines of its
+    # report context (filled as they stream by) and, for the hits a title may come from,
+    # the messages of the lines after it (lab.classify.title).
+    line: Line | None = None
+    after: list[Line] = field(default_factory=list)
+    window: list[str] = field(default_factory=list)
 
 
 def _clean(value: str, cap: int) -> str:

@@ -27,7 +27,7 @@ def _deadline(f: _Findings) -> _Verdict | None:
     ev.note(f"lab: the {phase} deadline expired; the lab killed QEMU", "lab:deadline")
     for t in [t for t in f.agent.tasks if t.status == "timeout"][:5]:
         ev.note(t.render(), "agent:task")
-    last = next((line.text for line in reversed(f.lines) if line.message.strip()), "")
+    last = f.tail[-1].text if f.tail else ""
     values: dict[str, Any] = {"phase": phase}
     running = f.running_testcase()
     if running:

@@ -9,6 +9,7 @@ from lab.classify.lab_rules import _inside, _label
 from lab.classify.model import Hit, _clean
 from lab.classify.records import _About
 from lab.classify.run_rules import _finite
+from lab.classify.title import title
 
 # --- oom kill and fault livelock: for the victim when the records name one ------------
 
@@ -53,6 +54,11 @@ def _oom_kill_victim(f: _Findings, v: _About) -> _Verdict | None:
     """oom_kill for the victim: it was OOM-killed (its task did not return, and a stamped
     `Killed process <its pid>` exists), or its own allocation ran the OOM killer, which
     killed some task (spec 3(c) P0, 3(e) U0: the OOM killer fires in its context)."""
+    if any(r.observed == "refused" and r.about == v for r in f.agent.results):
+        # Refused before its fault (a userspace answer the test case saw first): it
+        # faulted no secret memory, so an OOM kill after that (even its own, even one
+        # its next allocation ran) is context, not the outcome (pressure R0).
+        return None
     task = f.agent.task_of(v.pid)
     kills = f.kills()
     own_kill = next((h for h in kills if h.fields.get("pid") == v.pid), None)
@@ -107,11 +113,12 @@ def _oom_kill_victim(f: _Findings, v: _About) -> _Verdict | None:
             f"ran the OOM killer in its own allocation ({mask}, order={values.get('order')}), "
             f"which killed {_label(role, name)} (pid {pid})"
         )
-    return _Verdict("oom_kill", f"oom_kill: {who} {how}", ev, values)
+    kill = own_kill if killed and own_kill is not None else by_victim[0][1]
+    return _Verdict("oom_kill", f"oom_kill: {who} {how}", ev, values, _kill_title(f, kill))
 
 
 def _oom_kill_console(f: _Findings) -> _Verdict | None:
-    kills = f.hits("oom_killed_process", "memcg_oom_killed_process")
+    kills = f.kills()
     if not kills:
         return None
     ev = _Evidence(f)
@@ -193,8 +200,23 @@ def _oom_kill_console(f: _Findings) -> _Verdict | None:
             who = f"a bystander, not the task that invoked the OOM killer ({invoker})"
     more = f"; {values['kill_count']} kills in all" if values["kill_count"] > 1 else ""
     return _Verdict(
-        "oom_kill", f"oom_kill: killed {first['pid']} ({first['comm']}) — {who}{more}", ev, values
+        "oom_kill",
+        f"oom_kill: killed {first['pid']} ({first['comm']}) — {who}{more}",
+        ev,
+        values,
+        _kill_title(f, kills[0]),
     )
+
+
+def _kill_title(f: _Findings, kill: Hit) -> str | None:
+    """The kill's title; a bare `Killed process` (before 5.1) takes the scope of the
+    `Kill process ... or sacrifice child` line before it."""
+    named = title(kill)
+    choice = next((h for h in reversed(f.hits("oom_kill_choice")) if h.index < kill.index), None)
+    if named and kill.sig.name == "oom_killed_process" and choice is not None:
+        scope = str(choice.fields.get("scope", "Out of memory"))
+        named = scope + named.removeprefix("Out of memory")
+    return named
 
 
 def _fault_livelock(f: _Findings) -> _Verdict | None:

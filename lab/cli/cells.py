@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lab import cache, classify, results
@@ -33,7 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     the_cell = cell.Cell(arch, variant, tc)
     with Reporter() as reporter:
-        kernel = orchestrate.one_kernel(cfg, arch, variant, reporter)
+        kernel = orchestrate.one_kernel(cfg, arch, variant, reporter, args.kernel)
         base = boot.base_image(cfg, arch, reporter.line)
     run_dir = Path(args.results) if args.results else cfg.results_dir / results.new_run_id("run")
     res = run_cell(
@@ -55,6 +57,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return res.exit_code
 
 
+PIECE = 1 << 20  # bytes of a console file decoded at a time
+
+
+def _file_lines(path: Path) -> Callable[[], Iterator[str]]:
+    """The text of a console file in pieces, read anew on each call and decoded as a
+    whole-file decode would (a character split between two reads is kept whole)."""
+
+    def read() -> Iterator[str]:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        with path.open("rb") as f:
+            while chunk := f.read(PIECE):
+                yield decoder.decode(chunk)
+        yield decoder.decode(b"", final=True)
+
+    return read
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     path = Path(args.log)
     facts = None
@@ -67,18 +86,25 @@ def cmd_classify(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise UserError(f"{path / 'console.log'}: {exc}") from None
         path = path / "console.log"
+        # Bytes, then decode: a console's CR CR LF must not turn into extra lines.
+        console: classify.Console = raw.decode(errors="replace")
+    elif path.is_file():
+        console = _file_lines(path)  # read as it is classified: a log may be huge
     else:
         try:
-            raw = path.read_bytes()
+            console = path.read_bytes().decode(errors="replace")
         except FileNotFoundError:
             raise UserError(f"{path}: no such console log") from None
-    # Bytes, then decode: a console's CR CR LF must not turn into extra lines.
-    text = raw.decode(errors="replace")
-    result = classify.classify(text, facts)
+    try:
+        result = classify.classify(console, facts)
+    except OSError as exc:  # the file went away or became unreadable while being read
+        raise UserError(f"{path}: {exc}") from None
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return 0
     print(f"{path}: {result.outcome}: {result.detail}")
+    if result.title:
+        print(f"  title: {result.title}")
     print(f"  rule: {result.rule}: {result.rule_text}")
     evidence = result.to_json()["evidence"]
     print("\n".join(evidence_lines(evidence, "  ", len(evidence))))

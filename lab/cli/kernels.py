@@ -79,7 +79,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     arch = cfg.arch(args.arch)
     variant = the_variant(cfg, args.variant)
     with Reporter() as reporter:
-        kernel = orchestrate.one_kernel(cfg, arch, variant, reporter)
+        kernel = orchestrate.one_kernel(cfg, arch, variant, reporter, args.kernel)
         base = boot.base_image(cfg, arch, reporter.line)
     job: dict[str, object] = (
         {"mode": "shell"} if args.exec is None else {"mode": "exec", "command": args.exec}

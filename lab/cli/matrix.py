@@ -9,6 +9,7 @@ from pathlib import Path
 from lab import build, report, results
 from lab.cli.common import _load
 from lab.cli.hosts import chosen, opener
+from lab.config import known
 from lab.errors import UserError
 from lab.outcome import CLASSES
 from lab.run import matrix, orchestrate, testcase
@@ -55,7 +56,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         )
     jobs = args.jobs or cfg.jobs or build.default_jobs(cfg)
     code = orchestrate.run_matrix(cfg, cells, run_dir, jobs, opener(cfg, lab_hosts), forced)
-    print(report.text_summary(run_dir))
+    print(report.text_summary(run_dir, known.lookup(cfg.known_issues)))
     return code
 
 

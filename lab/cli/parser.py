@@ -6,6 +6,7 @@ import argparse
 import os
 
 from lab import __version__
+from lab.cli import export
 from lab.cli.cells import cmd_classify, cmd_run
 from lab.cli.hosts import cmd_hosts_check
 from lab.cli.kernels import cmd_boot, cmd_build
@@ -21,6 +22,7 @@ from lab.cli.options import (
     add_variants,
 )
 from lab.cli.reproduce import cmd_reproduce
+from lab.cli.series import add_parser as add_series_parser
 from lab.cli.tools import (
     cmd_compare,
     cmd_config_show,
@@ -29,6 +31,11 @@ from lab.cli.tools import (
     cmd_merge,
     cmd_report,
     cmd_setup,
+)
+
+KERNEL_HELP = (
+    "boot this kernel, built elsewhere, instead of building: an image file (its .config "
+    "beside it), a make O= directory or a tuxmake output directory"
 )
 
 # --- parser --------------------------------------------------------------------------
@@ -75,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=600.0, help="seconds CMD may run (default 600)"
     )
     bt.add_argument("--append", default="", help="extra kernel command line")
+    bt.add_argument("--kernel", default="", metavar="PATH", help=KERNEL_HELP)
     bt.add_argument("--memory", type=int, default=None, help="guest memory in MiB")
     add_json(bt, "timings, accelerator and QEMU argv")
     bt.set_defaults(func=cmd_boot)
@@ -128,6 +136,12 @@ def _parser() -> argparse.ArgumentParser:
 
     rr = sub.add_parser("report", help="re-render a run's reports")
     rr.add_argument("run", help="run directory or run id")
+    rr.add_argument(
+        "--markdown",
+        metavar="FILE",
+        default="",
+        help="also write what the run observed as a Markdown document (docs/observed/)",
+    )
     rr.set_defaults(func=cmd_report)
     cp = sub.add_parser("compare", help="cells whose outcome changed between two runs")
     cp.add_argument("run_a")
@@ -148,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the run directory to put the cell in (default: a new one under results_dir)",
     )
     add_json(r, "cell.json and evidence.json")
+    r.add_argument("--kernel", default="", metavar="PATH", help=KERNEL_HELP)
     r.set_defaults(func=cmd_run)
 
     im = sub.add_parser("image", help="build (or show) the guest base image per arch")
@@ -169,10 +184,12 @@ def _parser() -> argparse.ArgumentParser:
     add_variant(cs)
     cs.set_defaults(func=cmd_config_show)
 
+    add_series_parser(sub)
     d = sub.add_parser("doctor", help="check host prerequisites")
     d.add_argument("--tests", action="store_true", help="also what the lab's own tests need")
     d.set_defaults(func=cmd_doctor)
     s = sub.add_parser("setup", help="install missing host prerequisites with apt-get (root)")
     s.add_argument("--tests", action="store_true", help="also what the lab's own tests need")
     s.set_defaults(func=cmd_setup)
+    export.register(sub)
     return parser

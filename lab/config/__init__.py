@@ -12,11 +12,11 @@ import os
 import re
 import tomllib
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.config import templates, variants
+from lab.config import known, templates, variants
 from lab.config.tomlread import Scalar, Table
 from lab.errors import UserError
 
@@ -138,6 +138,7 @@ class Variant:
     configs: tuple[str, ...]
     cmdline: str
     banner: str = ""  # k=v words the kernel's variant banner must show ("" = no check)
+    source: str = ""  # a [sources.NAME] of lab.toml; "" = the default [source]
 
     def context(self, arch: str) -> dict[str, Scalar]:
         """Variables a config template sees."""
@@ -161,6 +162,14 @@ class LabConfig:
     arches: Mapping[str, ArchSpec]
     variants: tuple[Variant, ...]
     extra: Mapping[str, object] = field(default_factory=dict)
+    # Named kernel sources ([sources.NAME]); a family picks one with `source = "NAME"`.
+    sources: Mapping[str, SourceSpec] = field(default_factory=dict)
+    # [[known_issues]]: understood disagreements with an expectation (lab/config/known.py)
+    known_issues: tuple[known.KnownIssue, ...] = ()
+
+    def source_for(self, variant: Variant) -> SourceSpec:
+        """The kernel source a variant builds on (validated when lab.toml was loaded)."""
+        return self.sources[variant.source] if variant.source else self.source
 
     @property
     def config_dir(self) -> Path:
@@ -250,7 +259,17 @@ def parse(data: dict[str, object], file: Path) -> LabConfig:
     jobs = lab.integer("jobs", 0, minimum=0, maximum=MAX_JOBS)
     lab.done()
 
-    source = _source(top.table("source", required=True))
+    sources_t = top.table("sources")
+    sources = {name: _source(t) for name, t in sources_t.subtables()}
+    sources_t.done()
+    for name in sources:
+        if not valid_name(name):
+            sources_t.fail(f"[sources.NAME]: source name {name!r} is not valid; {NAME_RULE}")
+    # [source] is the default; with [sources.NAME] tables only, the first one is.
+    if sources and not top.has("source"):
+        source = next(iter(sources.values()))
+    else:
+        source = _source(top.table("source", required=True))
     build = _build(top.table("build", required=True))
     boot = _boot(top.table("boot"))
     image = _image(top.table("image"), root)
@@ -267,6 +286,12 @@ def parse(data: dict[str, object], file: Path) -> LabConfig:
     all_variants: list[Variant] = []
     for family, t in vtable.subtables():
         all_variants.extend(_family(family, t, root))
+    for v in all_variants:
+        if v.source and v.source not in sources:
+            vtable.fail(
+                f"[variants.{v.family}] source: {v.source!r} (variant {v.name}) is not a "
+                f"[sources.NAME] table; valid: {', '.join(sources) or '(none declared)'}"
+            )
     seen: dict[str, str] = {}
     for v in all_variants:
         if v.name in seen:
@@ -284,6 +309,7 @@ def parse(data: dict[str, object], file: Path) -> LabConfig:
         for k in ("image", "testcases", "matrix", "hosts", "failure_mode")
         if top.has(k)
     }
+    issues = known.parse(top.raw("known_issues") if top.has("known_issues") else None, file)
     top.done()
     return LabConfig(
         file=file,
@@ -301,6 +327,8 @@ def parse(data: dict[str, object], file: Path) -> LabConfig:
         arches=arches,
         variants=tuple(all_variants),
         extra=extra,
+        sources=sources,
+        known_issues=tuple(issues),
     )
 
 
@@ -469,6 +497,26 @@ def _entries(t: Table, name: str) -> list[dict[str, Scalar]]:
     return out
 
 
+def _series(
+    entries: tuple[str, ...], render: Callable[[str, str], str], where: str
+) -> tuple[str, ...]:
+    """A family's series, each a template over its parameters: `secretmem-{{ version }}`
+    makes versions of a series an axis. An entry that renders empty is left out (a
+    series applied to some combinations only); each other is a name under
+    kernels/patches/."""
+    out = []
+    for i, entry in enumerate(entries):
+        name = render(f"series[{i}]", entry).strip() if "{" in entry else entry
+        if not name:
+            continue
+        if name in (".", "..") or any(c in name for c in "/\\") or not valid_name(name):
+            raise UserError(
+                f"{where}: {name!r} is not a series name under kernels/patches/; {NAME_RULE}"
+            )
+        out.append(name)
+    return tuple(out)
+
+
 def _family(family: str, t: Table, root: Path) -> list[Variant]:
     where = f"{t.file}: [{t.path}]"
     axes = _scalar_list_map(t, "axes")
@@ -480,6 +528,7 @@ def _family(family: str, t: Table, root: Path) -> list[Variant]:
     desc_tpl = t.string("description", "")
     cmdline_tpl = t.string("cmdline", "")
     banner_tpl = t.string("banner", "")
+    source_tpl = t.string("source", "")
     series = t.strings("series", ())
     configs = t.strings("configs", ())
     t.done()
@@ -518,13 +567,14 @@ def _family(family: str, t: Table, root: Path) -> list[Variant]:
                 family=family,
                 description=render("description", desc_tpl).strip(),
                 params=params,
-                series=series,
+                series=_series(series, render, f"{where} series (for {combo})"),
                 configs=configs,
                 cmdline=check_cmdline(
                     " ".join(render("cmdline", cmdline_tpl).split()),
                     f"{where} cmdline (for {combo})",
                 ),
                 banner=" ".join(render("banner", banner_tpl).split()),
+                source=render("source", source_tpl).strip() if source_tpl else "",
             )
         )
     return out

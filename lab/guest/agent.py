@@ -15,28 +15,43 @@ kernel messages can not corrupt them. Record types:
   {"type": "error", "message": text, "kind": ...}                     (infrastructure)
   {"type": "done"}
 
-In test-case mode the agent and each test-case process (role "harness") run at
-oom_score_adj -1000, so the OOM scenarios they stage can only kill workload tasks.
+In test-case mode the agent runs at oom_score_adj -1000 and each test-case process
+(role "harness") at -999, so the OOM scenarios they stage kill workload tasks first,
+and the harness (not a panic) only when nothing else is left.
 A harness that dies anyway, or a scenario whose precondition did not hold, is an
 "error" record: an infrastructure failure, never an outcome of the scenario.
 
 The host treats all of it as untrusted, bounded data.
+
+With `"channel": "console"` in the job (jobs exported for LAVA, which keeps only the
+console) the same records are printed on the console instead, one framed line each:
+`LABREC <seq> <crc32 of the JSON, 8 hex> <JSON>`. Kernel messages can interleave with a
+line (printk and tty writes share the UART), so the agent prints every record again
+after `done` (tagged LABREP) and ends with `LABREC-END <count>`: the host keeps the
+first copy of each sequence number whose checksum holds, and knows from the end line
+whether any is missing. Test-case processes write their records into a SOCK_SEQPACKET
+socket (one message per record, as on the virtio port); the agent frames them.
 """
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 PORT_NAME = "lab.result"
 JOB = "/lab/job.json"
+CONSOLE_TAG = b"LABREC"  # prefix of a record framed on the console (channel "console")
+REPLAY_TAG = b"LABREP"  # the same record printed again after `done`
 
 
 def find_port(name: str = PORT_NAME) -> str | None:
@@ -71,12 +86,64 @@ class Channel:
                 data = data[os.write(self._fd, data) :]
 
 
+def frame(seq: int, payload: bytes, tag: bytes = CONSOLE_TAG) -> bytes:
+    """One record as a console line: tag, sequence number, CRC-32 of the JSON, the JSON."""
+    return b"%s %d %08x %s\n" % (tag, seq, binascii.crc32(payload), payload)
+
+
+class ConsoleChannel:
+    """Records framed on the console (see the module docstring); remembered for replay."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+        self._sent: list[bytes] = []  # the payloads, by sequence number
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def send_raw(self, payload: bytes) -> None:
+        with self._lock:
+            self._write(frame(len(self._sent), payload))
+            self._sent.append(payload)
+
+    def send(self, record: dict[str, Any]) -> None:
+        self.send_raw(json.dumps(record, separators=(",", ":")).encode())
+
+    def replay(self) -> None:
+        """Every record again (another tag: a LAVA monitor matching LABREC lines counts
+        each result once), then the end line with the count."""
+        with self._lock:
+            for seq, payload in enumerate(self._sent):
+                self._write(frame(seq, payload, REPLAY_TAG))
+            self._write(b"%s-END %d\n" % (CONSOLE_TAG, len(self._sent)))
+
+
+Sink = Channel | ConsoleChannel  # where the agent's records go
+
+
+def pump(sock: socket.socket, channel: ConsoleChannel) -> None:
+    """Frame what test-case processes send until every writer has closed the socket."""
+    while True:
+        try:
+            message = sock.recv(65536)
+        except OSError:
+            return
+        if not message:
+            return
+        for line in message.splitlines():
+            if line.strip():
+                channel.send_raw(line.strip())
+
+
 def _uptime() -> float:
     with open("/proc/uptime") as f:
         return float(f.read().split()[0])
 
 
-def _pump(pipe: IO[bytes], stream: str, channel: Channel) -> None:
+def _pump(pipe: IO[bytes], stream: str, channel: Sink) -> None:
     while True:
         chunk = os.read(pipe.fileno(), 65536)
         if not chunk:
@@ -84,7 +151,7 @@ def _pump(pipe: IO[bytes], stream: str, channel: Channel) -> None:
         channel.send({"type": "output", "stream": stream, "data": chunk.decode(errors="replace")})
 
 
-def run_exec(job: dict[str, Any], channel: Channel) -> int:
+def run_exec(job: dict[str, Any], channel: Sink) -> int:
     """Run a shell command, streaming its output; report its exit status."""
     proc = subprocess.Popen(
         ["/bin/sh", "-c", str(job["command"])],
@@ -178,9 +245,7 @@ def _testcase_child(
     return 0
 
 
-def run_testcases(
-    job: dict[str, Any], channel: Channel, fd: int, testcases: str = TESTCASES
-) -> int:
+def run_testcases(job: dict[str, Any], channel: Sink, fd: int, testcases: str = TESTCASES) -> int:
     """Each test case in its own process group, with its own deadline."""
     lg = _labguest()
     worst = 0
@@ -190,16 +255,24 @@ def run_testcases(
         channel.send({"type": "testcase", "name": name, "phase": "start", "uptime": _uptime()})
         lg.kmsg(f"testcase {name} start")
         started = time.monotonic()
+        # The harness runs at HARNESS_OOM_SCORE_ADJ (-999: killed only when no workload
+        # task is left), from its first instruction: the agent holds that value across
+        # the fork and takes its own back. Without the capability to lower it again the
+        # agent keeps its value for both (the spawn record says which).
+        agent_adj = lg.get_oom_score_adj()
+        with contextlib.suppress(OSError):
+            lg.set_oom_score_adj(lg.HARNESS_OOM_SCORE_ADJ)
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                # The harness keeps the agent's -1000: only the workload tasks it starts
-                # (which reset their own value) may be chosen by the OOM killer.
                 os.setpgid(0, 0)
                 code = _testcase_child(spec, job, fd, testcases)
             finally:
                 os._exit(code)
+        if agent_adj is not None:
+            with contextlib.suppress(OSError):
+                lg.set_oom_score_adj(agent_adj)
         channel.send(
             {
                 "type": "spawn",
@@ -293,47 +366,80 @@ def main() -> int:
     mode = job.get("mode", "shell")
     if mode == "shell":
         return run_shell()
+    if job.get("channel") == "console":
+        return run_on_console(job, mode)
     path = find_port()
     if path is None:
         print("lab agent: no virtio port named lab.result", file=sys.stderr)
         return 3
     fd = os.open(path, os.O_WRONLY)
     try:
-        channel = Channel(fd)
-        adj, adj_error = None, None
-        if mode == "testcases":
-            # The harness must survive the OOM scenarios it stages.
-            lg = _labguest()
-            try:
-                lg.set_oom_score_adj(lg.HARNESS_OOM_SCORE_ADJ)
-            except OSError as exc:
-                adj_error = f"the agent could not set oom_score_adj -1000: {exc}"
-            adj = lg.get_oom_score_adj()
-        channel.send(
-            {
-                "type": "ready",
-                "boot_id": job.get("boot_id"),
-                "uptime": _uptime(),
-                "t": time.monotonic(),
-                "agent_pid": os.getpid(),
-                "oom_score_adj": adj,  # None: not a test-case run
-            }
-        )
-        if mode == "exec":
-            status = run_exec(job, channel)
-            channel.send({"type": "exit", "status": status})
-        elif adj_error is not None:
-            # An unprotected harness could be the OOM killer's pick: measure nothing.
-            channel.send({"type": "error", "kind": "harness", "message": adj_error})
-            status = 3
-        elif mode == "testcases":
-            status = run_testcases(job, channel, fd)
-        else:
-            channel.send({"type": "error", "message": f"unknown mode {mode!r}"})
-            status = 3
-        channel.send({"type": "done"})
+        return serve(job, mode, Channel(fd), fd)
     finally:
         os.close(fd)
+
+
+def run_on_console(job: dict[str, Any], mode: str) -> int:
+    """The records on the console (LAVA): test cases write to a socket the agent pumps."""
+    channel = ConsoleChannel(sys.stdout.fileno())
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    thread = threading.Thread(target=pump, args=(reader, channel), daemon=True)
+    thread.start()
+
+    def drain() -> None:
+        # Every test case has ended: what they sent comes before `done`. A workload task
+        # that outlived its test case may still hold the socket open, so the wait is bounded.
+        writer.close()
+        thread.join(10)
+
+    try:
+        return serve(job, mode, channel, writer.fileno(), drain)
+    finally:
+        writer.close()
+        channel.replay()
+
+
+def serve(
+    job: dict[str, Any],
+    mode: str,
+    channel: Sink,
+    fd: int,
+    before_done: Callable[[], None] = lambda: None,
+) -> int:
+    """Run the job, reporting on `channel`; test cases write their records to `fd`."""
+    adj, adj_error = None, None
+    if mode == "testcases":
+        # The harness must survive the OOM scenarios it stages.
+        lg = _labguest()
+        try:
+            lg.set_oom_score_adj(lg.AGENT_OOM_SCORE_ADJ)
+        except OSError as exc:
+            adj_error = f"the agent could not set oom_score_adj -1000: {exc}"
+        adj = lg.get_oom_score_adj()
+    channel.send(
+        {
+            "type": "ready",
+            "boot_id": job.get("boot_id"),
+            "uptime": _uptime(),
+            "t": time.monotonic(),
+            "agent_pid": os.getpid(),
+            "oom_score_adj": adj,  # None: not a test-case run
+        }
+    )
+    if mode == "exec":
+        status = run_exec(job, channel)
+        channel.send({"type": "exit", "status": status})
+    elif adj_error is not None:
+        # An unprotected harness could be the OOM killer's pick: measure nothing.
+        channel.send({"type": "error", "kind": "harness", "message": adj_error})
+        status = 3
+    elif mode == "testcases":
+        status = run_testcases(job, channel, fd)
+    else:
+        channel.send({"type": "error", "message": f"unknown mode {mode!r}"})
+        status = 3
+    before_done()
+    channel.send({"type": "done"})
     return status
 
 

@@ -85,6 +85,11 @@ class RunCell:
         return _line(self.data.get("detail") or self.ev.get("detail") or "", 1000)
 
     @property
+    def title(self) -> str:
+        """The CI-bot style title of the kernel report that decided ('' when none)."""
+        return _line(self.ev.get("title") or "", 300)
+
+    @property
     def seconds(self) -> float | None:
         t = self.data.get("timings")
         return _num(t.get("cell")) if isinstance(t, dict) else None

@@ -152,6 +152,8 @@ def prepare_cell(
             "image_sha256": kernel.meta.get("image_sha256"),
             "config_sha256": kernel.meta.get("config_sha256"),
             "dir": str(kernel.dir),
+            # --kernel: built elsewhere; its path, `uname -r` and config (lab/build/prebuilt.py)
+            **({"prebuilt": kernel.meta["prebuilt"]} if "prebuilt" in kernel.meta else {}),
         },
         "image": {"key": base.key, "path": str(base.path)},
     }

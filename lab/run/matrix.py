@@ -106,6 +106,25 @@ def _check_testcase_arches(testcases: Sequence[TestCase], arches: Sequence[str])
                 )
 
 
+def _check_testcase_scope(cfg: LabConfig, testcases: Sequence[TestCase]) -> None:
+    """A misspelt family or parameter in a test case would silently run it nowhere."""
+    families = sorted({v.family for v in cfg.variants})
+    known = sorted({k for v in cfg.variants for k in v.params})
+    for tc in testcases:
+        for f in tc.families:
+            if not any(fnmatch.fnmatchcase(x, f) for x in families):
+                raise UserError(
+                    f"{tc.path}: TESTCASE['families']: {f!r} matches no variant family; "
+                    f"valid: {', '.join(families)}, or '*'"
+                )
+        for k, _ in tc.params:
+            if k not in known:
+                raise UserError(
+                    f"{tc.path}: TESTCASE['params']: no variant has the parameter {k!r}; "
+                    f"valid: {', '.join(known) or '(none)'}"
+                )
+
+
 def plan(
     cfg: LabConfig,
     testcases: Sequence[TestCase],
@@ -118,7 +137,8 @@ def plan(
     """Cells of the matrix in a stable order (arch, variant, test case, repeat).
 
     CLI patterns narrow the lab.toml selection; an arch a test case does not
-    support is skipped, and [matrix] exclude entries drop cells.
+    support is skipped, and so is a variant outside its families or parameters
+    (TESTCASE['families'], ['params']); [matrix] exclude entries drop cells.
     """
     file = str(cfg.file)
     v_names = [v.name for v in cfg.variants]
@@ -133,6 +153,7 @@ def plan(
     _check(a_names, spec.arches, "[matrix] arches:", file)
     _check(t_names, spec.testcases, "[matrix] testcases:", file)
     _check_testcase_arches(testcases, a_names)
+    _check_testcase_scope(cfg, testcases)
     repeats = repeat or spec.repeat
     if not 1 <= repeats <= MAX_REPEAT:
         size = "too large" if repeats > MAX_REPEAT else "too small"
@@ -150,7 +171,7 @@ def plan(
             for tc in testcases:
                 if not _match(tc.name, spec.testcases) or (cli_t and not _match(tc.name, cli_t)):
                     continue
-                if not tc.runs_on(arch_name):
+                if not tc.runs_on(arch_name) or not tc.applies_to(variant.family, variant.params):
                     continue
                 names = {"variant": variant.name, "arch": arch_name, "testcase": tc.name}
                 if any(

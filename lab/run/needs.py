@@ -16,12 +16,18 @@ from lab.errors import LabError, UserError
 from lab.run.cell import Cell
 from lab.vm import boot
 
-Need = tuple[str, str]  # (arch name, need as the test case spells it)
+# (arch name, the variant's kernel source ("" = [source]), need as the test case spells it):
+# a selftest is compiled from the tree of the kernel it runs on, and variants may differ.
+Need = tuple[str, str, str]
+
+
+def key(cell: Cell, need: str) -> Need:
+    return (cell.arch.name, cell.variant.source, need)
 
 
 def wanted(cells: Iterable[Cell]) -> list[Need]:
-    """Every (arch, need) of these cells, once, in a stable order."""
-    return sorted({(c.arch.name, need) for c in cells for need in c.testcase.needs})
+    """Every (arch, source, need) of these cells, once, in a stable order."""
+    return sorted({key(c, need) for c in cells for need in c.testcase.needs})
 
 
 def check(cell: Cell) -> None:
@@ -46,30 +52,36 @@ def resolve(
         try:
             check(c)
         except UserError as exc:
-            failed.update({(c.arch.name, n): exc for n in c.testcase.needs})
+            failed.update({key(c, n): exc for n in c.testcase.needs})
     todo = [n for n in wanted(cells) if n not in failed]
-    if not todo:
-        return built, failed
-    try:
-        src = source.prepare(cfg.source, cfg.cache_dir, log)
-    except LabError as exc:
-        return built, {**failed, **dict.fromkeys(todo, exc)}
-    for arch, need in todo:
+    variants = {c.variant.source: c.variant for c in cells}
+    trees: dict[str, Path | LabError] = {}
+    for arch, src_name, need in todo:
+        if src_name not in trees:
+            try:
+                spec = cfg.source_for(variants[src_name])
+                trees[src_name] = source.prepare(spec, cfg.cache_dir, log).tree
+            except LabError as exc:
+                trees[src_name] = exc
+        tree = trees[src_name]
+        if isinstance(tree, LabError):
+            failed[(arch, src_name, need)] = tree
+            continue
         try:
-            built[(arch, need)] = kselftest.build(
-                need, cfg.arch(arch), src.tree, boot.image_recipe(cfg), cfg.cache_dir, log
+            built[(arch, src_name, need)] = kselftest.build(
+                need, cfg.arch(arch), tree, boot.image_recipe(cfg), cfg.cache_dir, log
             )
         except LabError as exc:
-            failed[(arch, need)] = exc
+            failed[(arch, src_name, need)] = exc
     return built, failed
 
 
 def binaries(cell: Cell, built: Mapping[Need, Path]) -> dict[str, Path]:
     """The cell's needs -> their binaries (resolve() must have built every one)."""
-    return {n: built[(cell.arch.name, n)] for n in cell.testcase.needs}
+    return {n: built[key(cell, n)] for n in cell.testcase.needs}
 
 
 def failure(cell: Cell, failed: Mapping[Need, LabError]) -> LabError | None:
     """Why the cell cannot run for want of a need (None when it can)."""
-    missing = [failed[k] for n in cell.testcase.needs if (k := (cell.arch.name, n)) in failed]
+    missing = [failed[k] for n in cell.testcase.needs if (k := key(cell, n)) in failed]
     return missing[0] if missing else None

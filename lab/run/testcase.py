@@ -9,8 +9,9 @@ code on the host.
 from __future__ import annotations
 
 import ast
+import fnmatch
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ KEYS = {
     "memory_mib": "guest memory it needs (0: the arch default)",
     "expect": "rules 'condition -> outcome' (see lab/run/expect.py)",
     "needs": "host-built artefacts, e.g. ['kselftest:vm/memfd_secret']",
+    "families": "variant families it applies to: list of names or globs, or ['*']",
+    "params": "variant parameters it needs: {name: [values]} (all must hold)",
 }
 
 
@@ -49,9 +52,24 @@ class TestCase:
     memory_mib: int
     rules: tuple[expect.Rule, ...]
     needs: tuple[str, ...]
+    # The variants it is about: a test case of one family (LKDTM crash types) means
+    # nothing on a kernel of another, so `lab matrix` plans only the pairs that apply.
+    families: tuple[str, ...] = ("*",)
+    params: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def runs_on(self, arch: str) -> bool:
         return "*" in self.arches or arch in self.arches
+
+    def applies_to(self, family: str, params: Mapping[str, object]) -> bool:
+        """Does it apply to a variant of `family` with these parameters?"""
+        if not any(fnmatch.fnmatchcase(family, f) for f in self.families):
+            return False
+        return all(_scalar(params.get(k)) in values for k, values in self.params)
+
+
+def _scalar(value: object) -> str:
+    """A parameter as TESTCASE['params'] spells it (TOML true is 'true', 1 is '1')."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _read(path: Path) -> str:
@@ -148,7 +166,22 @@ def load(path: Path, classes: Sequence[str] = ()) -> TestCase:
     arches = get("arches", list, ["*"])
     rules_text = get("expect", list, ["* -> pass"])
     needs = get("needs", list, [])
-    for key, items in (("arches", arches), ("expect", rules_text), ("needs", needs)):
+    families = get("families", list, ["*"])
+    params = get("params", dict, {})
+    for k, v in params.items():
+        if not isinstance(k, str) or not isinstance(v, list) or not v:
+            raise UserError(
+                f"{where}['params']: {k!r}: {v!r} is not valid; expected "
+                "{'name': ['value', ...]} with at least one value"
+            )
+        if not all(isinstance(x, str | int | bool) for x in v):
+            raise UserError(f"{where}['params'][{k!r}]: values must be strings or numbers")
+    for key, items in (
+        ("arches", arches),
+        ("expect", rules_text),
+        ("needs", needs),
+        ("families", families),
+    ):
         if not all(isinstance(x, str) for x in items):
             raise UserError(f"{where}[{key!r}]: expected a list of strings")
     timeout = float(get("timeout", (int, float), 60))
@@ -173,6 +206,8 @@ def load(path: Path, classes: Sequence[str] = ()) -> TestCase:
         memory_mib=memory_mib,
         rules=tuple(expect.parse_rule(r, f"{where}['expect']", classes) for r in rules_text),
         needs=tuple(needs),
+        families=tuple(families) or ("*",),
+        params=tuple((k, tuple(_scalar(x) for x in v)) for k, v in sorted(params.items())),
     )
 
 

@@ -32,24 +32,13 @@ class Launch:
 
     def argv(self) -> list[str]:
         q = self.arch.qemu
-        args = [q.binary, "-M", q.machine, "-accel", self.accel]
-        if q.cpu:
-            args += ["-cpu", "host" if self.accel == "kvm" and q.cpu == "max" else q.cpu]
+        args = [q.binary, *machine_args(self.arch, self.accel)]
         args += [
             "-m",
             str(self.memory_mib),
             "-smp",
             str(self.smp),
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-            # signal=off: a Ctrl-C typed at `lab boot` reaches the guest, not QEMU.
-            "-chardev",
-            "stdio,id=con,signal=off",
-            "-serial",
-            "chardev:con",
+            *CONSOLE_ARGS,
             "-device",
             "virtio-serial-device",
             "-chardev",
@@ -65,6 +54,30 @@ class Launch:
             *q.extra_args,
         ]
         return args
+
+
+# No default devices, no window; the console is the first serial port on stdio; a guest
+# reboot ends QEMU. signal=off: a Ctrl-C typed at `lab boot` reaches the guest, not QEMU.
+CONSOLE_ARGS = (
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    "-no-reboot",
+    "-chardev",
+    "stdio,id=con,signal=off",
+    "-serial",
+    "chardev:con",
+)
+
+
+def machine_args(arch: ArchSpec, accel: str) -> list[str]:
+    """-M, -accel and -cpu for the arch (shared with exported LAVA device dictionaries)."""
+    q = arch.qemu
+    args = ["-M", q.machine, "-accel", accel]
+    if q.cpu:
+        args += ["-cpu", "host" if accel == "kvm" and q.cpu == "max" else q.cpu]
+    return args
 
 
 def _option_value(value: object) -> str:
