@@ -9,6 +9,7 @@ from pathlib import Path
 from lab import build, cache, config, doctor, image, report, results
 from lab.build import kconfig
 from lab.cli.common import _load
+from lab.cli.options import the_variant
 from lab.config import known
 from lab.errors import LabError
 from lab.progress import Reporter
@@ -86,7 +87,7 @@ def cmd_image(args: argparse.Namespace) -> int:
 def cmd_config_show(args: argparse.Namespace) -> int:
     cfg = _load(args)
     arch = cfg.arch(args.arch)
-    variant = cfg.variant(args.variant) if args.variant else cfg.variants[0]
+    variant = the_variant(cfg, args.variant)
     with Reporter() as reporter:
         p = build.plan(cfg, arch, variant, 0, reporter.line)
         result = build.show_config(cfg, p, reporter)
