@@ -29,8 +29,8 @@ TESTCASE = {
 }
 
 PAGES = 512
-ROUNDS = 300
-BUDGET = 60.0  # seconds of racing at most (TCG speed varies by arch and load)
+ROUNDS = 1500
+BUDGET = 50.0  # seconds of racing at most (TCG speed varies by arch and load)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.read.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
@@ -103,7 +103,9 @@ def run(t: lg.Context) -> None:
         timeout=120,
     )
     after = lg.secretmem_stats()
-    races = {k: after.get(k, 0) - before.get(k, 0) for k in ("insert_races", "reserve_waits")}
+    keys = ("insert_races", "reserve_waits", "chunks_leaked", "chunks_freed")
+    races = {k: after.get(k, 0) - before.get(k, 0) for k in keys}
+    taken = sum(after.get(k, 0) - before.get(k, 0) for k in ("chunks_cma", "chunks_buddy"))
     value = res.value if isinstance(res.value, dict) else {}
     t.event(
         "end-of-file races",
@@ -112,10 +114,17 @@ def run(t: lg.Context) -> None:
         **races,
         fault_oom=after.get("fault_oom", 0) - before.get("fault_oom", 0),
         fault_sigbus=after.get("fault_sigbus", 0) - before.get("fault_sigbus", 0),
+        chunks_taken=taken,
     )
     t.check(res.ok, f"racer ended: {res.status} {res.signal} {res.error}")
     errors = value.get("errors") or []
     t.check(not errors, f"{len(errors)} failed rounds: {'; '.join(errors[:3])}")
+    # every file was unmapped and closed: each chunk taken went back, none leaked
+    t.check(races["chunks_leaked"] == 0, f"{races['chunks_leaked']} chunks leaked")
+    t.check(
+        races["chunks_freed"] == taken,
+        f"{taken} chunks taken but {races['chunks_freed']} given back",
+    )
     t.observe(
         "pass",
         f"{value.get('rounds')} rounds, insert races {races['insert_races']}, "
