@@ -38,7 +38,7 @@ FINISHED = "2026-11-26T08:30:00+00:00"
 CONSOLE = (
     "[    0.000000] Linux version 6.1.0 (lab@build) #1 SMP\n"
     "[    0.450000] secretmem: lab variant pool=none fallback=0 reserve=0 fault=oom "
-    "charge=page v16lit=0 enabled=1\n"
+    "sigbus=none memlock=6.1 charge=page v16lit=0 enabled=1\n"
     "[    0.460000] lab era: 6.1 oom semantics\n"
     "LABREADY b0\n"
     "[    3.000000] lab: testcase api start\n"
