@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,21 @@ def file_digest(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def locked(lock_file: Path, shared: bool = False) -> Iterator[None]:
-    """Hold an flock on lock_file (created if needed) for the duration."""
+def locked(
+    lock_file: Path, shared: bool = False, on_wait: Callable[[], None] | None = None
+) -> Iterator[None]:
+    """Hold an flock on lock_file (created if needed) for the duration; `on_wait` is
+    called once if another holder makes us wait (to say so: builds take minutes)."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, mode)
         yield
     finally:
         os.close(fd)

@@ -22,6 +22,10 @@ TESTCASE = {
         # OOM killer finds no victim (oom_score_adj -1000), so try_charge() forces the
         # charge over memory.max: no fault fails, whatever the fault policy.
         "era=5.11 -> pass",
+        # Issue 11, F5 (written before the run): SIGBUS replaces only the VM_FAULT_OOM
+        # of an empty page source; the memcg charge fails at page-cache insertion,
+        # which stays vmf_error(-ENOMEM) = VM_FAULT_OOM: the same livelock as C0.
+        "fault=sigbus sigbus=nopage -> fault_livelock",
         "fault=oom -> fault_livelock",
         "fault=sigbus -> sigbus",
     ],

@@ -1,7 +1,7 @@
 """cell.json and evidence.json as the runner writes them, pinned byte for byte.
 
 The report goldens and the hostile-results tests check how cell directories are read;
-these check how they are written: by `runner.execute` after a (scripted) guest run, and
+these check how they are written: by `lab.run.execute` after a (scripted) guest run, and
 for a cell the lab could not run (an infra cell). The runner's clock, host name and
 QEMU are replaced by fixed values, so the bytes are the same on every machine.
 """
@@ -21,7 +21,12 @@ import pytest
 
 from lab import cache, classify, provenance, results
 from lab.config import LabConfig, load
-from lab.run import matrix, runner, testcase
+from lab.run import execute as run_execute
+from lab.run import job as run_job
+from lab.run import matrix, testcase
+from lab.run.execute import execute_here
+from lab.run.job import Inputs
+from lab.run.schedule import infra_cell
 from lab.vm import boot
 from lab.vm.accel import Choice
 from lab.vm.machine import BootError, Timings
@@ -33,7 +38,7 @@ FINISHED = "2026-11-26T08:30:00+00:00"
 CONSOLE = (
     "[    0.000000] Linux version 6.1.0 (lab@build) #1 SMP\n"
     "[    0.450000] secretmem: lab variant pool=none fallback=0 reserve=0 fault=oom "
-    "charge=page v16lit=0 enabled=1\n"
+    "sigbus=none memlock=6.1 charge=page v16lit=0 enabled=1\n"
     "[    0.460000] lab era: 6.1 oom semantics\n"
     "LABREADY b0\n"
     "[    3.000000] lab: testcase api start\n"
@@ -93,13 +98,14 @@ def unhash(text: str) -> str:
 
 @pytest.fixture
 def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(results, "now", lambda: FINISHED)
+    for module in (results, results.model, results.store):  # defined in model, re-exported
+        monkeypatch.setattr(module, "now", lambda: FINISHED)
     fixed = datetime.datetime.fromisoformat(FINISHED)
     clock = types.SimpleNamespace(now=lambda _tz=None: fixed)
-    monkeypatch.setattr(runner, "datetime", types.SimpleNamespace(datetime=clock, UTC=None))
+    monkeypatch.setattr(run_execute, "datetime", types.SimpleNamespace(datetime=clock, UTC=None))
     ticks = iter(float(i) for i in range(1000))
-    monkeypatch.setattr(runner, "time", types.SimpleNamespace(monotonic=lambda: next(ticks)))
-    monkeypatch.setattr(runner, "platform", types.SimpleNamespace(node=lambda: "controller"))
+    monkeypatch.setattr(run_execute, "time", types.SimpleNamespace(monotonic=lambda: next(ticks)))
+    monkeypatch.setattr(run_execute, "platform", types.SimpleNamespace(node=lambda: "controller"))
     fixed_provenance(monkeypatch)
 
 
@@ -107,7 +113,7 @@ def test_an_infra_cell_is_written_byte_for_byte(fixed_clock: None, tmp_path: Pat
     cfg, p = _plan()
     d = tmp_path / "cells" / p.dirname
     message = "kernel did not build: x86_64-C0: build failed (make exit 2)"
-    runner.infra_cell(cfg, p, d, message, {"lab_host": "h1", "requeued_from": ["h0"]})
+    infra_cell(cfg, p, d, message, {"lab_host": "h1", "requeued_from": ["h0"]})
     assert sorted(f.name for f in d.iterdir()) == ["cell.json", "evidence.json"]
     _check(d, "infra", tmp_path)
 
@@ -122,7 +128,7 @@ class _Results:
 
 
 class ScriptedMachine:
-    """What runner.execute uses of a Machine, playing back one recorded guest run."""
+    """What lab.run.execute uses of a Machine, playing back one recorded guest run."""
 
     def __init__(self, workdir: Path, records: tuple[dict[str, Any], ...], how: str) -> None:
         self.workdir = workdir
@@ -153,11 +159,10 @@ class ScriptedMachine:
 
 
 def _scripted_launch(records: tuple[dict[str, Any], ...], how: str) -> Callable[..., boot.Prepared]:
-    def launch(arch: Any, kernel: Path, base: Path, _ov: bytes, _id: str, cmdline: str,
-               memory: int, smp: int, workdir: Path, *_rest: Any) -> boot.Prepared:  # fmt: skip
+    def launch(req: boot.LaunchRequest, workdir: Path, *_rest: Any) -> boot.Prepared:
         machine = ScriptedMachine(workdir, records, how)
-        spec = Launch(arch, "tcg", kernel, workdir / "initrd.cpio.gz", cmdline,
-                      workdir / "result.jsonl", memory, smp)  # fmt: skip
+        spec = Launch(req.arch, "tcg", req.kernel_image, workdir / "initrd.cpio.gz", req.cmdline,
+                      workdir / "result.jsonl", req.memory_mib, req.smp)  # fmt: skip
         return boot.Prepared(machine, Choice("tcg", "kvm disabled in lab.toml"), spec)  # type: ignore[arg-type]
 
     return launch
@@ -169,9 +174,10 @@ def _executed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> resu
 
     kernel, base = _kernel(cfg, "x86_64", "C0"), _base(cfg, "x86_64")
     monkeypatch.setattr(boot, "launch", _scripted_launch(PASS_RECORDS, how))
-    monkeypatch.setattr(runner, "guest_files", lambda *_a, **_k: {})
+    monkeypatch.setattr(run_job, "guest_files", lambda *_a, **_k: {})
     d = tmp_path / "cells" / p.dirname
-    res = runner.run_cell(cfg, p.cell, kernel, base, d, run_cell_id=p.id, repeat=p.repeat)
+    inputs = Inputs(kernel, base)
+    res = execute_here(cfg, p.cell, inputs, d, run_cell_id=p.id, repeat=p.repeat)
     assert res.dir == d and res.run_cell_id == p.id
     return res
 
@@ -198,7 +204,7 @@ def test_the_cell_result_is_what_was_written(
 
 def test_an_infra_cell_result_is_what_was_written(fixed_clock: None, tmp_path: Path) -> None:
     cfg, p = _plan()
-    res = runner.infra_cell(cfg, p, tmp_path / "c", "lab host h1 lost", {"lab_host": "h1"})
+    res = infra_cell(cfg, p, tmp_path / "c", "lab host h1 lost", {"lab_host": "h1"})
     again = results.CellResult.from_dir(tmp_path / "c")
     assert json.loads(json.dumps(res.to_json())) == again.to_json()
     assert (again.observed, again.verdict, again.exit_code, again.host) == (

@@ -147,7 +147,7 @@ def test_planner_and_classifier_import_nothing_that_spawns() -> None:
     code = (
         "import sys, lab.run.matrix, lab.classify, lab.run.cell, lab.run.expect, lab.config; "
         "bad = {'subprocess', 'pexpect', 'fabric', 'paramiko', 'multiprocessing', "
-        "'lab.proc', 'lab.vm.machine', 'lab.vm.boot', 'lab.build', 'lab.run.runner'}; "
+        "'lab.proc', 'lab.vm.machine', 'lab.vm.boot', 'lab.build', 'lab.run.execute'}; "
         "print(sorted(bad & set(sys.modules)))"
     )
     out = subprocess.run(

@@ -35,11 +35,12 @@ from pathlib import Path
 import pytest
 from test_classify import CORPUS_FILES, load_case
 
-from lab import build, cache, cli, config, image, report
+from lab import build, cache, cli, config, report
 from lab.classify import CLASSES, classify
 from lab.image import BaseImage
-from lab.run import runner, testcase
+from lab.run import testcase
 from lab.run.cell import Cell
+from lab.run.job import Inputs, prepare_cell
 from lab.vm import boot
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,24 +98,20 @@ def _with_accel(cfg: config.LabConfig, accel: str) -> config.LabConfig:
 
 
 def _cell_argv(cfg: config.LabConfig, cell: Cell, workdir: Path) -> list[str]:
-    """As runner.execute launches a matrix cell, up to the point QEMU would start."""
+    """As lab.run.execute launches a matrix cell, up to the point QEMU would start."""
     kernel = _kernel(cfg, cell.arch.name, cell.variant.name)
     base = _base(cfg, cell.arch.name)
-    job, files = runner.prepare_cell(cfg, cell, kernel, base)
-    overlay = image.build_overlay(boot.overlay_files(job.agent_job, "0" * 16, files))
-    prepared = boot.launch(
-        job.arch_spec(), kernel.image, base.path, overlay, "0" * 16, job.cmdline,
-        job.memory_mib, job.smp, workdir, cfg.cache_dir, job.boot_spec(),
-    )  # fmt: skip
-    return prepared.launch.argv()
+    job, files = prepare_cell(cfg, cell, Inputs(kernel, base))
+    req = job.launch_request(kernel.image, base.path, files, cfg.cache_dir)
+    return boot.launch(dataclasses.replace(req, boot_id="0" * 16), workdir).launch.argv()
 
 
 def _boot_argv(cfg: config.LabConfig, cell: Cell, workdir: Path) -> list[str]:
     """As `lab boot --arch A --variant V` launches its shell, up to QEMU's start."""
     arch, variant = cell.arch, cell.variant
     kernel = _kernel(cfg, arch.name, variant.name)
-    req = boot.BootRequest(arch, variant, kernel, _base(cfg, arch.name), {"mode": "shell"})
-    return boot.prepare(cfg, req, workdir).launch.argv()
+    req = boot.request(cfg, arch, variant, kernel, _base(cfg, arch.name), {"mode": "shell"})
+    return boot.launch(req, workdir).launch.argv()
 
 
 def argv_goldens(tmp: Path) -> Goldens:

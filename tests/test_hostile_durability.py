@@ -21,9 +21,8 @@ import pytest
 from test_report import Spec, make_run
 
 from lab import cache, classify, cli, config, report, results
-from lab.cli import matrix as cli_matrix
 from lab.errors import LabError
-from lab.run import matrix, testcase
+from lab.run import matrix, orchestrate, testcase
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -130,7 +129,7 @@ def test_a_second_process_on_a_locked_run_fails_with_one_line(tmp_path: Path) ->
     with _held(run):
         cfg = config.load(REPO / "lab.toml")
         with pytest.raises(LabError, match="another lab process is running this run") as exc:
-            cli.run_matrix(cfg, [], run, 1)
+            orchestrate.run_matrix(cfg, [], run, 1)
         assert "\n" not in str(exc.value)
     with results.locked_run(run):  # released when its holder died
         pass
@@ -161,7 +160,7 @@ def _lab_with_a_run(mini_lab: Path) -> Path:
     tcs = [testcase.load(mini_lab / "testcases" / "api.py", classify.CLASSES)]
     cells = matrix.plan(cfg, tcs, matrix.MatrixSpec(), [], [], ["api"])
     sel = {"variants": [], "arches": [], "testcases": ["api"], "repeat": 1, "shard": None}
-    run = results.new_run(cfg.results_dir, "matrix", cli_matrix._run_header(cfg, cells, sel))
+    run = results.new_run(cfg.results_dir, "matrix", orchestrate.run_header(cfg, cells, sel))
     for c in cells:
         cache.write_json(run / "cells" / c.dirname / "evidence.json", {})
         cache.write_json(

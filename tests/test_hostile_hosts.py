@@ -29,7 +29,10 @@ from lab.hosts import bundle, remote, ssh
 from lab.hosts import connect as hosts_connect
 from lab.hosts import transfer as hosts_transfer
 from lab.progress import Reporter
-from lab.run import matrix, runner, testcase
+from lab.run import matrix, testcase
+from lab.run.job import Artifacts, prepare_cell
+from lab.run.schedule import schedule
+from lab.run.workers import HostDown, Stop
 
 REPO = Path(__file__).resolve().parent.parent
 ESC = "\x1b]0;owned\x07\x1b[2J\x1b[31m"
@@ -43,7 +46,7 @@ def _plan() -> tuple[LabConfig, matrix.Planned]:
 
 
 def _asked(p: matrix.Planned) -> dict[str, Any]:
-    """The job record the controller sends for p (as runner.prepare_cell builds it)."""
+    """The job record the controller sends for p (as prepare_cell builds it)."""
     c = p.cell
     names = (c.id, p.id, c.arch.name, c.variant.name, c.testcase.name)
     return {
@@ -59,7 +62,7 @@ def _asked(p: matrix.Planned) -> dict[str, Any]:
 
 
 def _host_cell(asked: Mapping[str, Any], **override: Any) -> dict[str, Any]:
-    """cell.json as an honest host's runner.execute writes it."""
+    """cell.json as an honest host's lab.run.execute writes it."""
     return {
         **asked,
         "observed": "pass",
@@ -115,7 +118,7 @@ def _cell_tar(cell: object, evidence: object = EVIDENCE) -> bytes:
     )
 
 
-def _store(tmp_path: Path, p: matrix.Planned, data: bytes) -> runner.CellResult:
+def _store(tmp_path: Path, p: matrix.Planned, data: bytes) -> results.CellResult:
     run = tmp_path / "run"
     (run / "cells").mkdir(parents=True, exist_ok=True)
     src = tmp_path / "fetched.tar.gz"
@@ -171,7 +174,7 @@ def test_an_honest_cell_is_stored(tmp_path: Path) -> None:
 
 @dataclass
 class HostileHost:
-    """A runner.Worker whose host answers every cell with the given tar.gz: what
+    """A Worker whose host answers every cell with the given tar.gz: what
     RemoteWorker.run does after the channel closed with status 0."""
 
     data: bytes
@@ -189,8 +192,8 @@ class HostileHost:
         pass
 
     def run(
-        self, p: matrix.Planned, kernel: object, base: object, d: Path, tried: tuple[str, ...]
-    ) -> runner.CellResult:
+        self, p: matrix.Planned, inputs: object, d: Path, tried: tuple[str, ...]
+    ) -> results.CellResult:
         self.ran.append(p.id)
         src = d.parent.parent / f"{p.dirname}.tar.gz"
         src.write_bytes(self.data)
@@ -202,14 +205,13 @@ def test_a_hostile_result_is_an_infra_cell_of_the_cell_asked_for(kind: str, tmp_
     cfg, p = _plan()
     host = HostileHost(_cell_tar(_hostile(kind, p)))
     done: list[tuple[str, str]] = []
-    runner.schedule(
+    schedule(
         cfg,
         [p],
         tmp_path,
-        {p.kernel: None},  # type: ignore[dict-item]
-        {p.cell.arch.name: None},  # type: ignore[dict-item]
+        Artifacts({p.kernel: None}, {p.cell.arch.name: None}),  # type: ignore[dict-item]
         [host],
-        runner.Stop(),
+        Stop(),
         on_done=lambda q, _r, err: done.append((q.id, err)),
     )
     assert host.ran == [p.id] and done[0][0] == p.id
@@ -362,7 +364,7 @@ def test_remote_stderr_keeps_a_bounded_tail(tmp_path: Path) -> None:
 
 
 def test_a_host_that_never_stops_talking_meets_the_deadline(tmp_path: Path) -> None:
-    with open(tmp_path / "out", "wb") as sink, pytest.raises(runner.HostDown, match="within"):
+    with open(tmp_path / "out", "wb") as sink, pytest.raises(HostDown, match="within"):
         hosts_transfer.pump(EndlessChannel(stdout=False), sink, 0.5, "evil")
 
 
@@ -382,11 +384,11 @@ def test_the_result_must_match_the_sha256_the_host_names(tmp_path: Path) -> None
 def test_remote_stderr_is_escaped_in_errors_and_lost_reasons() -> None:
     err = f"lab-remote: log\n{remote.ERROR_PREFIX}no kernel {ESC}\u202ehere\n"
     exc = hosts_transfer.exit_problem("evil", remote.EXIT_LAB_ERROR, err)
-    assert isinstance(exc, LabError) and not isinstance(exc, runner.HostDown)
+    assert isinstance(exc, LabError) and not isinstance(exc, HostDown)
     assert "\x1b" not in str(exc) and "\x07" not in str(exc) and "\u202e" not in str(exc)
     assert "\\x1b]0;owned\\x07" in str(exc)
     lost = hosts_transfer.exit_problem("evil", 1, f"Traceback\n{ESC}boom\n")
-    assert isinstance(lost, runner.HostDown) and "\x1b" not in str(lost)
+    assert isinstance(lost, HostDown) and "\x1b" not in str(lost)
 
 
 def test_plain_progress_lines_escape_control_characters() -> None:
@@ -592,3 +594,44 @@ def test_an_upload_that_arrives_damaged_is_refused(tmp_path: Path) -> None:
         w._ensure(w._idle[0], "images/x86_64/b/base.cpio.gz", image)
     left = sorted(p.name for p in (tmp_path / "remote").rglob("*") if p.is_file())
     assert left == []  # neither the damaged temporary file nor a final one
+
+
+@pytest.mark.parametrize(
+    "job",
+    [{}, {"arch": "x86_64"}, "not a job"],
+    ids=["empty", "fields missing", "not an object"],
+)
+def test_remote_exec_answers_a_malformed_job_with_one_line(tmp_path: Path, job: Any) -> None:
+    """A job the host cannot read is a bad request (exit 4, one line), not a traceback."""
+    req = {"protocol": remote.PROTOCOL, "kernel": "k", "base": "b", "files": {}, "job": job}
+    req |= {"kernel_sha256": "a" * 64, "base_sha256": "b" * 64}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "lab.hosts.remote", "exec", str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+    )  # fmt: skip
+    assert p.stdin is not None
+    p.stdin.write(json.dumps(req).encode() + b"\n")
+    p.stdin.flush()  # stdin stays open: EOF would mean the controller is gone
+    try:
+        p.wait(timeout=60)
+        assert p.stderr is not None
+        err = p.stderr.read()
+    finally:
+        p.stdin.close()
+        p.kill()
+    text = err.decode()
+    assert p.returncode == remote.EXIT_BAD_REQUEST, text
+    assert "Traceback" not in text and "malformed request" in text
+
+
+def test_a_job_survives_its_json_trip_to_a_host() -> None:
+    """CellJob carries a typed ArchSpec and BootSpec; the JSON a host reads gives them back."""
+    from test_golden import _base, _kernel
+
+    from lab.run.job import CellJob, Inputs
+
+    cfg, p = _plan()
+    inputs = Inputs(_kernel(cfg, "x86_64", p.cell.variant.name), _base(cfg, "x86_64"))
+    job, _files = prepare_cell(cfg, p.cell, inputs, p.id)
+    again = CellJob.from_json(json.loads(json.dumps(job.to_json())))
+    assert again == job and again.arch == cfg.arch("x86_64") and again.boot == cfg.boot

@@ -19,7 +19,7 @@ from test_report import FULL, Spec, make_run
 from lab import classify, cli, report, results
 from lab.errors import LabError
 from lab.report import markdown as report_md
-from lab.run import runner
+from lab.run.execute import recorded_facts
 
 SECRET = "root:x:0:0:TOPSECRET-passwd-line:/root:/bin/bash"
 
@@ -230,16 +230,14 @@ def test_summary_md_keeps_plain_names_readable(tmp_path: Path) -> None:
 
 
 def _recorded_cell(tmp_path: Path, console: str, facts: classify.RunFacts) -> tuple[Path, str]:
-    """A cell directory as runner.execute leaves it: the console, the result channel,
+    """A cell directory as lab.run.execute leaves it: the console, the result channel,
     and cell.json with the facts classify was given."""
     d = tmp_path / "cell"
     d.mkdir()
     (d / "console.log").write_text(console)
     (d / "result.jsonl").write_text("".join(json.dumps(r) + "\n" for r in facts.records))
     outcome = classify.classify(console, facts).outcome
-    (d / "cell.json").write_text(
-        json.dumps({"id": "x86_64/C0/depletion", **runner.recorded_facts(facts)})
-    )
+    (d / "cell.json").write_text(json.dumps({"id": "x86_64/C0/depletion", **recorded_facts(facts)}))
     return d, outcome
 
 

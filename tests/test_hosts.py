@@ -38,14 +38,17 @@ from realtools import processes_mentioning as _processes_mentioning
 from realtools import run_cells as _cells
 from realtools import start_pair as _start_pair
 
-from lab import cache, classify
+from lab import cache, classify, results
 from lab.config import LabConfig, hosts, load
 from lab.errors import LabError
 from lab.hosts import bundle, ssh
 from lab.hosts import connect as hosts_connect
 from lab.hosts import transfer as hosts_transfer
-from lab.run import matrix, runner, testcase
+from lab.run import matrix, testcase
+from lab.run.job import Artifacts
 from lab.run.matrix import Planned
+from lab.run.schedule import schedule
+from lab.run.workers import HostDown, Stop
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -230,7 +233,7 @@ def test_bundle_uploaded_once_then_skipped(
     # (python -S: no site-packages at all).
     probe = subprocess.run(
         ["env", "-i", f"PYTHONPATH={where}", "/usr/bin/python3", "-S", "-c",
-         "import sys, lab.hosts.remote, lab.run.runner; "
+         "import sys, lab.hosts.remote, lab.run.execute; "
          "print(sorted({m.split('.')[0] for m in sys.modules} & "
          "{'rich', 'fabric', 'paramiko', 'pexpect', 'jinja2'}))"],
         capture_output=True, text=True, check=True,
@@ -377,7 +380,7 @@ def test_remote_commands_are_quoted(tmp_path: Path, sshds: list[Sshd], client_ke
 
 @dataclass
 class FakeWorker:
-    """A runner.Worker that either finishes cells at once or loses its host on the first."""
+    """A Worker that either finishes cells at once or loses its host on the first."""
 
     name: str
     arches: tuple[str, ...] = ("x86_64", "arm64")
@@ -396,21 +399,21 @@ class FakeWorker:
         pass
 
     def run(
-        self, p: Planned, kernel: object, base: object, d: Path, tried: tuple[str, ...]
-    ) -> runner.CellResult:
+        self, p: Planned, inputs: object, d: Path, tried: tuple[str, ...]
+    ) -> results.CellResult:
         if self.gone:
-            raise runner.HostDown(self.name, self.gone, ran=False)
+            raise HostDown(self.name, self.gone, ran=False)
         self.ran.append(p.id)
         if self.fail:
             time.sleep(0.1)
             self.gone = "connection closed"
-            raise runner.HostDown(self.name, self.gone)
+            raise HostDown(self.name, self.gone)
         d.mkdir(parents=True)
         cache.write_json(d / "evidence.json", {"detail": "fake"})
         record = {"id": p.cell.id, "run_cell_id": p.id, "observed": "pass", "verdict": "expected"}
         extra = {"requeued_from": list(tried)} if tried else {}
         cache.write_json(d / "cell.json", {**record, "lab_host": self.name, **extra})
-        return runner.CellResult.from_dir(d)
+        return results.CellResult.from_dir(d)
 
 
 def _plan(arches: list[str], repeat: int) -> tuple[LabConfig, list[Planned]]:
@@ -426,14 +429,13 @@ def _schedule(
     tmp: Path, cfg: LabConfig, cells: list[Planned], workers: list[FakeWorker]
 ) -> tuple[dict[str, dict[str, object]], list[str]]:
     done: list[str] = []
-    runner.schedule(
+    schedule(
         cfg,
         cells,
         tmp,
-        {c.kernel: None for c in cells},  # type: ignore[misc]
-        {c.cell.arch.name: None for c in cells},  # type: ignore[misc]
+        Artifacts({c.kernel: None for c in cells}, {c.cell.arch.name: None for c in cells}),  # type: ignore[misc]
         workers,
-        runner.Stop(),
+        Stop(),
         on_done=lambda p, _r, _e: done.append(p.id),
     )
     # Each planned cell exactly once, in its own directory, and nothing else.

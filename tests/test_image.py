@@ -712,3 +712,36 @@ def test_real_concurrent_builders_share_one_build(tmp_path: Path) -> None:
     assert sorted(hit for _, hit in results) == [False, True]  # the second waited, then hit
     images = tmp_path / "images" / "amd64"
     assert [p.name for p in images.iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_the_image_lock_says_when_it_waits_for_another_build(tmp_path: Path) -> None:
+    """image/base's lock is cache.locked: a second builder waits, and says so once."""
+    import fcntl
+    import os
+    import threading
+
+    from lab.image import base
+
+    lock = tmp_path / "locks" / "image-amd64.lock"
+    lock.parent.mkdir()
+    holder = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another build holds it
+    said: list[str] = []
+    got = threading.Event()
+
+    def second() -> None:
+        with base._locked(lock, said.append):
+            got.set()
+
+    t = threading.Thread(target=second)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not said and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert said == [f"waiting for another image build ({lock})"] and not got.is_set()
+    os.close(holder)
+    t.join(10)
+    assert got.is_set() and len(said) == 1
+    with base._locked(lock, said.append):  # free now: no message
+        pass
+    assert len(said) == 1

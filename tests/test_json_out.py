@@ -118,17 +118,17 @@ def test_reproduce_json_is_the_answers_alone_on_stdout(
     from lab.cli import reproduce
     from lab.config import failures
     from lab.outcome import CLASSES
-    from lab.run import runner
+    from lab.run import orchestrate, schedule
 
     cfg = dataclasses.replace(config.load(REPO / "lab.toml"), results_dir=tmp_path / "results")
     monkeypatch.setattr(reproduce, "_load", lambda _a: cfg)
 
     def scripted(cfg_: object, cells: list, run_dir: Path, *_a: object, **_k: object) -> int:  # type: ignore[type-arg]
         for p in cells:  # no boots: every cell an infra result
-            runner.infra_cell(cfg, p, run_dir / "cells" / p.dirname, "scripted")
+            schedule.infra_cell(cfg, p, run_dir / "cells" / p.dirname, "scripted")
         return 2
 
-    monkeypatch.setattr(reproduce, "run_matrix", scripted)
+    monkeypatch.setattr(orchestrate, "run_matrix", scripted)
     mode = failures.parse(cfg.extra.get("failure_mode"), cfg.file, CLASSES)[0]
     args = argparse.Namespace(
         id=[mode.id], arch=["x86_64"], jobs=1, list=False, markdown=None, json=True

@@ -21,8 +21,9 @@ from lab.errors import UserError
 from lab.export import bundle, ingest, lava, lavalog
 from lab.guest import agent
 from lab.outcome import CLASSES
-from lab.run import runner, testcase
+from lab.run import testcase
 from lab.run.cell import Cell
+from lab.run.job import MARGIN
 from lab.vm.qemu import kernel_cmdline
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,7 +49,7 @@ def _job_input(arch: str, variant: str, test: str) -> lava.JobInput:
         smp=cell.arch.qemu.smp,
         boot_id=BOOT_ID,
         ready_timeout=cfg.boot.ready_timeout,
-        test_timeout=tc.timeout + runner.MARGIN,
+        test_timeout=tc.timeout + MARGIN,
         metadata={"lab.expected": "|".join(r for r in (cell.expectation() or _no()).outcomes)},
     )
 

@@ -36,10 +36,12 @@ ALLOWED: dict[str, set[str]] = {
     "doctor": {"config", "image", "prereqs"},
     "vm": {"config", "image", "build", "prereqs"},
     "report": {"results", "classify"},
-    "run": {"config", "classify", "results", "image", "build", "vm", "prereqs", "provenance",
-            "ktap"},
-    # hosts -> vm: a host reports its own accelerator choice (vm.accel).
-    "hosts": {"config", "build", "image", "results", "vm", "run"},
+    # run -> report: a matrix run ends by rendering its reports (also when interrupted).
+    "run": {"config", "classify", "results", "image", "build", "vm", "prereqs", "report",
+            "provenance", "ktap"},
+    # hosts -> vm: a host reports its own accelerator choice (vm.accel). A host's kernel and
+    # base image reach it as the run stage's Inputs, so hosts needs neither build nor image.
+    "hosts": {"config", "results", "vm", "run"},
     # export: cells as LAVA jobs (run's prepared cells, vm's QEMU arguments) and back.
     "export": {"config", "classify", "results", "image", "build", "vm", "run"},
     "cli": {
@@ -147,6 +149,23 @@ def test_only_the_cli_imports_hosts() -> None:
         f"{where(src, line)} imports {target}"
         for src, line, target in lab_edges()
         if stage(target) == "hosts" and stage(src) not in {"hosts", "cli"}
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_one_cli_module_opens_lab_hosts_and_nothing_names_their_worker() -> None:
+    # SSH is a plug-in: lab/cli/hosts.py opens the hosts' workers and hands them to the run
+    # stage as `Worker`s; nobody else tells a lab host's worker from a local one (the CLI
+    # once tested isinstance(w, RemoteWorker) to read its cell count).
+    importers = {src for src, _, target in lab_edges() if stage(target) == "hosts"}
+    assert importers - {m for m in MODULES if stage(m) == "hosts"} == {"lab.cli.hosts"}
+    bad = [
+        f"{where(name, node.lineno)} names RemoteWorker"
+        for name, path in MODULES.items()
+        if stage(name) != "hosts"
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if (isinstance(node, ast.Name) and node.id == "RemoteWorker")
+        or (isinstance(node, ast.Attribute) and node.attr == "RemoteWorker")
     ]
     assert not bad, "\n".join(bad)
 

@@ -21,7 +21,8 @@ from lab import config
 from lab.build import prebuilt
 from lab.errors import UserError
 from lab.outcome import CLASSES
-from lab.run import cell, runner, testcase
+from lab.run import cell, testcase
+from lab.run.job import Inputs, prepare_cell
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = config.load(REPO / "lab.toml")
@@ -145,9 +146,8 @@ def test_cell_record_names_the_prebuilt_kernel(tmp_path: Path) -> None:
     (tmp_path / ".config").write_text(good_config("x86_64"))
     kernel = prebuilt.load(tmp_path / "bzImage", X86, "U0")
     tc = testcase.find(CFG.testcases_dir, "api", CLASSES)
-    job, _files = runner.prepare_cell(
-        CFG, cell.Cell(X86, CFG.variant("U0"), tc), kernel, _base(CFG, "x86_64")
-    )
+    inputs = Inputs(kernel, _base(CFG, "x86_64"))
+    job, _files = prepare_cell(CFG, cell.Cell(X86, CFG.variant("U0"), tc), inputs)
     rec = job.record["kernel"]
     assert isinstance(rec, dict)
     assert rec["image_sha256"] == kernel.meta["image_sha256"]

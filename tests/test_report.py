@@ -1,7 +1,7 @@
 """Reports, compare and merge on synthetic run directories (and real ones when present).
 
-The synthetic run mirrors what lab.run.runner and lab.cli.run_matrix write: run.json with
-the planned cells and provenance, one directory per finished cell with cell.json,
+The synthetic run mirrors what lab.run.execute and lab.run.orchestrate.run_matrix write:
+run.json with the planned cells and provenance, one directory per finished cell with cell.json,
 evidence.json and the logs. It holds every case a report must show: expected and
 unexpected cells, an infra cell, repetitions that disagree, arches that disagree,
 cells not run (an interrupted run), and hostile text from the guest.
@@ -438,6 +438,9 @@ def test_untrusted_text_is_escaped_and_report_self_contained(run_dir: Path) -> N
     assert "\x1b" not in text and "\x00" not in text and "\\x1b[31mred" in text
     for tag in ("<link", "<img", "<iframe", "src=", "http://", "https://", "@import"):
         assert tag not in text.lower(), tag
+    # The page forbids scripts and fetches itself: the CSP stays whatever the template does.
+    csp = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+    assert f'<meta http-equiv="Content-Security-Policy" content="{csp}">' in text.split("<body>")[0]
 
 
 # --- summary.md -----------------------------------------------------------------------------

@@ -4,9 +4,11 @@ User errors (LabError) print as one line and exit non-zero; tracebacks are
 reserved for bugs. Exit codes: 0 success, 1 a failed result (a build that does
 not compile), 2 bad input or infrastructure trouble, 130 interrupted.
 
-Modules: common, kernels (build, boot), cells (run, classify), matrix (matrix, hosts
-check), reproduce, tools (report, compare, merge, image, config show, doctor, setup),
-parser (the sub-commands); main is here.
+Each command is argument handling plus a call into its stage (the matrix run is
+lab.run.orchestrate). Modules: parser (the sub-commands) and options (the options they
+share), printer (the human output about cells), common, kernels (build, boot), cells (run,
+classify), matrix, hosts (hosts check; the only importer of lab.hosts), reproduce, ledger,
+tools (report, compare, merge, image, config show, doctor, setup); main is here.
 """
 
 from __future__ import annotations
@@ -18,11 +20,10 @@ from collections.abc import Callable, Sequence
 
 from lab import proc
 from lab.cli.common import BuildFailed
-from lab.cli.matrix import run_matrix
 from lab.cli.parser import _parser
 from lab.errors import LabError, printable
 
-__all__ = ["main", "run_matrix"]
+__all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from lab import cache, report, results
-from lab.cli.cells import print_cell
 from lab.cli.common import _load
-from lab.cli.matrix import _run_header
+from lab.cli.options import add_arches, add_testcases, add_variants
+from lab.cli.printer import print_cell
 from lab.errors import UserError
 from lab.outcome import CLASSES
 from lab.run import matrix, testcase
+from lab.run.orchestrate import run_header
 
 
 def register(sub: Any) -> None:
@@ -32,9 +33,9 @@ def register(sub: Any) -> None:
         metavar="RUN",
         help="export the cells RUN planned (default: the selection below)",
     )
-    el.add_argument("--variant", "-V", action="append", default=[], help="glob, repeatable")
-    el.add_argument("--arch", "-a", action="append", default=[], help="glob, repeatable")
-    el.add_argument("--testcase", "-t", action="append", default=[], help="glob, repeatable")
+    add_variants(el)
+    add_arches(el)
+    add_testcases(el)
     el.add_argument("--repeat", type=int, default=None, help="each cell N times")
     el.add_argument("--output", "-o", required=True, metavar="DIR", help="the export directory")
     el.add_argument(
@@ -113,7 +114,7 @@ def cmd_export_lava(args: argparse.Namespace) -> int:
     kernels = bundle.kernels_for(cfg, cells)  # before anything is written: never builds
     base = Path(args.results) if args.results else cfg.results_dir
     made_out = not out.exists()
-    run_dir = results.new_run(base, "lava", _run_header(cfg, cells, selection))
+    run_dir = results.new_run(base, "lava", run_header(cfg, cells, selection))
     try:
         done = bundle.export(
             cfg,
@@ -145,7 +146,7 @@ def cmd_import_lava(args: argparse.Namespace) -> int:
     run_dir = results.resolve_run(cfg.results_dir, args.run)
     done = ingest.import_logs(run_dir, [Path(p) for p in args.logs])
     for res in done:
-        print_cell(res, sys.stdout)
+        print_cell(res, stream=sys.stdout)
     report.render(run_dir)
     print(f"lab: {len(done)} cells imported into {run_dir}", file=sys.stderr)
     return results.exit_code(results.load_run(run_dir), results.read_cells(run_dir))

@@ -8,12 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-from lab import build, config
-from lab.build import prebuilt, source
+from lab import build
+from lab.build import source
 from lab.cli.common import BuildFailed, _load
+from lab.cli.options import the_variant
 from lab.errors import LabError
 from lab.progress import Reporter
-from lab.run import selection
+from lab.run import orchestrate, selection
 from lab.vm import boot, machine
 
 # --- build -------------------------------------------------------------------------
@@ -72,44 +73,21 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 BOOT_FAILED = 125  # like timeout(1)/docker: the lab failed, not the command
 DEADLINE = 124  # like timeout(1): a deadline expired (boot hang, command overran --timeout)
-MAX_CONSOLE = 1 << 30  # bytes of a cell directory's console.log that `lab classify` reads
-
-
-def _kernel_for(
-    cfg: config.LabConfig,
-    arch: config.ArchSpec,
-    variant: config.Variant,
-    reporter: Reporter,
-    prebuilt_path: str = "",
-) -> build.Kernel:
-    if prebuilt_path:  # --kernel: built elsewhere, checked, never built here
-        return prebuilt.load(Path(prebuilt_path), arch, variant.name)
-    build.check_host_tools()
-    p = build.plan(cfg, arch, variant, 0, reporter.line)
-    task = reporter.task(p.label)
-    built = build.build(cfg, p, task)
-    if built.kernel is None:  # a result, but lab boot/run cannot go on without the kernel
-        task.finish("failed")
-        raise LabError(built.message)
-    task.finish("kernel cached" if built.kernel.cached else "kernel built")
-    return built.kernel
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
     cfg = _load(args)
     arch = cfg.arch(args.arch)
-    variant = cfg.variant(args.variant) if args.variant else cfg.variants[0]
+    variant = the_variant(cfg, args.variant)
     with Reporter() as reporter:
-        kernel = _kernel_for(cfg, arch, variant, reporter, args.kernel)
+        kernel = orchestrate.one_kernel(cfg, arch, variant, reporter, args.kernel)
         base = boot.base_image(cfg, arch, reporter.line)
     job: dict[str, object] = (
         {"mode": "shell"} if args.exec is None else {"mode": "exec", "command": args.exec}
     )
-    req = boot.BootRequest(
-        arch, variant, kernel, base, job, extra_cmdline=args.append, memory_mib=args.memory
-    )
+    req = boot.request(cfg, arch, variant, kernel, base, job, args.append, args.memory)
     workdir = boot.new_workdir(cfg, f"{arch.name}-{variant.name}")
-    prepared = boot.prepare(cfg, req, workdir, lambda m: print(f"lab: {m}", file=sys.stderr))
+    prepared = boot.launch(req, workdir, lambda m: print(f"lab: {m}", file=sys.stderr))
     m = prepared.machine
     out: dict[str, list[str]] = {"stdout": [], "stderr": []}
     status: int | None = None
@@ -124,46 +102,38 @@ def cmd_boot(args: argparse.Namespace) -> int:
                 target.write(data)
                 target.flush()
 
-    try:
-        with m:
-            try:
-                m.wait_ready()
-            except machine.BootError as exc:
-                print(f"lab: boot failed: {exc}", file=sys.stderr)
-                for line in exc.lines:
-                    print(f"  | {line}", file=sys.stderr)
-                print(f"lab: console log: {workdir / 'console.log'}", file=sys.stderr)
-                return DEADLINE if exc.kind == "hang" else BOOT_FAILED
-            if args.exec is None:
+    timed_out = False
+    with boot.started(prepared, workdir):
+        try:
+            m.wait_ready()
+        except machine.BootError as exc:
+            print(f"lab: boot failed: {exc}", file=sys.stderr)
+            _console(exc.lines, workdir)
+            return DEADLINE if exc.kind == "hang" else BOOT_FAILED
+        if args.exec is None:
+            print(
+                f"lab: {arch.name}/{variant.name} ready ({prepared.accel.accel}); Ctrl-] quits",
+                file=sys.stderr,
+            )
+            m.interact()
+            status = 0
+        else:
+            status, why = boot.exec_command(m, args.timeout, on_record)
+            if status is None:
                 print(
-                    f"lab: {arch.name}/{variant.name} ready ({prepared.accel.accel}); Ctrl-] quits",
-                    file=sys.stderr,
+                    f"lab: command {why}; console log: {workdir / 'console.log'}", file=sys.stderr
                 )
-                m.interact()
-                status = 0
-            else:
-                how = m.follow(lambda r: r.get("type") == "exit", args.timeout, on_record)
-                exit_rec = m.results.first("exit")
-                if exit_rec is not None and isinstance(exit_rec.get("status"), int):
-                    status = int(exit_rec["status"])
-                    m.follow(lambda r: r.get("type") == "done", 5.0, on_record)
-                    m.wait_exit()
-                else:
-                    why = {
-                        "timeout": f"did not finish within {args.timeout:.0f}s",
-                        "exited": "the guest stopped before the command finished",
-                    }[how]
-                    print(
-                        f"lab: command {why}; console log: {workdir / 'console.log'}",
-                        file=sys.stderr,
-                    )
-                    for line in m.console.tail(10) if m.console else []:
-                        print(f"  | {line}", file=sys.stderr)
-                    status = DEADLINE if how == "timeout" else BOOT_FAILED
-    finally:
-        boot.discard_initrd(workdir)
-    t = m.timings()
+                for line in m.console.tail(10) if m.console else []:
+                    print(f"  | {line}", file=sys.stderr)
+                timed_out = why.startswith(boot.TIMED_OUT)
     if args.json:
+        t = m.timings()
+        timings = {
+            "ready": t.ready,
+            "agent": t.first_result,
+            "command_done": m.arrivals.get("exit"),
+            "total": t.total,
+        }
         print(
             json.dumps(
                 {
@@ -174,12 +144,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
                     "accel_reason": prepared.accel.reason,
                     "qemu_argv": prepared.launch.argv(),
                     "workdir": str(workdir),
-                    "timings": {
-                        "ready": t.ready,
-                        "agent": t.first_result,
-                        "command_done": m.arrivals.get("exit"),
-                        "total": t.total,
-                    },
+                    "timings": timings,
                     "exit_status": status,
                     "stdout": "".join(out["stdout"]),
                     "stderr": "".join(out["stderr"]),
@@ -187,4 +152,12 @@ def cmd_boot(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
-    return status if status is not None else BOOT_FAILED
+    if status is None:
+        return DEADLINE if timed_out else BOOT_FAILED
+    return status
+
+
+def _console(lines: list[str], workdir: Path) -> None:
+    for line in lines:
+        print(f"  | {line}", file=sys.stderr)
+    print(f"lab: console log: {workdir / 'console.log'}", file=sys.stderr)

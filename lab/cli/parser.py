@@ -8,8 +8,19 @@ import os
 from lab import __version__
 from lab.cli import export
 from lab.cli.cells import cmd_classify, cmd_run
+from lab.cli.hosts import cmd_hosts_check
 from lab.cli.kernels import cmd_boot, cmd_build
-from lab.cli.matrix import cmd_hosts_check, cmd_matrix
+from lab.cli.matrix import cmd_matrix
+from lab.cli.options import (
+    add_arch,
+    add_arches,
+    add_hosts,
+    add_jobs,
+    add_json,
+    add_testcases,
+    add_variant,
+    add_variants,
+)
 from lab.cli.reproduce import cmd_reproduce
 from lab.cli.series import add_parser as add_series_parser
 from lab.cli.tools import (
@@ -44,34 +55,22 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     b = sub.add_parser("build", help="build kernels (cached; only what changed is rebuilt)")
-    b.add_argument(
-        "--arch",
-        "-a",
-        action="append",
-        default=[],
-        help="arch name or glob, repeatable or comma-separated (default: all)",
-    )
-    b.add_argument(
-        "--variant",
-        "-V",
-        action="append",
-        default=[],
-        help="variant name or glob (default: the first variant; --all: every one)",
-    )
+    add_arches(b)
+    add_variants(b, default="the first variant; --all: every one")
     b.add_argument("--all", action="store_true", help="every variant on every selected arch")
-    b.add_argument("--jobs", "-j", type=int, default=0, help="make -j (default: CPU count)")
+    add_jobs(b, "make -j")
     b.add_argument("--force", action="store_true", help="rebuild even when cached")
     b.add_argument(
         "--refresh-source",
         action="store_true",
         help="re-resolve a git source's branch or tag to its current commit",
     )
-    b.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    add_json(b, "the results")
     b.set_defaults(func=cmd_build)
 
     bt = sub.add_parser("boot", help="boot a kernel: interactive console, or --exec CMD")
-    bt.add_argument("--arch", "-a", required=True)
-    bt.add_argument("--variant", "-V", default="", help="default: the first variant")
+    add_arch(bt)
+    add_variant(bt)
     bt.add_argument(
         "--exec",
         "-e",
@@ -85,16 +84,14 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--append", default="", help="extra kernel command line")
     bt.add_argument("--kernel", default="", metavar="PATH", help=KERNEL_HELP)
     bt.add_argument("--memory", type=int, default=None, help="guest memory in MiB")
-    bt.add_argument(
-        "--json", action="store_true", help="print timings, accelerator and QEMU argv as JSON"
-    )
+    add_json(bt, "timings, accelerator and QEMU argv")
     bt.set_defaults(func=cmd_boot)
 
     mx = sub.add_parser("matrix", help="run the variant x arch x test case matrix")
-    mx.add_argument("--variant", "-V", action="append", default=[], help="glob, repeatable")
-    mx.add_argument("--arch", "-a", action="append", default=[], help="glob, repeatable")
-    mx.add_argument("--testcase", "-t", action="append", default=[], help="glob, repeatable")
-    mx.add_argument("--jobs", "-j", type=int, default=0, help="parallel cells (default: CPUs)")
+    add_variants(mx)
+    add_arches(mx)
+    add_testcases(mx)
+    add_jobs(mx)
     mx.add_argument("--repeat", type=int, default=None, help="run each cell N times")
     mx.add_argument("--shard", default="", help="K/N: run the K-th of N deterministic shards")
     mx.add_argument("--resume", default="", metavar="RUN", help="run what RUN is missing")
@@ -109,13 +106,8 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the planned cells and their expectations; run nothing",
     )
+    add_hosts(mx, default="none: local slots only")
     mx.add_argument("--json", action="store_true", help="with --list: one JSON document")
-    mx.add_argument(
-        "--hosts",
-        default="",
-        metavar="NAME,...|all",
-        help="also run cells on these SSH lab hosts ([[hosts]] in lab.toml)",
-    )
     mx.set_defaults(func=cmd_matrix)
 
     hs = sub.add_parser("hosts", help="SSH lab hosts ([[hosts]] in lab.toml)")
@@ -123,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     hc = hsub.add_parser(
         "check", help="per host: reachable, python, lab bundle, QEMU, accelerator, disk"
     )
-    hc.add_argument("--hosts", default="", metavar="NAME,...|all", help="default: all")
+    add_hosts(hc, default="all")
     hc.add_argument("--json", action="store_true", help="the checks as one JSON document")
     hc.add_argument(
         "--no-upload",
@@ -134,8 +126,8 @@ def _parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("reproduce", help="replay failure modes claimed in review")
     rp.add_argument("id", nargs="*", help="failure mode ids, or 'all' (none: list them)")
-    rp.add_argument("--arch", "-a", action="append", default=[], help="glob, repeatable")
-    rp.add_argument("--jobs", "-j", type=int, default=0)
+    add_arches(rp, default="the arches each failure mode names")
+    add_jobs(rp)
     rp.add_argument("--list", action="store_true", help="list the failure modes")
     rp.add_argument(
         "--json", action="store_true", help="the answers as one JSON document (text to stderr)"
@@ -149,6 +141,12 @@ def _parser() -> argparse.ArgumentParser:
 
     rr = sub.add_parser("report", help="re-render a run's reports")
     rr.add_argument("run", help="run directory or run id")
+    rr.add_argument(
+        "--markdown",
+        metavar="FILE",
+        default="",
+        help="also write what the run observed as a Markdown document (docs/observed/)",
+    )
     rr.set_defaults(func=cmd_report)
     cp = sub.add_parser("compare", help="cells whose outcome changed between two runs")
     cp.add_argument("run_a")
@@ -162,19 +160,19 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run one test case on one (arch, variant): one cell")
     r.add_argument("testcase")
-    r.add_argument("--arch", "-a", required=True)
-    r.add_argument("--variant", "-V", default="", help="default: the first variant")
+    add_arch(r)
+    add_variant(r)
     r.add_argument(
         "--results",
         default="",
         help="the run directory to put the cell in (default: a new one under results_dir)",
     )
-    r.add_argument("--json", action="store_true")
+    add_json(r, "cell.json and evidence.json")
     r.add_argument("--kernel", default="", metavar="PATH", help=KERNEL_HELP)
     r.set_defaults(func=cmd_run)
 
     im = sub.add_parser("image", help="build (or show) the guest base image per arch")
-    im.add_argument("--arch", "-a", action="append", default=[])
+    add_arches(im)
     im.add_argument(
         "--refresh", action="store_true", help="re-resolve Debian package versions and rebuild"
     )
@@ -182,14 +180,14 @@ def _parser() -> argparse.ArgumentParser:
 
     cl = sub.add_parser("classify", help="classify a saved serial console log offline")
     cl.add_argument("log", help="a console log, or a cell directory (then its records count)")
-    cl.add_argument("--json", action="store_true")
+    add_json(cl, "the classification")
     cl.set_defaults(func=cmd_classify)
 
     c = sub.add_parser("config", help="kernel configuration commands")
     csub = c.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     cs = csub.add_parser("show", help="rendered fragments and the final .config diff vs base")
-    cs.add_argument("--arch", "-a", required=True)
-    cs.add_argument("--variant", "-V", default="")
+    add_arch(cs)
+    add_variant(cs)
     cs.set_defaults(func=cmd_config_show)
 
     add_series_parser(sub)

@@ -1,4 +1,4 @@
-"""`lab reproduce`: the failure modes' cells and their answer."""
+"""`lab reproduce`: pick failure modes, print each claim's answer (lab.run.reproduce runs them)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from lab import build, cache, results
 from lab.cli.common import _load
 from lab.cli.ledger import render_ledger
-from lab.cli.matrix import _run_header, run_matrix
+from lab.cli.printer import evidence_lines
 from lab.config import failures
-from lab.errors import LabError
 from lab.outcome import CLASSES
-from lab.run import matrix, testcase
+from lab.run import reproduce
 
 # --- reproduce ----------------------------------------------------------------------------
 
@@ -31,40 +29,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             print(f'{"":32} "{m.claim}"')
         return 0
     chosen = modes if args.id == ["all"] else [failures.find(modes, i, cfg.file) for i in args.id]
-    tcs = {t.name: t for t in testcase.discover(cfg.testcases_dir, CLASSES)}
-    cells: dict[str, matrix.Planned] = {}
-    for m in chosen:
-        if m.testcase not in tcs:
-            raise LabError(f"failure mode {m.id}: unknown test case {m.testcase!r}")
-        arches = args.arch or list(m.arches)
-        # every era of the variants the claim names (issue 10)
-        names = failures.variant_names(m, [(v.name, v.params) for v in cfg.variants])
-        for c in matrix.plan(
-            cfg,
-            [tcs[m.testcase]],
-            matrix.MatrixSpec(),
-            names or list(m.variants),
-            arches,
-            [m.testcase],
-        ):
-            cells.setdefault(c.id, c)
-    header = _run_header(
-        cfg,
-        list(cells.values()),
-        {
-            "variants": [],
-            "arches": args.arch,
-            "testcases": [],
-            "repeat": 1,
-            "shard": None,
-            "failure_modes": [m.id for m in chosen],
-        },
-    )
-    run_dir = results.new_run(cfg.results_dir, "reproduce", header)
-    jobs = args.jobs or cfg.jobs or build.default_jobs(cfg)
-    code = run_matrix(cfg, list(cells.values()), run_dir, jobs, quiet=True)
-    records = {r.id: r for r in results.read_cells(run_dir)}
-    answers = []
+    code, run_dir, groups = reproduce.reproduce(cfg, chosen, args.arch, args.jobs)
     # --json: the JSON document alone on stdout; the text for people goes to stderr.
     out = sys.stderr if args.json else sys.stdout
     for m in chosen:
@@ -72,45 +37,21 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         print(f'  claim: "{m.claim}"', file=out)
         print(f"  reproduced if: {' or '.join(m.reproduced)}", file=out)
         # one line per (era, arch), then each cell's answer and evidence under it
-        groups: dict[tuple[str, str], list[matrix.Planned]] = {}
-        for c in cells.values():
-            v = c.cell.variant
-            era, base = failures.era_of(v.name, v.params)
-            if m.selects(c.cell.arch.name, v.name, c.cell.testcase.name, base):
-                groups.setdefault((era, c.cell.arch.name), []).append(c)
-        for (era, arch), group in groups.items():
-            lines, got = [], []
-            for c in group:
-                rec = records.get(c.cell.id)
+        for g in (g for g in groups if g.mode is m):
+            print(f"  era {g.era or '-'} {g.arch}: {g.summary.upper()}", file=out)
+            for c, rec, ans in g.cells:
                 if rec is None:
-                    lines.append(f"    {c.cell.id}: not run")
+                    print(f"    {c.cell.id}: not run", file=out)
                     continue
-                ans = failures.answer(m, rec.observed)
-                got.append(ans)
-                answers.append(
-                    {
-                        "failure_mode": m.id,
-                        "era": era,
-                        "cell": c.cell.id,
-                        "answer": ans,
-                        "observed": rec.observed,
-                        "detail": rec.data.get("detail"),
-                    }
+                detail = rec.data.get("detail", "")
+                print(
+                    f"    {c.cell.id}: {ans.upper()}: observed {rec.observed} ({detail})", file=out
                 )
-                lines.append(
-                    f"    {c.cell.id}: {ans.upper()}: observed {rec.observed} "
-                    f"({rec.data.get('detail', '')})"
-                )
-                for ev in rec.evidence.get("evidence", [])[:4]:
-                    lines.append(
-                        f"      {'L' + str(ev['line_no']) if ev['line_no'] else 'agent':>6} "
-                        f"{ev['text']}"
-                    )
-            print(f"  era {era or '-'} {arch}: {failures.summarise(got).upper()}", file=out)
-            print("\n".join(lines), file=out)
-    cache.write_json(run_dir / "reproduce.json", answers)
+                for line in evidence_lines(rec.lines, "      ", 4):
+                    print(line, file=out)
     if args.json:
-        print(json.dumps({"format": 1, "run": str(run_dir), "answers": answers}, indent=2))
+        doc = {"format": 1, "run": str(run_dir), "answers": reproduce.ledger(groups)}
+        print(json.dumps(doc, indent=2))
     else:
         print(f"run: {run_dir}")
     return code

@@ -34,7 +34,8 @@ from lab.config import ArchSpec, LabConfig
 from lab.errors import UserError
 from lab.export import lava
 from lab.image import BaseImage, cpio
-from lab.run import matrix, runner
+from lab.run import matrix, needs
+from lab.run.job import Inputs, prepare_cell
 from lab.vm import boot
 
 Log = Callable[[str], None]
@@ -131,13 +132,20 @@ def export(
         rel = f"artefacts/kernels/{k.key}/{k.image.name}"
         _write(out / rel, k.image.read_bytes())
         kernel_rel[label] = rel
+    # Test-case needs (kselftest binaries) are built before any cell is prepared, as a
+    # matrix run builds them; a need that cannot be built stops the export.
+    built, unmet = needs.resolve(cfg, [p.cell for p in cells], log)
     run_id = run_dir.name
     entries: dict[str, Any] = {}
     jobs: list[Path] = []
     for p in cells:
         kernel = kernels[p.kernel]
         base = images[p.cell.arch.name]
-        job, files = runner.prepare_cell(cfg, p.cell, kernel, base, p.id, p.repeat, log)
+        problem = needs.failure(p.cell, unmet)
+        if problem is not None:
+            raise problem
+        inputs = Inputs(kernel, base, needs.binaries(p.cell, built))
+        job, files = prepare_cell(cfg, p.cell, inputs, p.id, p.repeat)
         boot_id = secrets.token_hex(8)
         agent_job = {**job.agent_job, "channel": "console"}
         overlay = boot.overlay_files(agent_job, boot_id, files)

@@ -20,7 +20,7 @@ from lab.errors import UserError, printable
 from lab.export import lavalog
 from lab.outcome import Verdict
 from lab.results import CellResult
-from lab.run import runner
+from lab.run.execute import recorded_facts
 from lab.vm import channel
 
 Log = Callable[[str], None]
@@ -176,7 +176,7 @@ def write_cell(run_dir: Path, job: Job) -> CellResult:
             staging,
             {
                 **record,
-                **runner.recorded_facts(facts),
+                **recorded_facts(facts),
                 "observed": result.outcome,
                 "verdict": Verdict.for_outcome(result.outcome, expected),
                 "detail": result.detail,

@@ -38,8 +38,9 @@ from lab import build, image, results
 from lab.config import LabConfig
 from lab.errors import UserError
 from lab.outcome import CLASSES
-from lab.run import runner, testcase
+from lab.run import needs, testcase
 from lab.run.cell import Cell
+from lab.run.job import Inputs, prepare_cell
 from lab.vm import boot
 from lab.vm.qemu import Launch
 
@@ -229,9 +230,13 @@ def assemble(cfg: LabConfig, cell_dir: Path, log: Log = lambda _m: None) -> list
             f"{rec.id} ran on base image {want_img}; lab.toml now gives {base.key} "
             "(the image recipe changed since the run)"
         )
-    job, files = runner.prepare_cell(
-        cfg, cell, kernel, base, rec.run_cell_id, int(rec.data.get("repeat") or 1), log
-    )
+    # The kselftest binaries the test case needs (cached: built the same way as for the run).
+    built, unmet = needs.resolve(cfg, [cell], log)
+    problem = needs.failure(cell, unmet)
+    if problem is not None:
+        raise problem
+    inputs = Inputs(kernel, base, needs.binaries(cell, built))
+    job, files = prepare_cell(cfg, cell, inputs, rec.run_cell_id, int(rec.data.get("repeat") or 1))
     tc_file = files[f"lab/testcases/{cell.testcase.name}.py"][0]
     want_tc = rec.provenance.get("testcase_sha256")
     if want_tc and hashlib.sha256(tc_file).hexdigest() != want_tc:

@@ -1,6 +1,6 @@
 """The lab as a bundle for SSH lab hosts: the `lab` package and its pure-Python deps.
 
-A lab host needs only python3 and QEMU. What runs there (lab.hosts.remote -> runner.execute)
+A lab host needs only python3 and QEMU. What runs there (lab.hosts.remote -> lab.run.execute)
 imports pexpect (+ ptyprocess) and, through lab.config, jinja2 (+ markupsafe, whose
 pure-Python fallback is used: compiled extensions are left out so one bundle serves
 any CPU). It does not import rich or fabric; they are not shipped.

@@ -4,7 +4,7 @@ Runs from an uploaded bundle (PYTHONPATH=<lab_dir>/bundles/<digest>, see lab.hos
 with nothing but python3 and QEMU on the host. The controller side is lab.hosts.ssh.
 
   exec LAB_DIR   Read one cell request (a JSON line) from stdin, run it with
-                 runner.execute, write the finished cell directory to stdout as a
+                 lab.run.execute, write the finished cell directory to stdout as a
                  tar.gz, then its sha256 and size as the last stderr line; the kernel
                  and base image are checked against the sha256 the controller sent
                  before they boot. Log lines go to stderr. stdin stays open while the
@@ -145,14 +145,18 @@ def exec_cell(lab_dir: Path) -> int:
         return _fail(EXIT_BAD_REQUEST, f"malformed request: {exc}")
 
     from lab.errors import LabError
-    from lab.run import runner
+    from lab.run.execute import execute
+    from lab.run.job import CellJob
 
     def log(message: str) -> None:
         sys.stderr.write(f"lab-remote: {message}\n")
         sys.stderr.flush()
 
     try:
-        job = runner.CellJob.from_json(req["job"])
+        try:
+            job = CellJob.from_json(req["job"])
+        except ValueError as exc:
+            return _fail(EXIT_BAD_REQUEST, f"malformed request: {exc}")
         for p, sha in ((kernel, req["kernel_sha256"]), (base, req["base_sha256"])):
             if not p.is_file():
                 return _fail(EXIT_LAB_ERROR, f"{p.name} missing on the lab host ({p})")
@@ -160,7 +164,7 @@ def exec_cell(lab_dir: Path) -> int:
             if problem:
                 return _fail(EXIT_LAB_ERROR, problem)
         try:
-            runner.execute(job, kernel, base, files, work / "cell", lab_dir / "cache", log)
+            execute(job, kernel, base, files, work / "cell", lab_dir / "cache", log)
         except LabError as exc:
             return _fail(EXIT_LAB_ERROR, str(exc))
         except Exception as exc:  # one cell's failure: an infra result, the host stays usable
@@ -178,12 +182,12 @@ def exec_cell(lab_dir: Path) -> int:
 
 
 def facts(arches: dict[str, Any], cache_root: Path) -> dict[str, Any]:
-    from lab.run import runner
+    from lab.run.job import arch_from_json
     from lab.vm import accel
 
     out: dict[str, Any] = {}
     for name, data in arches.items():
-        arch = runner.arch_from_json(data)
+        arch = arch_from_json(data)
         binary = shutil.which(arch.qemu.binary)
         entry: dict[str, Any] = {
             "binary": binary,

@@ -38,7 +38,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from lab import cache, results
-from lab.build import Kernel
 from lab.config import LabConfig
 from lab.config.hosts import Host
 from lab.errors import InfraError, LabError, printable
@@ -66,14 +65,15 @@ from lab.hosts.transfer import (
     result_problem,
     store_cell,
 )
-from lab.image import BaseImage
-from lab.run import matrix, runner
+from lab.run import matrix
+from lab.run.job import CellJob, Inputs, prepare_cell
+from lab.run.workers import HostDown
 
 # --- running cells on a host ------------------------------------------------------------
 
 
 class RemoteWorker:
-    """One SSH lab host as a runner.Worker: `slots` cells at once, one connection each."""
+    """One SSH lab host as a Worker: `slots` cells at once, one connection each."""
 
     def __init__(
         self,
@@ -120,6 +120,10 @@ class RemoteWorker:
         self._aborted = True
         self.close()
 
+    def summary(self) -> dict[str, Any]:
+        """The cells the host finished and, if it was lost, why (run.json `hosts`)."""
+        return {"cells": self.cells, **({"status": f"lost: {self._lost}"} if self._lost else {})}
+
     def close(self) -> None:
         with self._lock:
             conns, self._open = self._open, []
@@ -133,14 +137,14 @@ class RemoteWorker:
     def run(
         self,
         p: matrix.Planned,
-        kernel: Kernel,
-        base: BaseImage,
+        inputs: Inputs,
         directory: Path,
         requeued_from: tuple[str, ...],
     ) -> results.CellResult:
         if self._lost:
-            raise runner.HostDown(self.name, self._lost, ran=False)
-        job, files = runner.prepare_cell(self.cfg, p.cell, kernel, base, p.id, p.repeat)
+            raise HostDown(self.name, self._lost, ran=False)
+        job, files = prepare_cell(self.cfg, p.cell, inputs, p.id, p.repeat)
+        kernel, base = inputs.kernel, inputs.base
         images = (
             f"kernels/{kernel.key}/{kernel.image.name}",
             f"images/{p.cell.arch.name}/{base.key}/base.cpio.gz",
@@ -155,7 +159,7 @@ class RemoteWorker:
                 b = self._ensure(conn, images[1], base.path)
                 with open(fetched, "wb") as sink:
                     status, err, received = self._exec(conn, job, files, k, b, sink)
-            except runner.HostDown as exc:
+            except HostDown as exc:
                 self._mark_lost(exc.reason)
                 raise
             except LabError:
@@ -163,7 +167,7 @@ class RemoteWorker:
             except TRANSPORT_ERRORS as exc:
                 reason = self._reason(exc)
                 self._mark_lost(reason)
-                raise runner.HostDown(self.name, reason) from None
+                raise HostDown(self.name, reason) from None
             if status == remote.EXIT_OK:
                 problem = result_problem(err, received)
                 if problem:
@@ -174,12 +178,12 @@ class RemoteWorker:
         finally:
             fetched.unlink(missing_ok=True)
         if status < 0:
-            failure: LabError = runner.HostDown(
+            failure: LabError = HostDown(
                 self.name, self._reason(None) or "the connection closed while the cell ran"
             )
         else:
             failure = exit_problem(self.name, status, err)
-        if isinstance(failure, runner.HostDown):
+        if isinstance(failure, HostDown):
             self._mark_lost(failure.reason)
         else:
             with self._lock:  # e.g. an image removed there for its sha256: check again
@@ -218,11 +222,11 @@ class RemoteWorker:
                 try:
                     conn = connect(self.host)
                 except LabError as exc:
-                    raise runner.HostDown(self.name, str(exc).split(": ", 1)[-1]) from None
+                    raise HostDown(self.name, str(exc).split(": ", 1)[-1]) from None
                 self._track(conn)
             self._local.conn = conn
         if conn.transport is None or not conn.transport.is_active():
-            raise runner.HostDown(self.name, self._reason(None) or "the connection closed")
+            raise HostDown(self.name, self._reason(None) or "the connection closed")
         return conn
 
     def _remote_sha256(self, conn: Any, path: str) -> str:
@@ -266,12 +270,12 @@ class RemoteWorker:
             self._present.add(rel)
         return final, want
 
-    def _budget(self, job: runner.CellJob) -> float:
+    def _budget(self, job: CellJob) -> float:
         b = job.boot
         return float(
-            b["ready_timeout"]
-            + b["shutdown_timeout"]
-            + b["kvm_probe_timeout"]
+            b.ready_timeout
+            + b.shutdown_timeout
+            + b.kvm_probe_timeout
             + job.test_timeout
             + CELL_SLACK
         )
@@ -279,7 +283,7 @@ class RemoteWorker:
     def _exec(
         self,
         conn: Any,
-        job: runner.CellJob,
+        job: CellJob,
         files: Mapping[str, tuple[bytes, int]],
         kernel: tuple[str, str],
         base: tuple[str, str],

@@ -24,7 +24,7 @@ from lab.errors import InfraError, LabError, UserError, printable
 from lab.hosts import bundle, remote
 from lab.hosts.connect import BOOTSTRAP, MIN_PYTHON, _tail, _where, run
 from lab.outcome import Verdict
-from lab.run import runner
+from lab.run.workers import HostDown
 
 # What a host may send back for one cell (its data is untrusted: bounded on arrival).
 MAX_RESULT = 256 << 20  # bytes of the cell's tar.gz on stdout
@@ -198,7 +198,7 @@ def pump(chan: Any, sink: BinaryIO, budget: float, host: str) -> tuple[int, str,
         if not busy and chan.exit_status_ready():
             break  # data sent before the exit status is already buffered
         if time.monotonic() > deadline:
-            raise runner.HostDown(host, f"the cell did not finish within {budget:.0f}s")
+            raise HostDown(host, f"the cell did not finish within {budget:.0f}s")
         if not busy:
             time.sleep(0.05)
     return int(chan.exit_status), err.decode(errors="replace"), f"{digest.hexdigest()} {size}"
@@ -213,7 +213,7 @@ def exit_problem(host: str, status: int, err: str) -> LabError:
     ):
         message = printable(last.removeprefix(remote.ERROR_PREFIX), 500, one_line=True)
         return LabError(f"{message} (on lab host {host})")
-    return runner.HostDown(
+    return HostDown(
         host, f"the host-side lab exited with status {status}: {_tail(err) or 'no output'}"
     )
 
@@ -227,7 +227,7 @@ def result_problem(err: str, received: str) -> str:
     return f"arrived damaged or incomplete (received sha256 and size {received})"
 
 
-# What runner.execute on a host reports about the run, with the JSON types allowed;
+# What lab.run.execute on a host reports about the run, with the JSON types allowed;
 # everything else in cell.json is the controller's (job.record) or recomputed here.
 _NONE = type(None)
 HOST_FIELDS: dict[str, tuple[type, ...]] = {

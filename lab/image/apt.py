@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -13,7 +12,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import prereqs
+from lab import cache, prereqs
 from lab.errors import InfraError, LabError
 from lab.image.recipe import DebFile, ImageRecipe, Log
 from lab.image.sources import recipe_keyrings
@@ -233,14 +232,6 @@ def apt_resolve(apt: AptDir, recipe: ImageRecipe) -> list[DebFile]:
     return debs
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fetch_debs(apt: AptDir, debs: list[DebFile], deb_dir: Path, log: Log) -> dict[str, bytes]:
     """The .deb bytes for each package, downloading only those not already in `deb_dir`."""
     deb_dir.mkdir(parents=True, exist_ok=True)
@@ -259,7 +250,7 @@ def fetch_debs(apt: AptDir, debs: list[DebFile], deb_dir: Path, log: Log) -> dic
                 )
             for d in missing:
                 got = Path(tmp, d.filename)
-                if not got.is_file() or _sha256_file(got) != d.sha256:
+                if not got.is_file() or cache.file_digest(got) != d.sha256:
                     raise InfraError(
                         f"apt-get download of {d.filename} gave no file or a wrong sha256"
                     )
@@ -274,7 +265,7 @@ def fetch_debs(apt: AptDir, debs: list[DebFile], deb_dir: Path, log: Log) -> dic
     out = {}
     for d in debs:
         data = (deb_dir / d.filename).read_bytes()
-        if hashlib.sha256(data).hexdigest() != d.sha256:
+        if cache.digest(data) != d.sha256:
             # A truncated or stale cached file: drop it so the next build downloads it again.
             (deb_dir / d.filename).unlink()
             raise InfraError(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
 import os
 import platform
@@ -12,11 +10,12 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from lab import cache
 from lab.errors import InfraError, LabError
 from lab.image import cpio
 from lab.image.apt import AptDir, _prepare_apt, apt_resolve, apt_update, fetch_debs
@@ -42,19 +41,11 @@ def _image_dir(cache_root: Path, deb_arch: str) -> Path:
     return cache_root / "images" / deb_arch
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path, log: Log) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"waiting for another image build ({lock_path})")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def _locked(lock_path: Path, log: Log) -> contextlib.AbstractContextManager[None]:
+    """The arch's image lock (base build, other guest-arch packages)."""
+    return cache.locked(
+        lock_path, on_wait=lambda: log(f"waiting for another image build ({lock_path})")
+    )
 
 
 def _load_cached(final: Path, key: str) -> BaseImage | None:
@@ -189,9 +180,9 @@ def _build_locked(
         "trimmed_entries": removed,
         "uncompressed_size": len(raw),
         "compressed_size": len(packed),
-        "sha256": hashlib.sha256(packed).hexdigest(),
+        "sha256": cache.digest(packed),
         "pyc": pyc,
-        "init_sha256": hashlib.sha256(init_bytes).hexdigest(),
+        "init_sha256": cache.digest(init_bytes),
         "build_seconds": round(time.monotonic() - started, 3),
     }
     images = _image_dir(cache_root, deb_arch)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from typing import Any, TypeVar
@@ -60,10 +59,6 @@ def _clean(value: object, limit: int = 0) -> str:
 def _line(value: object, limit: int = 0) -> str:
     """One line of text: newlines and tabs become spaces."""
     return _clean(value, limit).replace("\n", " ").replace("\t", " ")
-
-
-def _h(value: object, limit: int = 0) -> str:
-    return html.escape(_clean(value, limit), quote=True)
 
 
 def _dict(value: object) -> dict[str, Any]:

@@ -1,9 +1,20 @@
-"""report.html: one self-contained page (inline CSS, no scripts) built from a loaded Run."""
+"""report.html: one self-contained page (inline CSS, no scripts) built from a loaded Run.
+
+The markup is templates/report.html.j2, rendered with autoescape: every value is cleaned
+(control characters escaped, lab.report.clean) and HTML-escaped on its way out, so this
+module only picks the values (nothing here writes a tag).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import html
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
 
 from lab import __version__
 from lab.outcome import Outcome
@@ -11,8 +22,8 @@ from lab.report.clean import (
     NOT_RUN_COLOUR,
     OTHER_COLOUR,
     _anchor,
+    _clean,
     _dict,
-    _h,
     _line,
     _list,
     _num,
@@ -84,15 +95,51 @@ def _outcome_class(outcome: str) -> str:
     return f"outcome-{outcome}" if Outcome.of(outcome) else "outcome-other"
 
 
-def _badge(verdict: str) -> str:
-    word = {"not_run": "not run"}.get(verdict, verdict)
-    return f'<span class="badge v-{_token(verdict)}">{_h(word)}</span>'
+def _escape(value: Any) -> Markup:
+    """Every {{ value }} of the template: cleaned, then HTML-escaped; Markup passes as is."""
+    if isinstance(value, Markup):
+        return value
+    return Markup(html.escape(_clean(value), quote=True))
 
 
-def _kv(rows: Iterable[tuple[str, str]], cls: str = "kv") -> str:
-    """A two-column table; values are HTML already."""
-    body = "".join(f"<tr><th>{_h(k)}</th><td>{v}</td></tr>" for k, v in rows)
-    return f'<table class="{cls}">{body}</table>'
+class _Joined(jinja2.BaseLoader):
+    """The template's lines with their indentation and line ends removed: the page has no
+    whitespace between tags, the template is laid out for reading."""
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str | None, Any]:
+        text = resources.files("lab.report").joinpath("templates", template).read_text()
+        return "".join(line.strip() for line in text.splitlines()), None, lambda: True
+
+
+def _cell_classes(s: Slot, xarch: bool) -> str:
+    obs = s.observed
+    classes = ["cell", _outcome_class(obs) if obs else "", s.verdict]
+    classes += ["unstable"] * s.unstable + ["xarch"] * xarch
+    return " ".join(c for c in classes if c)
+
+
+def _cell_title(s: Slot) -> str:
+    return _clean(s.id + (f": {s.runs[0].detail}" if s.runs else ": not run"), 300)
+
+
+@lru_cache(maxsize=1)
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(
+        loader=_Joined(),
+        autoescape=True,
+        finalize=_escape,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters |= {
+        "token": _token,
+        "anchor": lambda name, kind: _anchor(kind, name),
+        "outcome_class": _outcome_class,
+        "cell_classes": _cell_classes,
+        "cell_title": _cell_title,
+    }
+    return env.get_template("report.html.j2")
 
 
 def _file_url(path: object) -> str | None:
@@ -127,113 +174,32 @@ def _durations(d: object, prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
-def _header_html(run: Run) -> str:
+def _head(run: Run) -> dict[str, Any]:
+    """The run's table at the top of the page."""
     m = run.meta
-    c = run.counts()
     cfg = _dict(m.get("config"))
     sel = _dict(m.get("selection"))
     cell_secs = [s for s in (r.seconds for r in run.cells) if s is not None]
-    rows = [
-        ("run", f"<code>{_h(run.id)}</code>"),
-        ("status", f'<span class="status-{_token(run.status)}">{_h(run.status)}</span>'),
-        ("planned cells", _h(len(run.cells) + len(run.not_run))),
-        ("lab version", _h(m.get("lab_version"))),
-        (
-            "config",
-            f"<code>{_h(cfg.get('file'))}</code> sha256 <code>{_h(cfg.get('sha256'))}</code>",
-        ),
-        ("selection", _h(" ".join(f"{k}={_line(v, 200)}" for k, v in sel.items()))),
-        ("host", _h(_host(m.get("host")))),
-        ("created", _h(m.get("created"))),
-        ("finished", _h(m.get("finished") or "-")),
-    ]
-    hosts = m.get("hosts")
-    if isinstance(hosts, dict):
-        rows.append(
-            ("shard hosts", "<br>".join(f"{_h(k)}: {_h(_host(v))}" for k, v in hosts.items()))
-        )
-    merged = m.get("merged_from")
-    if isinstance(merged, list):
-        rows.append(("merged from", ", ".join(f"<code>{_h(r)}</code>" for r in merged)))
-    for k, v in _durations(m.get("durations")):
-        rows.append((f"duration: {k}", _h(v)))
-    rows.append(
-        (
-            "cell time (sum)",
-            _h(f"{_seconds(sum(cell_secs))} over {len(cell_secs)} cells" if cell_secs else "-"),
-        )
-    )
-    counts = (
-        f'<p class="counts"><span data-count="expected">{c["expected"]} expected</span>'
-        f'<span data-count="unexpected">{c["unexpected"]} unexpected</span>'
-        f'<span data-count="infra">{c["infra"]} infra</span>'
-        f'<span data-count="not_run">{c["not_run"]} not run</span></p>'
-    )
-    return (
-        f"<h1>lab run <code>{_h(run.id)}</code> "
-        f'<span class="status-{_token(run.status)}">{_h(run.status)}</span></h1>'
-        f"{counts}{_kv(rows, 'meta')}"
-    )
+    hosts, merged = m.get("hosts"), m.get("merged_from")
+    return {
+        "lab_version": m.get("lab_version"),
+        "config_file": cfg.get("file"),
+        "config_sha256": cfg.get("sha256"),
+        "selection": " ".join(f"{k}={_line(v, 200)}" for k, v in sel.items()),
+        "host": _host(m.get("host")),
+        "created": m.get("created"),
+        "finished": m.get("finished") or "-",
+        "hosts": [(k, _host(v)) for k, v in hosts.items()] if isinstance(hosts, dict) else None,
+        "merged_from": merged if isinstance(merged, list) else None,
+        "durations": _durations(m.get("durations")),
+        "cell_time": f"{_seconds(sum(cell_secs))} over {len(cell_secs)} cells"
+        if cell_secs
+        else "-",
+    }
 
 
-def _legend_html(run: Run) -> str:
-    seen = {r.observed for r in run.cells}
-    classes = [*Outcome, *sorted(c for c in seen if Outcome.of(c) is None)]
-    swatches = "".join(f'<span class="swatch {_outcome_class(c)}">{_h(c)}</span>' for c in classes)
-    return (
-        f'<div class="legend" id="legend"><strong>Observed outcome:</strong> {swatches}'
-        f'<span class="swatch" style="background:{NOT_RUN_COLOUR[0]};'
-        f'color:{NOT_RUN_COLOUR[1]}"><i>not run</i></span><br>'
-        "<strong>Marks:</strong> "
-        '<span class="mark mark-unexpected">✗</span> unexpected (red frame) · '
-        '<span class="mark">⚠</span> infrastructure error (striped) · '
-        '<span class="badge unstable">UNSTABLE</span> repetitions disagree · '
-        '<span class="mark">⇄</span> arches disagree · '
-        '"exp: X" the expected outcome when the observed one differs</div>'
-    )
-
-
-def _grid_cell(s: Slot, xarch: bool) -> str:
-    obs = s.observed
-    classes = ["cell", _outcome_class(obs) if obs else "", s.verdict]
-    if s.unstable:
-        classes.append("unstable")
-    if xarch:
-        classes.append("xarch")
-    expected = "|".join(s.expected)
-    inner = [f'<span class="obs">{_h(obs or "not run")}</span>']
-    if obs and (not s.expected or obs not in s.expected):
-        inner.append(f'<span class="exp">exp: {_h(expected or "none")}</span>')
-    if s.unstable:
-        inner.append(
-            f'<span class="dist">{_h(s.distribution())}</span>'
-            '<span class="badge unstable">UNSTABLE</span>'
-        )
-    elif len(s.runs) > 1:
-        inner.append(f'<span class="dist">{_h(s.distribution())}</span>')
-    if s.runs and s.not_run:
-        inner.append(f'<span class="note">{len(s.not_run)} not run</span>')
-    if s.verdict == "unexpected":
-        inner.append('<span class="mark mark-unexpected" title="unexpected">✗</span>')
-    elif s.verdict == "infra":
-        inner.append('<span class="mark" title="infrastructure error">⚠</span>')
-    if xarch:
-        inner.append('<span class="mark" title="arches disagree">⇄</span>')
-    title = s.id + (f": {s.runs[0].detail}" if s.runs else ": not run")
-    attrs = (
-        f'class="{" ".join(c for c in classes if c)}" data-cell="{_h(s.id)}" '
-        f'data-observed="{_h(obs or "not_run")}" data-expected="{_h(expected)}" '
-        f'data-verdict="{_h(s.verdict)}" data-runs="{len(s.runs)}"'
-    )
-    if len(s.runs) > 1:
-        attrs += f' data-distribution="{_h(s.distribution())}"'
-    return (
-        f'<td {attrs} title="{_h(title, 300)}"><a href="#{_anchor("cell", s.id)}">'
-        f"{''.join(inner)}</a></td>"
-    )
-
-
-def _grids_html(run: Run) -> str:
+def _grids(run: Run) -> list[dict[str, Any]]:
+    """Per arch: its test cases (columns) and, per variant, its params and slots."""
     xarch = run.xarch()
     params = run.key_params()
     out = []
@@ -244,230 +210,113 @@ def _grids_html(run: Run) -> str:
         tests = [
             t for t in run.testcases if any(s.arch == arch and s.testcase == t for s in run.slots)
         ]
-        head = "".join(f'<th class="testcase" data-testcase="{_h(t)}">{_h(t)}</th>' for t in tests)
-        rows = []
-        for v in variants:
-            tds = []
-            for t in tests:
-                s = run.slot(arch, v, t)
-                tds.append(
-                    _grid_cell(s, (v, t) in xarch)
-                    if s
-                    else '<td class="absent" title="not planned">·</td>'
-                )
-            p = params.get(v)
-            ptxt = f'<span class="params">{_h(p)}</span>' if p else ""
-            rows.append(
-                f'<tr data-variant="{_h(v)}"><th class="variant">{_h(v)}{ptxt}</th>'
-                f"{''.join(tds)}</tr>"
-            )
-        out.append(
-            f'<h2 id="{_anchor("arch", arch)}">{_h(arch)}</h2>'
-            f'<table class="grid" data-arch="{_h(arch)}"><thead><tr>'
-            f"<th>variant</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-        )
-    const = run.constant_params()
-    if const:
-        out.append(f'<p class="muted">Params common to every variant: <code>{_h(const)}</code></p>')
-    return "".join(out)
+        rows = [
+            (v, params.get(v), [(run.slot(arch, v, t), (v, t) in xarch) for t in tests])
+            for v in variants
+        ]
+        out.append({"arch": arch, "tests": tests, "rows": rows})
+    return out
 
 
-def _slot_link(s: Slot | str) -> str:
-    sid = s.id if isinstance(s, Slot) else s
-    return f'<a href="#{_anchor("cell", sid)}"><code>{_h(sid)}</code></a>'
-
-
-def _problems_html(run: Run) -> str:
-    out = []
-    # Per run cell, not per slot: of an unstable slot only some repetitions are bad.
-    bad = [c for c in run.cells if c.verdict in ("unexpected", "infra")]
-    if bad:
-        rows = "".join(
-            f'<tr data-run-cell="{_h(c.run_cell_id)}">'
-            f'<td><a href="#{_anchor("run", c.run_cell_id)}"><code>{_h(c.run_cell_id)}</code>'
-            f"</a></td><td>{_badge(c.verdict)}</td>"
-            f"<td>{_h(c.observed)}</td><td>{_h('|'.join(c.expected) or 'none')}</td>"
-            f"<td>{_h(c.detail)}</td></tr>"
-            for c in bad
-        )
-        out.append(
-            '<h2 id="problems">Unexpected and infrastructure results</h2>'
-            '<table class="list"><tr><th>cell</th><th>verdict</th><th>observed</th>'
-            f"<th>expected</th><th>detail</th></tr>{rows}</table>"
-        )
-    xarch = run.xarch()
-    if xarch:
-        rows = "".join(
-            f'<tr data-pair="{_h(v)}/{_h(t)}"><td><code>{_h(v)}/{_h(t)}</code></td><td>'
-            + "<br>".join(f"{_slot_link(s)}: {_h(s.distribution())}" for s in slots.values())
-            + "</td></tr>"
-            for (v, t), slots in xarch.items()
-        )
-        out.append(
-            '<h2 id="xarch">Arches disagree</h2><p>The same variant and test case '
-            "observed different outcomes on different arches (infrastructure errors "
-            "ignored).</p>"
-            f'<table class="list"><tr><th>variant/test</th><th>observed</th></tr>{rows}'
-            "</table>"
-        )
-    unstable = [s for s in run.slots if s.unstable]
-    if unstable:
-        rows = "".join(
-            f'<tr data-cell="{_h(s.id)}"><td>{_slot_link(s)}</td>'
-            f"<td>{_h(s.distribution())}</td></tr>"
-            for s in unstable
-        )
-        out.append(
-            '<h2 id="unstable">Unstable cells</h2><p>Repetitions of these cells '
-            "observed more than one outcome class.</p>"
-            f'<table class="list"><tr><th>cell</th><th>outcomes</th></tr>{rows}</table>'
-        )
-    if run.not_run:
-        items = ", ".join(f"<code>{_h(r)}</code>" for r in run.not_run)
-        out.append(f'<h2 id="not-run">Not run ({len(run.not_run)})</h2><p>{items}</p>')
-    if run.unreadable:
-        rows = "".join(
-            f"<tr><td><code>cells/{_h(d)}</code></td><td>{_h(why)}</td></tr>"
-            for d, why in run.unreadable
-        )
-        out.append(
-            f'<h2 id="unreadable">Unreadable cells ({len(run.unreadable)})</h2>'
-            "<p>These cell directories hold a cell.json the lab cannot use; their cells "
-            "count as not run (<code>--resume</code> runs them again).</p>"
-            f'<table class="list"><tr><th>directory</th><th>problem</th></tr>{rows}</table>'
-        )
-    return "".join(out)
-
-
-def _evidence_html(c: RunCell) -> str:
-    if not c.evidence:
-        return '<p class="muted">No evidence lines.</p>'
+def _evidence(c: RunCell) -> list[tuple[str, str, Any, str]]:
+    """(where, link or "", evidence line, kernel time) per evidence line of a run cell."""
     rows = []
     for e in c.evidence:
         if e.line_no and "console.log" in c.files:
-            where = f'<a href="{_h(c.link("console.log"))}">console.log:{e.line_no}</a>'
+            where, link = f"console.log:{e.line_no}", c.link("console.log")
         elif e.line_no:
-            where = f"console.log:{e.line_no}"
+            where, link = f"console.log:{e.line_no}", ""
         elif e.signature.startswith("agent"):
-            where = f'<a href="{_h(c.link("result.jsonl"))}">agent</a>'
+            where, link = "agent", c.link("result.jsonl")
         else:
-            where = "lab"
-        kt = f"{e.ktime:.6f}" if e.ktime is not None else ""
-        rows.append(
-            f'<tr><td class="ln">{where}</td><td><code>{_h(e.signature)}</code></td>'
-            f'<td class="kt">{_h(kt)}</td><td class="text">{_h(e.text)}</td></tr>'
-        )
-    table = f'<table class="evidence">{"".join(rows)}</table>'
-    if c.excerpt:
-        lines = []
-        for n, text, mark in c.excerpt:
-            if not n:
-                lines.append("      …")
-                continue
-            line = f"{n:>6} | {_h(text)}"
-            lines.append(f"<mark>{line}</mark>" if mark else line)
-        table += (
-            "<p>Console excerpt (evidence lines highlighted; full log: "
-            f'<a href="{_h(c.link("console.log"))}">console.log</a>):</p>'
-            f'<pre class="excerpt">{chr(10).join(lines)}</pre>'
-        )
-    return table
+            where, link = "lab", ""
+        rows.append((where, link, e, f"{e.ktime:.6f}" if e.ktime is not None else ""))
+    return rows
 
 
-def _run_cell_html(run: Run, c: RunCell, open_: bool) -> str:
+def _run_cell(run: Run, c: RunCell, open_: bool) -> dict[str, Any]:
+    """One run cell's details."""
     d = c.data
     t = _dict(d.get("timings"))
     timings = ", ".join(
         f"{k} {_seconds(_num(t.get(k)))}" for k in ("ready", "agent", "qemu", "cell") if k in t
     )
-    kernel = _dict(d.get("kernel"))
     klabel = f"{c.arch}/{c.variant}"
     kernels = run.meta.get("kernels")
-    klink = (
-        f' (<a href="#{_anchor("kernel", klabel)}">provenance</a>)'
-        if isinstance(kernels, dict) and klabel in kernels
-        else ""
-    )
-    rule = _line(c.ev.get("rule"), 80)
     p = d.get("params")
     params = (
         " ".join(f"{_line(k, 40)}={_param(v)}" for k, v in p.items()) if isinstance(p, dict) else ""
     )
-    rule_text = _line(c.ev.get("rule_text"), 500)
-    rows = [
-        ("observed", f'<span class="swatch {_outcome_class(c.observed)}">{_h(c.observed)}</span>'),
-        ("expected", _h("|".join(c.expected) or "none declared")),
-        ("expectation rule", f"<code>{_h(d.get('expected_rule') or '-')}</code>"),
-        ("verdict", _badge(c.verdict)),
-        *([("title", _h(c.title))] if c.title else []),
-        ("detail", _h(c.detail)),
-        ("classifier rule", f"<code>{_h(rule or '-')}</code> {_h(rule_text)}"),
-        ("params", f"<code>{_h(params or '-')}</code>"),
-        ("kernel", f"<code>{_h(kernel.get('key') or '-')}</code>{klink}"),
+    accel = (_line(d.get("accel")), _line(d.get("accel_reason")))
+    killed = ", killed by the lab" if d.get("qemu_killed") else ""
+    return {
+        "cell": c,
+        "open": open_,
+        "expected_rule": d.get("expected_rule") or "-",
+        "rule": _line(c.ev.get("rule"), 80) or "-",
+        "rule_text": _line(c.ev.get("rule_text"), 500),
+        "params": params or "-",
+        "kernel": _dict(d.get("kernel")).get("key") or "-",
+        "kernel_anchor": _anchor("kernel", klabel)
+        if isinstance(kernels, dict) and klabel in kernels
+        else "",
+        "accel": " ".join(x for x in accel if x) or "-",
+        "cmdline": d.get("cmdline") or "-",
+        "qemu": f"exit {_line(d.get('qemu_exit'))}{killed}",
+        "timings": timings or "-",
+        "finished": f"{_line(d.get('finished'))} on {_line(d.get('host') or '?')}",
+        "evidence": _evidence(c),
+        "reproducer": d.get("reproducer") or "-",
+        # An unexpected cell's rerun without the lab: a tarball with QEMU's command line.
+        "bundle": bundle_command(run.id, c.dirname) if c.verdict == "unexpected" else "",
+    }
+
+
+def _details(run: Run) -> list[tuple[Slot, list[dict[str, Any]]]]:
+    return [
         (
-            "accelerator",
-            _h(
-                " ".join(x for x in (_line(d.get("accel")), _line(d.get("accel_reason"))) if x)
-                or "-"
-            ),
-        ),
-        ("cmdline", f"<code>{_h(d.get('cmdline') or '-')}</code>"),
-        (
-            "qemu",
-            _h(
-                f"exit {_line(d.get('qemu_exit'))}"
-                + (", killed by the lab" if d.get("qemu_killed") else "")
-            ),
-        ),
-        ("timings", _h(timings or "-")),
-        ("finished", _h(f"{_line(d.get('finished'))} on {_line(d.get('host') or '?')}")),
+            s,
+            [
+                _run_cell(run, c, i == 0 or c.verdict != "expected" or len(s.runs) <= 3)
+                for i, c in enumerate(s.runs)
+            ],
+        )
+        for s in run.slots
     ]
-    links = " ".join(f'<a href="{_h(c.link(f))}">{_h(f)}</a>' for f in c.files)
-    # An unexpected cell's rerun without the lab: a tarball with QEMU's command line.
-    bundle = f"\n{_h(bundle_command(run.id, c.dirname))}" if c.verdict == "unexpected" else ""
-    return (
-        f'<details class="run" id="{_anchor("run", c.run_cell_id)}" '
-        f'data-run-cell="{_h(c.run_cell_id)}"{" open" if open_ else ""}>'
-        f"<summary>{_h(c.run_cell_id)}: {_h(c.observed)} "
-        f"{_badge(c.verdict)}</summary>{_kv(rows)}"
-        f"<h4>Evidence</h4>{_evidence_html(c)}"
-        f"<h4>Reproduce</h4><pre>{_h(d.get('reproducer') or '-')}{bundle}</pre>"
-        f'<p class="links">Files: {links or "none"}</p></details>'
-    )
 
 
-def _details_html(run: Run) -> str:
-    out = ['<h2 id="cells">Cell details</h2>']
-    for s in run.slots:
-        head = (
-            f"<h3>{_h(s.id)} {_badge(s.verdict)}"
-            + (' <span class="badge unstable">UNSTABLE</span>' if s.unstable else "")
-            + "</h3>"
-        )
-        parts = [head]
-        if len(s.runs) > 1 or s.not_run:
-            parts.append(
-                f"<p>{len(s.runs)} run(s): {_h(s.distribution() or '-')}"
-                + (f"; not run: {', '.join(_h(r) for r in s.not_run)}" if s.not_run else "")
-                + "</p>"
-            )
-        for i, c in enumerate(s.runs):
-            parts.append(
-                _run_cell_html(run, c, i == 0 or c.verdict != "expected" or len(s.runs) <= 3)
-            )
-        out.append(
-            f'<section class="cell-details" id="{_anchor("cell", s.id)}" '
-            f'data-cell="{_h(s.id)}">{"".join(parts)}</section>'
-        )
-    return "".join(out)
+def _kernel(run: Run, label: str, k: dict[str, Any]) -> dict[str, Any]:
+    """One kernel's provenance."""
+    src = _dict(k.get("source"))
+    kdir = k.get("dir")
+    files = []
+    for name in ("config", "fragment.config", "build.log", "meta.json"):
+        url = _file_url(f"{kdir}/{name}") if isinstance(kdir, str) else None
+        if url:
+            files.append((name, url))
+    tc = k.get("toolchain")
+    return {
+        "label": label,
+        "key": k.get("key"),
+        "dir": kdir,
+        "image_sha256": k.get("image_sha256"),
+        "config_sha256": k.get("config_sha256"),
+        "source_description": src.get("description"),
+        "source_identity": src.get("identity"),
+        "toolchain": "; ".join(f"{_line(a)}: {_line(b)}" for a, b in tc.items())
+        if isinstance(tc, dict)
+        else tc,
+        "durations": ", ".join(f"{a} {b}" for a, b in _durations(k.get("durations"))) or "-",
+        "reproducer": k.get("reproducer") or "-",
+        "files": files,
+        "patches": [p for p in _list(k.get("series")) if isinstance(p, dict)],
+        "fragments": [f for f in _list(k.get("fragments")) if isinstance(f, dict)],
+        "fragment_text": run.fragments.get(label),
+    }
 
 
-def _provenance_html(run: Run) -> str:
-    m = run.meta
-    out = ['<h2 id="provenance">Build provenance</h2>']
-    kernels = _dict(m.get("kernels"))
-    if not kernels:
-        out.append('<p class="muted">No kernel built in this run.</p>')
+def _kernels(run: Run) -> list[dict[str, Any]]:
+    """The kernels of run.json, in grid order (arch, then variant)."""
 
     def order(label: str) -> tuple[int, int, str]:
         arch, _, variant = label.partition("/")
@@ -477,119 +326,38 @@ def _provenance_html(run: Run) -> str:
             label,
         )
 
-    for label, k in sorted(kernels.items(), key=lambda kv: order(str(kv[0]))):
-        if not isinstance(k, dict):
-            continue
-        src = _dict(k.get("source"))
-        kdir = k.get("dir")
-        links = []
-        for name in ("config", "fragment.config", "build.log", "meta.json"):
-            url = _file_url(f"{kdir}/{name}") if isinstance(kdir, str) else None
-            if url:
-                links.append(f'<a href="{_h(url)}">{_h(name)}</a>')
-        tc = k.get("toolchain")
-        rows = [
-            ("key", f"<code>{_h(k.get('key'))}</code>"),
-            ("directory", f"<code>{_h(kdir)}</code>"),
-            ("image sha256", f"<code>{_h(k.get('image_sha256'))}</code>"),
-            ("config sha256", f"<code>{_h(k.get('config_sha256'))}</code>"),
-            ("source", f"{_h(src.get('description'))}<br><code>{_h(src.get('identity'))}</code>"),
-            (
-                "toolchain",
-                _h(
-                    "; ".join(f"{_line(a)}: {_line(b)}" for a, b in tc.items())
-                    if isinstance(tc, dict)
-                    else tc
-                ),
-            ),
-            (
-                "build durations",
-                _h(", ".join(f"{a} {b}" for a, b in _durations(k.get("durations"))) or "-"),
-            ),
-            ("reproducer", f"<code>{_h(k.get('reproducer') or '-')}</code>"),
-            ("files", " ".join(links) or "-"),
-        ]
-        series = _list(k.get("series"))
-        patches = "".join(
-            f"<tr><td>{_h(p.get('series'))}</td><td><code>{_h(p.get('patch'))}</code></td>"
-            f"<td><code>{_h(p.get('sha256'))}</code></td></tr>"
-            for p in series
-            if isinstance(p, dict)
-        )
-        frags = _list(k.get("fragments"))
-        frag_rows = "".join(
-            f"<tr><td><code>{_h(f.get('template'))}</code></td>"
-            f"<td><code>{_h(f.get('sha256'))}</code></td></tr>"
-            for f in frags
-            if isinstance(f, dict)
-        )
-        text = run.fragments.get(str(label))
-        embedded = (
-            f"<details><summary>rendered fragment.config ({len(text.splitlines())} "
-            f"lines)</summary><pre>{_h(text)}</pre></details>"
-            if text is not None
-            else '<p class="muted">fragment.config not readable when rendered.</p>'
-        )
-        out.append(
-            f'<section class="kernel" id="{_anchor("kernel", str(label))}" '
-            f'data-kernel="{_h(label)}"><h3>{_h(label)}</h3>{_kv(rows)}'
-            f"<h4>Patches</h4>"
-            + (
-                f'<table class="list"><tr><th>series</th><th>patch</th><th>sha256</th></tr>'
-                f"{patches}</table>"
-                if patches
-                else '<p class="muted">none</p>'
-            )
-            + "<h4>Config fragments</h4>"
-            + (
-                f'<table class="list"><tr><th>template</th><th>sha256</th></tr>{frag_rows}</table>'
-                if frag_rows
-                else '<p class="muted">none</p>'
-            )
-            + f"{embedded}</section>"
-        )
-    failures = m.get("build_failures")
-    if isinstance(failures, dict) and failures:
-        frows = "".join(
-            f'<tr data-kernel="{_h(k)}"><td><code>{_h(k)}</code></td><td>{_h(v)}</td></tr>'
-            for k, v in sorted(failures.items())
-        )
-        out.append(
-            '<h3 id="build-failures">Build failures</h3><table class="list">'
-            f"<tr><th>kernel</th><th>first error</th></tr>{frows}</table>"
-        )
-    images = m.get("images")
-    if isinstance(images, dict) and images:
-        irows = "".join(
-            f"<tr><td>{_h(a)}</td><td><code>{_h(i.get('key'))}</code></td>"
-            f"<td><code>{_h(i.get('path'))}</code></td></tr>"
-            for a, i in sorted(images.items())
-            if isinstance(i, dict)
-        )
-        out.append(
-            '<h3 id="images">Guest images</h3><table class="list"><tr><th>arch</th>'
-            f"<th>key</th><th>path</th></tr>{irows}</table>"
-        )
-    return "".join(out)
+    kernels = _dict(run.meta.get("kernels"))
+    return [
+        _kernel(run, str(label), k)
+        for label, k in sorted(kernels.items(), key=lambda kv: order(str(kv[0])))
+        if isinstance(k, dict)
+    ]
 
 
 def render_html(run: Run) -> str:
     """The self-contained HTML report (inline CSS, no scripts, no external fetches)."""
-    body = (
-        _header_html(run)
-        + _legend_html(run)
-        + _grids_html(run)
-        + _problems_html(run)
-        + _details_html(run)
-        + _provenance_html(run)
-    )
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        # No scripts and nothing fetched: the report is opened from CI artefacts and
-        # mail attachments, and it displays text a guest wrote.
-        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
-        "style-src 'unsafe-inline'; img-src data:\">"
-        f"<title>lab run {_h(run.id)}: {_h(run.status)}</title>"
-        f"<style>{_css()}</style></head><body>{body}"
-        f'<p class="muted">Rendered by lab {_h(__version__)}.</p></body></html>\n'
+    m = run.meta
+    failures, images = m.get("build_failures"), m.get("images")
+    seen = {r.observed for r in run.cells}
+    return _template().render(
+        run=run,
+        css=Markup(_css()),
+        version=__version__,
+        counts=run.counts(),
+        head=_head(run),
+        legend=[*Outcome, *sorted(c for c in seen if Outcome.of(c) is None)],
+        not_run_colour=NOT_RUN_COLOUR,
+        grids=_grids(run),
+        constant_params=run.constant_params(),
+        # Per run cell, not per slot: of an unstable slot only some repetitions are bad.
+        bad=[c for c in run.cells if c.verdict in ("unexpected", "infra")],
+        xarch=run.xarch(),
+        unstable=[s for s in run.slots if s.unstable],
+        details=_details(run),
+        any_kernel=bool(_dict(m.get("kernels"))),
+        kernels=_kernels(run),
+        build_failures=sorted(failures.items()) if isinstance(failures, dict) else [],
+        images=[(a, i) for a, i in sorted(images.items()) if isinstance(i, dict)]
+        if isinstance(images, dict) and images
+        else None,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,16 @@ def _md_table(
     return out
 
 
+# cell id, observed -> (reason, link) of the known issue (lab.toml) that covers it
+Known = Callable[[str, str | None], tuple[str, str] | None]
+
+
+def known_note(known: Known | None, cell_id: str, observed: str | None) -> str:
+    """ " [known issue: reason (link)]" for an unexpected cell lab.toml lists, else ""."""
+    hit = known(cell_id, observed) if known is not None else None
+    return f" [known issue: {_line(hit[0], 200)} ({_line(hit[1], 200)})]" if hit else ""
+
+
 def _provenance_parts(prov: Mapping[str, Any]) -> list[str]:
     """run.json's provenance (lab.provenance.for_run) as "what digest" parts: which lab,
     lab.toml and test cases produced the run."""
@@ -97,8 +107,9 @@ def _provenance_parts(prov: Mapping[str, Any]) -> list[str]:
     return parts + [f"{n} {str(d)[:12]}" for n, d in sorted(_dict(prov.get("testcases")).items())]
 
 
-def render_markdown(run: Run) -> str:
-    """A summary for a mailing-list reply: readable as plain text, grids indented."""
+def render_markdown(run: Run, known: Known | None = None) -> str:
+    """A summary for a mailing-list reply: readable as plain text, grids indented.
+    `known`: see Known; a known issue is still listed as unexpected, with its reason."""
     c = run.counts()
     m = run.meta
     cfg = _dict(m.get("config"))
@@ -166,9 +177,11 @@ def render_markdown(run: Run) -> str:
 
     bad = [s for s in run.slots if s.verdict == "unexpected"]
     if bad:
-        lines += ["", f"## Unexpected ({len(bad)})"]
-        for s in bad:
-            first = next(r for r in s.runs if r.verdict == "unexpected")
+        firsts = [next(r for r in s.runs if r.verdict == "unexpected") for s in bad]
+        n_known = sum(bool(known_note(known, r.run_cell_id, r.observed)) for r in firsts)
+        of_them = f"; {n_known} of them known issues (lab.toml)" if n_known else ""
+        lines += ["", f"## Unexpected ({len(bad)}{of_them})"]
+        for s, first in zip(bad, firsts, strict=True):
             exp = "|".join(first.expected) or "none declared"
             lines += [
                 "",
@@ -177,6 +190,9 @@ def render_markdown(run: Run) -> str:
             ]
             if first.title:
                 lines += _md_kv("title", first.title)
+            hit = known(first.run_cell_id, first.observed) if known is not None else None
+            if hit is not None:
+                lines += _md_kv("known", f"{hit[0]} ({hit[1]})")
             lines += _md_kv("detail", first.detail)
             if len(s.runs) > 1:
                 n = sum(r.verdict == "unexpected" for r in s.runs)

@@ -1,1 +1,3 @@
-"""run: test cases and expectations, cells, the matrix plan, the runner and its workers."""
+"""run: cells. Pure: testcase, expect, cell, selection, matrix (the plan). Then needs (built
+before scheduling), job (CellJob, prepare_cell), execute (one cell), workers, schedule, and
+orchestrate (a whole matrix run)."""

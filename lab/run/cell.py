@@ -1,6 +1,6 @@
 """One matrix cell: (arch, variant, test case), its expectation and verdict. Pure.
 
-Running a cell (boot, follow, classify, save) is lab.run.runner's business.
+Running a cell (boot, follow, classify, save) is lab.run.execute's business.
 """
 
 from __future__ import annotations

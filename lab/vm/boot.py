@@ -7,11 +7,12 @@ the base image.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import secrets
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -52,20 +53,51 @@ def overlay_files(
 
 
 @dataclass(frozen=True)
-class BootRequest:
+class LaunchRequest:
+    """Everything one boot needs, from plain pieces (no lab.toml, no builds): what
+    `lab boot` (request()), a cell (CellJob.launch_request) and a lab host's cell all
+    hand to launch()."""
+
     arch: ArchSpec
-    variant: Variant
-    kernel: Kernel
-    base: image.BaseImage
-    job: Mapping[str, Any]
-    extra_cmdline: str = ""
-    extra_files: Files = field(default_factory=dict)
-    memory_mib: int | None = None
-    smp: int | None = None
+    kernel_image: Path
+    base_image: Path
+    agent_job: Mapping[str, Any]  # lab/job.json: what the agent does (shell, exec, a test)
+    cmdline: str
+    memory_mib: int
+    smp: int
+    timeouts: BootSpec
+    cache_root: Path  # where the KVM probe's answer is cached
+    files: Files = field(default_factory=dict)  # more overlay files (test case, binaries)
+    boot_id: str = ""  # "" = a fresh random one
 
 
-def cmdline_for(cfg: LabConfig, req: BootRequest) -> str:
-    return kernel_cmdline(req.arch, cfg.boot.cmdline, req.variant.cmdline, req.extra_cmdline)
+def cmdline_for(cfg: LabConfig, arch: ArchSpec, variant: Variant, extra: str = "") -> str:
+    return kernel_cmdline(arch, cfg.boot.cmdline, variant.cmdline, extra)
+
+
+def request(
+    cfg: LabConfig,
+    arch: ArchSpec,
+    variant: Variant,
+    kernel: Kernel,
+    base: image.BaseImage,
+    agent_job: Mapping[str, Any],
+    extra_cmdline: str = "",
+    memory_mib: int | None = None,
+) -> LaunchRequest:
+    """The launch of `lab boot`: a kernel and base image from the caches, lab.toml's
+    command line and sizes (memory overridable)."""
+    return LaunchRequest(
+        arch=arch,
+        kernel_image=kernel.image,
+        base_image=base.path,
+        agent_job=agent_job,
+        cmdline=cmdline_for(cfg, arch, variant, extra_cmdline),
+        memory_mib=memory_mib or arch.qemu.memory_mib,
+        smp=arch.qemu.smp,
+        timeouts=cfg.boot,
+        cache_root=cfg.cache_dir,
+    )
 
 
 def new_workdir(cfg: LabConfig, label: str) -> Path:
@@ -82,62 +114,65 @@ class Prepared:
     launch: Launch
 
 
-def prepare(
-    cfg: LabConfig, req: BootRequest, workdir: Path, log: Callable[[str], None] = lambda _m: None
-) -> Prepared:
-    """Write the initrd, pick the accelerator and return a Machine ready to start."""
-    boot_id = secrets.token_hex(8)
-    overlay = image.build_overlay(overlay_files(req.job, boot_id, req.extra_files))
-    return launch(
-        req.arch,
-        req.kernel.image,
-        req.base.path,
-        overlay,
-        boot_id,
-        cmdline_for(cfg, req),
-        req.memory_mib or req.arch.qemu.memory_mib,
-        req.smp or req.arch.qemu.smp,
-        workdir,
-        cfg.cache_dir,
-        cfg.boot,
-        log,
-    )
-
-
 def launch(
-    arch: ArchSpec,
-    kernel_image: Path,
-    base_image: Path,
-    overlay: bytes,
-    boot_id: str,
-    cmdline: str,
-    memory_mib: int,
-    smp: int,
-    workdir: Path,
-    cache_root: Path,
-    timeouts: BootSpec,
-    log: Callable[[str], None] = lambda _m: None,
+    req: LaunchRequest, workdir: Path, log: Callable[[str], None] = lambda _m: None
 ) -> Prepared:
-    """The same from plain pieces: what a remote lab host gets (no lab.toml, no builds)."""
-    initrd = image.write_initrd(base_image, overlay, workdir / "initrd.cpio.gz")
+    """Write the overlay and initrd, pick the accelerator and return a Machine ready to
+    start (enter it with started())."""
+    boot_id = req.boot_id or secrets.token_hex(8)
+    overlay = image.build_overlay(overlay_files(req.agent_job, boot_id, req.files))
+    initrd = image.write_initrd(req.base_image, overlay, workdir / "initrd.cpio.gz")
     plan = Launch(
-        arch=arch,
+        arch=req.arch,
         accel="tcg",
-        kernel=kernel_image,
+        kernel=req.kernel_image,
         initrd=initrd,
-        cmdline=cmdline,
+        cmdline=req.cmdline,
         result_file=workdir / "result.jsonl",
-        memory_mib=memory_mib,
-        smp=smp,
+        memory_mib=req.memory_mib,
+        smp=req.smp,
     )
-    choice = accel.static_choice(arch)
+    choice = accel.static_choice(req.arch)
     if choice is None:
         choice = accel.choose(
-            arch, cache_root, plan, workdir, timeouts.kvm_probe_timeout, boot_id, log
+            req.arch, req.cache_root, plan, workdir, req.timeouts.kvm_probe_timeout, boot_id, log
         )
     plan = replace(plan, accel=choice.accel)
-    machine = Machine(plan, workdir, boot_id, timeouts.ready_timeout, timeouts.shutdown_timeout)
+    t = req.timeouts
+    machine = Machine(plan, workdir, boot_id, t.ready_timeout, t.shutdown_timeout)
     return Prepared(machine, choice, plan)
+
+
+@contextlib.contextmanager
+def started(prepared: Prepared, workdir: Path) -> Iterator[Machine]:
+    """The guest running; on the way out QEMU is stopped and the initrd copy dropped
+    (the logs stay), however the caller leaves."""
+    try:
+        with prepared.machine as m:
+            yield m
+    finally:
+        discard_initrd(workdir)
+
+
+TIMED_OUT = "did not finish within"  # exec_command's why when its deadline expired
+
+
+def exec_command(
+    m: Machine, timeout: float, on_record: Callable[[dict[str, Any]], None]
+) -> tuple[int | None, str]:
+    """Follow `lab boot --exec`'s command in a ready guest: its exit status and "", or None
+    and why it did not finish. The guest is let to power off after the command."""
+    how = m.follow(lambda r: r.get("type") == "exit", timeout, on_record)
+    exit_rec = m.results.first("exit")
+    if exit_rec is not None and isinstance(exit_rec.get("status"), int):
+        m.follow(lambda r: r.get("type") == "done", 5.0, on_record)
+        m.wait_exit()
+        return int(exit_rec["status"]), ""
+    why = {
+        "timeout": f"{TIMED_OUT} {timeout:.0f}s",
+        "exited": "the guest stopped before the command finished",
+    }.get(how, "sent an exit record without a status")  # the guest is untrusted
+    return None, why
 
 
 def discard_initrd(workdir: Path) -> None:
