@@ -56,6 +56,14 @@ def test_panic_at_boot_is_reported_with_its_line() -> None:
     assert set(qemu_processes()) <= before
 
 
+def test_a_command_past_its_timeout_exits_124() -> None:
+    before = set(qemu_processes())
+    p = lab("boot", "--arch", "x86_64", "--exec", "sleep 600", "--timeout", "5")
+    assert p.returncode == 124, p.stderr
+    assert "did not finish within 5s" in p.stderr
+    assert set(qemu_processes()) <= before
+
+
 def _lab_toml_with(tmp_path: Path, old: str, new: str) -> Path:
     text = (REPO / "lab.toml").read_text()
     assert old in text
@@ -82,7 +90,7 @@ def test_init_that_never_prints_the_marker_is_a_hang(tmp_path: Path) -> None:
     )
     before = set(qemu_processes())
     p = lab("boot", "--arch", "x86_64", "--exec", "true", config=cfg)
-    assert p.returncode == 125
+    assert p.returncode == 124  # a deadline, as timeout(1) says it
     assert "no ready marker within 10s (boot hang)" in p.stderr
     assert set(qemu_processes()) <= before
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from lab import classify, results
+from lab import cache, classify, provenance, results
 from lab.config import LabConfig, load
 from lab.run import execute as run_execute
 from lab.run import job as run_job
@@ -52,6 +52,8 @@ PASS_RECORDS = (
 )  # fmt: skip
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "cell-record"
+# What provenance records about this machine and checkout, pinned (lab.provenance).
+FIXED_SOURCE = {"version": "$VERSION", "commit": "$COMMIT", "dirty": False, "describe": "$DESCRIBE"}
 REGEN = os.environ.get("LAB_REGEN") == "1"  # rewrite the files below instead of comparing
 
 
@@ -67,11 +69,31 @@ def _check(d: Path, name: str, tmp_path: Path) -> None:
     for kind in ("cell", "evidence"):
         text = (d / f"{kind}.json").read_text()
         text = text.replace(str(tmp_path), "$TMP").replace(str(REPO), "$REPO")
+        text = unhash(text)
         golden = GOLDEN / f"{name}.{kind}.json"
         if REGEN:
             golden.parent.mkdir(exist_ok=True)
             golden.write_text(text)
         assert text == golden.read_text(), f"{golden} differs (LAB_REGEN=1 rewrites it)"
+
+
+def fixed_provenance(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(provenance, "lab_source", lambda: dict(FIXED_SOURCE))
+    monkeypatch.setattr(
+        provenance,
+        "where_run",
+        lambda _q: {"host_arch": "x86_64", "qemu_version": "QEMU emulator version 7.2.0"},
+    )
+
+
+def unhash(text: str) -> str:
+    """The sha256 of files that other changes edit (lab.toml, test cases, guest files)
+    as placeholders: the records pin where each digest goes, not the files' contents."""
+    files = [REPO / "lab.toml", *sorted((REPO / "testcases").glob("*.py"))]
+    files += [REPO / "lab" / "guest" / n for n in ("agent.py", "labguest.py")]
+    for f in files:
+        text = text.replace(cache.file_digest(f), f"$SHA256({f.relative_to(REPO)})")
+    return text
 
 
 @pytest.fixture
@@ -84,6 +106,7 @@ def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     ticks = iter(float(i) for i in range(1000))
     monkeypatch.setattr(run_execute, "time", types.SimpleNamespace(monotonic=lambda: next(ticks)))
     monkeypatch.setattr(run_execute, "platform", types.SimpleNamespace(node=lambda: "controller"))
+    fixed_provenance(monkeypatch)
 
 
 def test_an_infra_cell_is_written_byte_for_byte(fixed_clock: None, tmp_path: Path) -> None:

@@ -25,6 +25,10 @@ FOUNDATION = {"lab", "errors", "outcome", "cache", "proc", "progress"}
 ALLOWED: dict[str, set[str]] = {
     "config": set(),
     "classify": set(),
+    # provenance: the lab's git commit, file digests, QEMU's version (asks git and QEMU).
+    "provenance": set(),
+    # ktap: a selftest's KTAP/TAP output read into per-subtest results (pure).
+    "ktap": set(),
     "results": set(),
     "prereqs": {"config"},
     "image": {"config", "prereqs"},
@@ -33,7 +37,8 @@ ALLOWED: dict[str, set[str]] = {
     "vm": {"config", "image", "build", "prereqs"},
     "report": {"results", "classify"},
     # run -> report: a matrix run ends by rendering its reports (also when interrupted).
-    "run": {"config", "classify", "results", "image", "build", "vm", "prereqs", "report"},
+    "run": {"config", "classify", "results", "image", "build", "vm", "prereqs", "report",
+            "provenance", "ktap"},
     # hosts -> vm: a host reports its own accelerator choice (vm.accel). A host's kernel and
     # base image reach it as the run stage's Inputs, so hosts needs neither build nor image.
     "hosts": {"config", "results", "vm", "run"},
@@ -41,7 +46,7 @@ ALLOWED: dict[str, set[str]] = {
     "export": {"config", "classify", "results", "image", "build", "vm", "run"},
     "cli": {
         "config", "classify", "results", "prereqs", "image", "build", "doctor", "vm",
-        "report", "run", "hosts", "export",
+        "report", "run", "hosts", "export", "provenance",
     },
     "__main__": {"cli"},
 }  # fmt: skip
@@ -63,6 +68,8 @@ PURE = [
     "lab.run.testcase",
     "lab.export.lava",
     "lab.export.lavalog",
+    "lab.export.kcidb",
+    "lab.ktap",
 ]
 SPAWNERS = {"subprocess", "pexpect", "fabric", "paramiko", "invoke", "multiprocessing", "lab.proc"}
 SSH_LIBS = {"fabric", "paramiko", "invoke"}

@@ -495,7 +495,9 @@ def test_markdown_lists_unexpected_with_evidence_and_reproducer(run_dir: Path) -
     assert "\x1b" not in md and "\x00" not in md
     # Quoted console lines and commands stay whole; everything else fits a mail.
     prose = [
-        line for line in md.splitlines() if not line.startswith(("    reproduce:", "    evidence:"))
+        line
+        for line in md.splitlines()
+        if not line.startswith(("    reproduce:", "    evidence:", "    bundle:", "provenance:"))
     ]
     assert max(len(line) for line in prose) <= 80
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_cell_record import fixed_provenance, unhash
 from test_golden import _base, _kernel
 
 from lab import __version__, cache, classify, results
@@ -52,6 +53,7 @@ def fixed(monkeypatch: pytest.MonkeyPatch) -> None:
         for module in (results, results.model, results.store):
             if hasattr(module, name):
                 monkeypatch.setattr(module, name, value)
+    fixed_provenance(monkeypatch)
     ticks = iter(float(i) for i in range(10_000))
     monkeypatch.setattr(orchestrate, "time", types.SimpleNamespace(monotonic=lambda: next(ticks)))
 
@@ -93,6 +95,7 @@ def _check(run_dir: Path, name: str, tmp_path: Path) -> None:
     text = text.replace(str(tmp_path), "$TMP").replace(str(REPO), "$REPO")
     text = text.replace(f'"lab_version": "{__version__}"', '"lab_version": "$VERSION"')
     text = text.replace(cache.file_digest(REPO / "lab.toml"), "$LAB_TOML_SHA256")
+    text = unhash(text)
     golden = GOLDEN / name
     if REGEN:
         golden.parent.mkdir(exist_ok=True)

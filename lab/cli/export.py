@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from lab import report, results
+from lab import cache, report, results
 from lab.cli.common import _load
 from lab.cli.options import add_arches, add_testcases, add_variants
 from lab.cli.printer import print_cell
@@ -48,6 +49,11 @@ def register(sub: Any) -> None:
     )
     el.add_argument("--results", default="", help="results directory (default: lab.toml's)")
     el.set_defaults(func=cmd_export_lava)
+    ek = exsub.add_parser("kcidb", help="a run as KCIDB I/O data (schema v5.3) in one JSON file")
+    ek.add_argument("run", metavar="RUN", help="a run directory or run id")
+    ek.add_argument("--output", "-o", required=True, metavar="FILE.json", help="- for stdout")
+    ek.add_argument("--origin", default="lab", help="the KCIDB origin (CI system name; [a-z0-9_]+)")
+    ek.set_defaults(func=cmd_export_kcidb)
 
     im = sub.add_parser("import", help="turn finished jobs of another engine into a lab run")
     imsub = im.add_subparsers(dest="import_command", required=True, metavar="ENGINE")
@@ -55,6 +61,7 @@ def register(sub: Any) -> None:
     il.add_argument("logs", nargs="+", metavar="JOB_LOG")
     il.add_argument("--run", required=True, help="the run `lab export lava` created")
     il.set_defaults(func=cmd_import_lava)
+    register_bundle(sub)
 
 
 def _cells(args: argparse.Namespace) -> tuple[Any, list[matrix.Planned], dict[str, Any]]:
@@ -143,3 +150,63 @@ def cmd_import_lava(args: argparse.Namespace) -> int:
     report.render(run_dir)
     print(f"lab: {len(done)} cells imported into {run_dir}", file=sys.stderr)
     return results.exit_code(results.load_run(run_dir), results.read_cells(run_dir))
+
+
+def register_bundle(sub: Any) -> None:
+    b = sub.add_parser(
+        "bundle", help="one finished cell as a tarball that reruns it with QEMU alone"
+    )
+    b.add_argument("cell_dir", metavar="CELL_DIR", help="a finished cell's directory")
+    b.add_argument("--output", "-o", required=True, metavar="FILE.tar.gz")
+    b.set_defaults(func=cmd_bundle)
+
+
+def cell_dir_of(name: str, results_dir: Path) -> Path:
+    """A cell directory from a path, or RUN_ID/cells/DIR under the results directory
+    (what reports print)."""
+    for candidate in (Path(name), results_dir / name):
+        if (candidate / "cell.json").is_file():
+            return candidate
+    raise UserError(f"{name}: not a cell directory (no cell.json here or under {results_dir})")
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from lab.export import repro
+
+    cfg = _load(args)
+    cell_dir = cell_dir_of(args.cell_dir, cfg.results_dir)
+    members = repro.assemble(cfg, cell_dir, lambda m: print(f"lab: {m}", file=sys.stderr))
+    out = repro.write_tar(members, cell_dir.resolve().name, Path(args.output))
+    print(
+        f"lab: bundle of {cell_dir} in {out}; run: tar xzf {out} && "
+        f"{cell_dir.resolve().name}/run.sh",
+        file=sys.stderr,
+    )
+    print(out)
+    return 0
+
+
+def cmd_export_kcidb(args: argparse.Namespace) -> int:
+    from lab.export import kcidb
+
+    cfg = _load(args)
+    run_dir = results.resolve_run(cfg.results_dir, args.run)
+    run = results.load_run(run_dir)
+    cells, bad = results.scan_cells(run_dir)
+    for u in bad:
+        print(f"lab: {u.dir}: skipped: {u.reason}", file=sys.stderr)
+    try:
+        data = kcidb.convert(run, cells, results.planned_ids(run), args.origin)
+    except ValueError as exc:
+        raise UserError(f"--origin: {exc}") from None
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        cache.write_atomic(Path(args.output), text)
+        print(
+            f"lab: {len(data['tests'])} tests, {len(data['builds'])} builds, "
+            f"{len(data['checkouts'])} checkouts in {args.output}",
+            file=sys.stderr,
+        )
+    return 0

@@ -4,10 +4,12 @@ imports lab.hosts, so SSH stays a plug-in the run stage knows only as `Worker`s.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from lab import config
+from lab.cli import jsonout
 from lab.cli.common import _load
 from lab.config import hosts
 from lab.errors import UserError, printable
@@ -65,6 +67,10 @@ def cmd_hosts_check(args: argparse.Namespace) -> int:
         answers[h.name] = hosts_check.check(cfg, h, upload=not args.no_upload)
 
     ssh.each_host(picked, one)
+    if args.json:
+        doc = jsonout.hosts_check(picked, answers)
+        print(json.dumps(doc, indent=2))
+        return 0 if doc["ok"] else 2
     ok = True
     for h in picked:
         arches = ", ".join(h.arches) if h.arches else "all"

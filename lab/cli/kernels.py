@@ -72,6 +72,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 # --- boot ------------------------------------------------------------------------
 
 BOOT_FAILED = 125  # like timeout(1)/docker: the lab failed, not the command
+DEADLINE = 124  # like timeout(1): a deadline expired (boot hang, command overran --timeout)
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
@@ -101,13 +102,14 @@ def cmd_boot(args: argparse.Namespace) -> int:
                 target.write(data)
                 target.flush()
 
+    timed_out = False
     with boot.started(prepared, workdir):
         try:
             m.wait_ready()
         except machine.BootError as exc:
             print(f"lab: boot failed: {exc}", file=sys.stderr)
             _console(exc.lines, workdir)
-            return BOOT_FAILED
+            return DEADLINE if exc.kind == "hang" else BOOT_FAILED
         if args.exec is None:
             print(
                 f"lab: {arch.name}/{variant.name} ready ({prepared.accel.accel}); Ctrl-] quits",
@@ -123,6 +125,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
                 )
                 for line in m.console.tail(10) if m.console else []:
                     print(f"  | {line}", file=sys.stderr)
+                timed_out = why.startswith(boot.TIMED_OUT)
     if args.json:
         t = m.timings()
         timings = {
@@ -149,7 +152,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
-    return status if status is not None else BOOT_FAILED
+    if status is None:
+        return DEADLINE if timed_out else BOOT_FAILED
+    return status
 
 
 def _console(lines: list[str], workdir: Path) -> None:

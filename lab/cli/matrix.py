@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from lab import build, report, results
+from lab.cli import jsonout
 from lab.cli.common import _load
 from lab.cli.hosts import chosen, opener
 from lab.config import known
@@ -16,6 +18,8 @@ from lab.run import matrix, orchestrate, testcase
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
+    if args.json and not args.list:
+        raise UserError("--json goes with --list (a run's results are run.json and cell.json)")
     cfg = _load(args)
     tcs = testcase.discover(cfg.testcases_dir, CLASSES)
     for problem in matrix.unknown_rule_keys(cfg, tcs):
@@ -37,6 +41,9 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             cells = matrix.shard(cells, *matrix.parse_shard(args.shard))
         if not cells:
             raise UserError("the selection holds no cells")
+        if args.list and args.json:
+            print(json.dumps(jsonout.matrix_list(cells), indent=2))
+            return 0
         if args.list:
             _print_plan(cells)
             return 0

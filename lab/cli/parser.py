@@ -107,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
         help="print the planned cells and their expectations; run nothing",
     )
     add_hosts(mx, default="none: local slots only")
+    mx.add_argument("--json", action="store_true", help="with --list: one JSON document")
     mx.set_defaults(func=cmd_matrix)
 
     hs = sub.add_parser("hosts", help="SSH lab hosts ([[hosts]] in lab.toml)")
@@ -115,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="per host: reachable, python, lab bundle, QEMU, accelerator, disk"
     )
     add_hosts(hc, default="all")
+    hc.add_argument("--json", action="store_true", help="the checks as one JSON document")
     hc.add_argument(
         "--no-upload",
         action="store_true",
@@ -127,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     add_arches(rp, default="the arches each failure mode names")
     add_jobs(rp)
     rp.add_argument("--list", action="store_true", help="list the failure modes")
+    rp.add_argument(
+        "--json", action="store_true", help="the answers as one JSON document (text to stderr)"
+    )
     rp.add_argument(
         "--markdown",
         metavar="RUN",
@@ -146,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("compare", help="cells whose outcome changed between two runs")
     cp.add_argument("run_a")
     cp.add_argument("run_b")
+    cp.add_argument("--json", action="store_true", help="the changes as one JSON document")
     cp.set_defaults(func=cmd_compare)
     mg = sub.add_parser("merge", help="merge shard runs into one run and report")
     mg.add_argument("runs", nargs="+")

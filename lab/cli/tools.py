@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from lab import build, cache, config, doctor, image, report, results
 from lab.build import kconfig
+from lab.cli import jsonout
 from lab.cli.common import _load
 from lab.cli.options import the_variant
 from lab.config import known
@@ -43,7 +45,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 f"lab: warning: {u.dir}: unreadable cell ({u.reason}); compared as not run",
                 file=sys.stderr,
             )
-    print(report.format_compare(changes, a.name, b.name))
+    if args.json:
+        print(json.dumps(jsonout.compare(changes, a.name, b.name), indent=2))
+    else:
+        print(report.format_compare(changes, a.name, b.name))
     return 1 if any(c.kind == "regression" for c in changes) else 0
 
 

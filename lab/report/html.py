@@ -30,7 +30,7 @@ from lab.report.clean import (
     _seconds,
     _token,
 )
-from lab.report.model import Run, RunCell, Slot, _param
+from lab.report.model import Run, RunCell, Slot, _param, bundle_command
 
 # --- HTML -----------------------------------------------------------------------------------
 
@@ -267,6 +267,8 @@ def _run_cell(run: Run, c: RunCell, open_: bool) -> dict[str, Any]:
         "finished": f"{_line(d.get('finished'))} on {_line(d.get('host') or '?')}",
         "evidence": _evidence(c),
         "reproducer": d.get("reproducer") or "-",
+        # An unexpected cell's rerun without the lab: a tarball with QEMU's command line.
+        "bundle": bundle_command(run.id, c.dirname) if c.verdict == "unexpected" else "",
     }
 
 

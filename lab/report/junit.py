@@ -11,6 +11,46 @@ from lab.report.model import Run
 # --- JUnit ----------------------------------------------------------------------------------
 
 
+MAX_SUBTESTS = 1000  # per cell (lab.ktap.MAX_SUBTESTS writes no more)
+
+
+def _subtests(
+    suite: ET.Element,
+    n: collections.Counter[str],
+    arch: str,
+    cell_name: str,
+    variant: str,
+    testcase: str,
+    subtests: object,
+) -> None:
+    """One <testcase> per KTAP subtest of a selftest cell (cell.json `subtests`, written
+    by lab.ktap.cell_fields); entries of another shape (a foreign cell.json) are skipped."""
+    if not isinstance(subtests, list):
+        return
+    for st in subtests[:MAX_SUBTESTS]:
+        if not isinstance(st, dict) or not isinstance(st.get("name"), str):
+            continue
+        status = st.get("status")
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            name=f"{cell_name}/{_line(st['name'], 300)}",
+            classname=f"lab.{arch}.{variant}.{testcase}",
+            time="0.000",
+        )
+        n["tests"] += 1
+        reason = _line(st.get("reason") or status, 500)
+        if status in ("fail", "timeout"):
+            n["failures"] += 1
+            ET.SubElement(case, "failure", type=str(status), message=reason)
+        elif status == "skip":
+            n["skipped"] += 1
+            ET.SubElement(case, "skipped", message=reason)
+        elif status not in ("pass", "xfail", "todo"):  # error, or a foreign word
+            n["errors"] += 1
+            ET.SubElement(case, "error", type=_line(status, 40), message=reason)
+
+
 def render_junit(run: Run) -> str:
     """One <testsuite> per arch, one <testcase> per run cell (repetitions included)."""
     root = ET.Element("testsuites", name=f"lab {run.id}")
@@ -70,6 +110,7 @@ def render_junit(run: Run) -> str:
                 f"reproduce: {_line(c.data.get('reproducer'))}\n"
                 f"console: {c.link('console.log')}\n"
             )
+            _subtests(suite, n, arch, name, c.variant, c.testcase, c.data.get("subtests"))
         for rid in run.not_run:
             a, v, t, rep = _split_id(rid)
             if a != arch:

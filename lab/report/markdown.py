@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from lab.outcome import Outcome
 from lab.report.clean import (
@@ -19,7 +20,7 @@ from lab.report.clean import (
     _line,
     _short,
 )
-from lab.report.model import Run, Slot
+from lab.report.model import Run, Slot, bundle_command
 
 # --- Markdown (plain text) ----------------------------------------------------------------
 
@@ -95,6 +96,17 @@ def known_note(known: Known | None, cell_id: str, observed: str | None) -> str:
     return f" [known issue: {_line(hit[0], 200)} ({_line(hit[1], 200)})]" if hit else ""
 
 
+def _provenance_parts(prov: Mapping[str, Any]) -> list[str]:
+    """run.json's provenance (lab.provenance.for_run) as "what digest" parts: which lab,
+    lab.toml and test cases produced the run."""
+    lab = _dict(prov.get("lab"))
+    parts = [
+        f"lab {lab.get('describe') or lab.get('version') or 'unknown'}",
+        f"lab.toml {str(prov.get('config_sha256') or 'unknown')[:12]}",
+    ]
+    return parts + [f"{n} {str(d)[:12]}" for n, d in sorted(_dict(prov.get("testcases")).items())]
+
+
 def render_markdown(run: Run, known: Known | None = None) -> str:
     """A summary for a mailing-list reply: readable as plain text, grids indented.
     `known`: see Known; a known issue is still listed as unexpected, with its reason."""
@@ -113,6 +125,13 @@ def render_markdown(run: Run, known: Known | None = None) -> str:
         f"lab {_md(m.get('lab_version'), 40)}, config "
         f"{_md(Path(str(cfg.get('file') or '?')).name, 80)} (sha256 {_md(sha[:12])})"
     )
+    if m.get("provenance") is not None:
+        # One line even if long: it is what a list reply quotes to pin the result.
+        parts = _provenance_parts(_dict(m["provenance"]))
+        lines.append(
+            "provenance: "
+            + ", ".join(" ".join(_md(w, 80) for w in p.split(" ", 1)) for p in parts[:64])
+        )
     host = _dict(m.get("host"))
     lines.append(
         f"host {_md(host.get('node') or '?', 60)} ({_md(host.get('machine'), 20)}, "
@@ -188,6 +207,7 @@ def render_markdown(run: Run, known: Known | None = None) -> str:
             if repro:
                 # One line even if long: a wrapped command is not copy-pasteable.
                 lines.append(f"    reproduce: {repro}")
+                lines.append(f"    bundle:    {_line(bundle_command(run.id, first.dirname), 400)}")
     infra = [s for s in run.slots if s.verdict == "infra"]
     if infra:
         lines += ["", f"## Infrastructure errors ({len(infra)})", ""]

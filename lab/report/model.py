@@ -6,6 +6,7 @@ import collections
 import functools
 import json
 import os
+import shlex
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -157,6 +158,12 @@ class Slot:
         if len(self.runs) == 1:
             return self.runs[0].observed
         return ", ".join(f"{n}x {c}" for c, n in self.counts.most_common())
+
+
+def bundle_command(run_id: str, dirname: str) -> str:
+    """`lab bundle` for a cell of a run under the results directory (lab.cli.export
+    resolves RUN_ID/cells/DIR there): a tarball that reruns the cell with QEMU alone."""
+    return shlex.join(["lab", "bundle", f"{run_id}/cells/{dirname}", "-o", f"{dirname}.tar.gz"])
 
 
 @dataclass(frozen=True)

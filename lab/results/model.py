@@ -49,6 +49,8 @@ class RunMeta:
     hosts: Any = None  # lab host name -> address, capacity, status, cells
     not_run: list[str] | None = None
     finished: str | None = None
+    # lab.provenance.for_run: the lab's commit, lab.toml's and each test case's sha256
+    provenance: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -202,6 +204,12 @@ class CellResult:
     def host(self) -> str:
         """The lab host that ran it, "local" for this machine."""
         return str(self.data.get("lab_host", "local"))
+
+    @property
+    def provenance(self) -> Mapping[str, Any]:
+        """lab.provenance.for_cell's record ({} for a cell written before it existed)."""
+        p = self.data.get("provenance")
+        return p if isinstance(p, dict) else {}
 
 
 @dataclass(frozen=True)

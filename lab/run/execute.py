@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from lab import classify, results
+from lab import classify, ktap, provenance, results
 from lab.build import Kernel
 from lab.config import LabConfig
 from lab.errors import LabError, UserError
@@ -91,6 +91,7 @@ def execute(
         {
             **job.record,
             **recorded_facts(facts),
+            **ktap.cell_fields(facts.records),  # a selftest's KTAP, per subtest
             "observed": result.outcome,
             "verdict": verdict,
             "detail": result.detail,
@@ -101,6 +102,7 @@ def execute(
             "qemu_exit": m.exit_status,
             "qemu_killed": m.killed,
             "host": platform.node(),
+            **provenance.where_run(job.arch.qemu.binary),
             "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         },
         result.to_json(),

@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from lab import provenance
 from lab.build import Kernel
 from lab.config import ArchSpec, BootSpec, LabConfig, QemuSpec
 from lab.errors import InfraError, LabError
@@ -144,8 +145,12 @@ def prepare_cell(
 ) -> tuple[CellJob, dict[str, tuple[bytes, int]]]:
     """The job and the guest files of a cell: reads files, builds and starts nothing."""
     kernel, base = inputs.kernel, inputs.base
+    files = guest_files(cell, inputs.binaries)
+    ident = identity(cfg, cell, run_cell_id, repeat)
+    # Every file the guest gets beside the base image (test case, labguest, selftests).
+    ident["provenance"] = {**ident["provenance"], "files": provenance.files_digests(files)}
     record = {
-        **identity(cfg, cell, run_cell_id, repeat),
+        **ident,
         "kernel": {
             "key": kernel.key,
             "image": kernel.image.name,
@@ -168,7 +173,7 @@ def prepare_cell(
         boot=cfg.boot,
         test_timeout=cell.testcase.timeout + MARGIN,
     )
-    return job, guest_files(cell, inputs.binaries)
+    return job, files
 
 
 def identity(cfg: LabConfig, cell: Cell, run_cell_id: str = "", repeat: int = 1) -> dict[str, Any]:
@@ -186,4 +191,5 @@ def identity(cfg: LabConfig, cell: Cell, run_cell_id: str = "", repeat: int = 1)
         "expected": list(rule.outcomes) if rule else [],
         "expected_rule": rule.text if rule else None,
         "reproducer": reproducer(cfg, cell),
+        "provenance": provenance.for_cell(cfg.file, cell.testcase.path),
     }

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lab import build, cache, config, report, results
+from lab import build, cache, config, provenance, report, results
 from lab.build import prebuilt
 from lab.config import known
 from lab.errors import LabError, UserError
@@ -108,6 +108,9 @@ def run_header(
         "config": {"file": str(cfg.file), "sha256": cache.file_digest(cfg.file)},
         "selection": dict(selection),
         "cells": [{"id": c.id, "dir": f"cells/{c.dirname}", "kernel": c.kernel} for c in cells],
+        "provenance": provenance.for_run(
+            cfg.file, [(c.cell.testcase.name, c.cell.testcase.path) for c in cells]
+        ),
     }
 
 

@@ -154,6 +154,9 @@ def started(prepared: Prepared, workdir: Path) -> Iterator[Machine]:
         discard_initrd(workdir)
 
 
+TIMED_OUT = "did not finish within"  # exec_command's why when its deadline expired
+
+
 def exec_command(
     m: Machine, timeout: float, on_record: Callable[[dict[str, Any]], None]
 ) -> tuple[int | None, str]:
@@ -166,7 +169,7 @@ def exec_command(
         m.wait_exit()
         return int(exit_rec["status"]), ""
     why = {
-        "timeout": f"did not finish within {timeout:.0f}s",
+        "timeout": f"{TIMED_OUT} {timeout:.0f}s",
         "exited": "the guest stopped before the command finished",
     }.get(how, "sent an exit record without a status")  # the guest is untrusted
     return None, why
