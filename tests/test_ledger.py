@@ -94,3 +94,24 @@ def test_cli_prints_the_ledger_of_a_run(tmp_path: Path, capsys: pytest.CaptureFi
     (run / "reproduce.json").write_text("[]")
     assert main(["--config", str(REPO / "lab.toml"), "reproduce", "--markdown", str(run)]) == 0
     assert "0 answers" in capsys.readouterr().out
+
+
+def test_cli_takes_a_run_id_under_the_results_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As every other command that takes a run: an id under lab.toml's results_dir; a
+    wrong one names the runs that are there (by id, not 'run.json')."""
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
+    run = _run(results_dir)
+    (run / "reproduce.json").write_text("[]")
+    toml = (REPO / "lab.toml").read_text()
+    cfg = tmp_path / "lab.toml"
+    cfg.write_text(toml.replace('results_dir = "results"', f'results_dir = "{results_dir}"', 1))
+    for name in ("kernels", "images", "testcases"):
+        (tmp_path / name).symlink_to(REPO / name)
+    assert main(["--config", str(cfg), "reproduce", "--markdown", run.name]) == 0
+    assert "0 answers" in capsys.readouterr().out
+    assert main(["--config", str(cfg), "reproduce", "--markdown", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert f"runs under {results_dir}: {run.name}" in err, err

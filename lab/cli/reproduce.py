@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
+from lab import results
 from lab.cli.common import _load
 from lab.cli.ledger import render_ledger
 from lab.cli.printer import evidence_lines
@@ -21,7 +21,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = _load(args)
     modes = failures.parse(cfg.extra.get("failure_mode"), cfg.file, CLASSES)
     if args.markdown:
-        print(render_ledger(Path(args.markdown), modes), end="")
+        # A run id or a path, as every other command that takes a run.
+        run_dir = results.resolve_run(cfg.results_dir, args.markdown)
+        print(render_ledger(run_dir, modes), end="")
         return 0
     if args.list or not args.id:
         for m in modes:

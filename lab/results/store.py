@@ -50,12 +50,12 @@ def resolve_run(results_dir: Path, name: str) -> Path:
     for candidate in (Path(name), results_dir / name):
         if (candidate / "run.json").is_file():
             return candidate
-    runs = sorted(p.name for p in results_dir.glob("*/run.json")) if results_dir.is_dir() else []
-    hint = (
-        f"; runs under {results_dir}: {', '.join(r.split('/')[0] for r in runs[-5:])}"
-        if runs
-        else ""
+    runs = (
+        sorted(p.parent.name for p in results_dir.glob("*/run.json"))
+        if results_dir.is_dir()
+        else []
     )
+    hint = f"; runs under {results_dir}: {', '.join(runs[-5:])}" if runs else ""
     raise UserError(f"{name}: not a run directory (no run.json){hint}")
 
 
