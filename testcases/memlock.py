@@ -13,6 +13,7 @@ TESTCASE = {
     "over its files) gets SIGBUS, or ftruncate refuses the size when the variant "
     "reserves at size-set; mlock() of the region fails",
     "arches": ["*"],
+    "families": ["secretmem"],  # the secretmem series: meaningless on other families
     "timeout": 90,
     "expect": [
         "reserve=true -> refused",
