@@ -1,7 +1,9 @@
 """pressure: fault secret pages while an anonymous-memory hog holds almost all of RAM."""
 
+import json
 import mmap
 import os
+import signal
 import time
 
 import labguest as lg
@@ -44,40 +46,68 @@ LEAVE_KB = 6 * 1024
 STEP = 1 << 20
 SECRET_PAGES = 2048
 READY = "/tmp/pressure-hog"
+GO = signal.SIGUSR1  # the harness tells the waiting faulter to go (no memory needed)
 
 
 def _hog() -> None:
+    # Anonymous private memory (spec 3(e): an anonymous hog): the OOM reaper can free
+    # it at once when the hog is killed. (A MAP_SHARED hog's pages are shmem, which
+    # nothing frees until the hog has exited: the killer then went on to the faulter.)
     held = []
     while lg.meminfo().get("MemAvailable", 0) > LEAVE_KB:
-        m = mmap.mmap(-1, STEP)
+        m = mmap.mmap(-1, STEP, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         for off in range(0, STEP, lg.PAGE):
             m[off] = 1
         held.append(m)
-    with open(READY, "w") as f:
-        f.write(str(len(held)))
+    with open(READY + ".tmp", "w") as f:
+        json.dump({"pid": os.getpid(), "mib": len(held)}, f)
+    os.rename(READY + ".tmp", READY)
     while True:
         time.sleep(1)
 
 
-def _faulter(stages: lg.Stages, hog: int) -> dict[str, object]:
-    # Each step says first whether the hog still holds its memory: the scenario is a
-    # secret fault (or, for a reserving variant, a reservation) *under* its pressure.
+def _faulter(stages: lg.Stages) -> dict[str, object]:
+    """Set up before the hog fills, wait for GO, then ask for the secret memory.
+
+    Started before the pressure, with its pages made its own, so that nothing it does
+    after GO allocates except what the scenario asks for: the reservation (ftruncate),
+    the mapping and the secret faults. A refusal is marked (through a pipe page that
+    already exists) and the task ends at once, before anything else could allocate:
+    after a refused reservation (R0) the non-CMA memory is gone (the failed cma_alloc
+    migrated the hog's pages out of the CMA area), and any later allocation of the
+    faulter's own (its result's pipe page) would run the OOM killer, which is not the
+    scenario's allocation."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {GO})
+    hog: list[int] = []
+
+    def mark(step: str, **data: object) -> None:
+        stages.mark(step, hog_alive=lg.alive(hog[0]) if hog else None, **data)
+
     step = "memfd_secret"
     try:
         fd = lg.memfd_secret()
+    except OSError as exc:
+        return {"refused": f"{step}: {lg.errno_name(exc.errno)}", "step": step}
+    _available()
+    stages.mark("ready", alive=lg.alive(os.getpid()), own_pages=lg.own_pages())
+    signal.sigwait({GO})
+    with open(READY) as f:  # the hog's pid
+        hog.append(int(json.load(f)["pid"]))
+    try:
         step = "ftruncate"
-        stages.mark(step, hog_alive=lg.alive(hog), mem_available_kb=_available())
+        mark(step, mem_available_kb=_available())
         os.ftruncate(fd, SECRET_PAGES * lg.PAGE)  # a reserving variant fills its pool here
         step = "mmap"
         m = mmap.mmap(
             fd, SECRET_PAGES * lg.PAGE, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE
         )
     except OSError as exc:
-        return {"refused": f"{step}: {lg.errno_name(exc.errno)}", "step": step}
-    stages.mark("faulting", hog_alive=lg.alive(hog), mem_available_kb=_available())
+        stages.mark("refused", step=step, errno=lg.errno_name(exc.errno))
+        os._exit(0)  # nothing more: see above
+    mark("faulting", mem_available_kb=_available())
     for i in range(SECRET_PAGES):
         m[i * lg.PAGE] = 1
-    stages.mark("faulted", hog_alive=lg.alive(hog))
+    mark("faulted")
     return {"touched": SECRET_PAGES}
 
 
@@ -88,14 +118,32 @@ def _available() -> int | None:
 def run(t: lg.Context) -> None:
     if os.path.exists(READY):
         os.unlink(READY)
-    hog = t.spawn("hog", _hog, role="hog", user=lg.UNPRIVILEGED, oom_score_adj=500)
+    stages = lg.Stages()
+    faulter = t.spawn("faulter", _faulter, stages, role="victim", user=lg.OTHER_USER)
+    hog: lg.Handle | None = None
     try:
-        _pressure(t, hog)
+        deadline = time.monotonic() + 60
+        while stages.reached("ready") is None and not faulter.poll():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        t.require(
+            stages.reached("ready") is not None and not faulter.poll(),
+            "faulter_ready",
+            f"the faulter set up and waits (fate: {faulter.result})",
+        )
+        hog = t.spawn("hog", _hog, role="hog", user=lg.UNPRIVILEGED, oom_score_adj=500)
+        # The harness shares its pages with the tasks it forked: copy them now, while
+        # memory is plentiful, so that it needs none once the hog has taken it.
+        t.event("harness pages made its own", pages=lg.own_pages())
+        _pressure(t, hog, faulter, stages)
     finally:
-        hog.kill()  # also when a precondition failed
+        faulter.kill()  # also when a precondition failed
+        if hog is not None:
+            hog.kill()
 
 
-def _pressure(t: lg.Context, hog: lg.Handle) -> None:
+def _pressure(t: lg.Context, hog: lg.Handle, faulter: lg.Handle, stages: lg.Stages) -> None:
     deadline = time.monotonic() + 120
     while not os.path.exists(READY) and not hog.poll():
         if time.monotonic() >= deadline:
@@ -111,12 +159,11 @@ def _pressure(t: lg.Context, hog: lg.Handle) -> None:
         f"the hog took MemAvailable down to {available} kB (<= {2 * LEAVE_KB} kB)",
         meminfo=mem,
     )
-
-    stages = lg.Stages()
-    res = t.task(
-        "faulter", _faulter, stages, hog.pid, role="victim", user=lg.OTHER_USER, timeout=60
-    )
+    t.require(not faulter.poll(), "faulter_waiting", f"the faulter waits (fate: {faulter.result})")
+    os.kill(faulter.pid, GO)
+    res = faulter.wait(60)
     hog_fate = "alive" if not hog.poll() else f"{hog.result.status} {hog.result.signal}"
+    refusal = stages.reached("refused")
     t.event(
         "faulter ended",
         status=res.status,
@@ -128,6 +175,8 @@ def _pressure(t: lg.Context, hog: lg.Handle) -> None:
         stats=lg.secretmem_stats(),
     )
     value = t.require_secretmem(res)
+    if refusal is not None:
+        value = {"refused": f"{refusal.get('step')}: {refusal.get('errno')}"}
     # SECRET_PAGES is exactly uid 1001's default 8 MiB RLIMIT_MEMLOCK: EAGAIN would be
     # that limit (patch 0005), not memory, i.e. not this scenario.
     t.require(
@@ -137,14 +186,26 @@ def _pressure(t: lg.Context, hog: lg.Handle) -> None:
     )
     # The pressure must be on when the secret memory is asked for: at the fault, or at
     # the ftruncate that reserves it (a refusal comes before any fault).
-    at = stages.reached("faulting") or (stages.reached("ftruncate") if "refused" in value else None)
+    at = stages.reached("faulting") or (stages.reached("ftruncate") if refusal else None)
     t.require(
         at is not None and at.get("hog_alive") is True,
         "hog_alive_at_fault",
         f"the hog was alive when the faulter asked for secret memory ({at})",
         stages=stages.seen(),
     )
-    if res.status == "timeout":
+    if refusal is not None:
+        # The refusal is the faulter's answer, marked before anything else happened to
+        # it; what came after (an OOM kill, say) is context, not the outcome.
+        after = "" if res.ok else f"; afterwards the faulter ended {res.status} {res.signal}"
+        t.observe(
+            "refused",
+            f"the faulter was refused cleanly ({value['refused']}) with the hog alive; "
+            f"hog afterwards {hog_fate}{after}",
+            about=res,
+            refused=value["refused"],
+            hog=hog_fate,
+        )
+    elif res.status == "timeout":
         t.observe(
             "fault_livelock",
             f"the faulter spun until killed; hog {hog_fate}",
@@ -159,15 +220,6 @@ def _pressure(t: lg.Context, hog: lg.Handle) -> None:
             f"the faulter was killed; hog {hog_fate}",
             about=res,
             killed="faulter",
-            hog=hog_fate,
-        )
-    elif res.ok and "refused" in value:
-        t.observe(
-            "refused",
-            f"the faulter was refused cleanly ({value['refused']}) with the hog alive; "
-            f"hog afterwards {hog_fate}",
-            about=res,
-            refused=value["refused"],
             hog=hog_fate,
         )
     elif res.ok:

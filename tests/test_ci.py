@@ -48,6 +48,17 @@ def test_nightly_shards_cache_and_merge() -> None:
     assert any(r.startswith("./labw merge") for r in _runs(report))
 
 
+def test_nightly_fails_on_an_unexpected_cell_that_is_not_a_known_issue() -> None:
+    """The report job's last step is the verdict: `lab report` of the merged run, its
+    exit status unmasked (0 only when every unexpected cell is a known issue); the
+    shard and merge steps may tolerate 1 so that the report is published first."""
+    steps = _load("nightly.yml")["jobs"]["report"]["steps"]
+    last = steps[-1]
+    assert last["run"] == "./labw report results/nightly" and "if" not in last
+    assert "||" not in last["run"]
+    assert steps[-2].get("uses", "").startswith("actions/upload-artifact@")
+
+
 @pytest.mark.real
 def test_smoke_matrix_runs_through_the_workflow_command(tmp_path: Path) -> None:
     (line,) = [r for r in _runs(_load("smoke.yml")["jobs"]["smoke"]) if "matrix" in r]

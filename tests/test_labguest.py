@@ -38,6 +38,7 @@ def _has_cap(bit: int) -> bool:
 # capability the harness gets the real -1000; without, a higher value still shows that
 # a workload task sets its own value instead of inheriting the harness's.
 HARNESS_ADJ = lg.HARNESS_OOM_SCORE_ADJ if _has_cap(CAP_SYS_RESOURCE) else 300
+AGENT_ADJ = lg.AGENT_OOM_SCORE_ADJ if _has_cap(CAP_SYS_RESOURCE) else 300
 
 
 def _records(rfd: int) -> list[dict[str, Any]]:
@@ -168,7 +169,7 @@ def _run_agent(tmp_path: Path, name: str, body: str) -> list[dict[str, Any]]:
     job = {"mode": "testcases", "testcases": [{"name": name, "timeout": 20}], "params": {}}
 
     def run(fd: int) -> None:
-        lg.set_oom_score_adj(HARNESS_ADJ)  # as main() does before running test cases
+        lg.set_oom_score_adj(AGENT_ADJ)  # as main() does before running test cases
         agent.run_testcases(job, agent.Channel(fd), fd, str(tmp_path))
 
     return _in_child(run)
@@ -211,8 +212,13 @@ def test_the_harness_runs_protected_and_its_death_is_an_infrastructure_error(
     (spawn,) = [r for r in records if r["type"] == "spawn"]
     assert spawn["role"] == "harness" and spawn["name"] == "testcase:dies"
     (event,) = [r for r in records if r["type"] == "event"]
-    # The test-case process keeps the agent's value (it used to reset itself to 0).
-    assert event["data"]["adj"] == HARNESS_ADJ
+    # The test-case process runs just above the agent's -1000 (it used to reset itself
+    # to 0): never picked while a workload task is left, but when none is, the OOM
+    # killer takes it instead of panicking ("no killable processes"), and its death is
+    # an infrastructure error the agent reports.
+    assert event["data"]["adj"] == HARNESS_ADJ == spawn["oom_score_adj"]
+    if _has_cap(CAP_SYS_RESOURCE):
+        assert (HARNESS_ADJ, AGENT_ADJ) == (-999, -1000)
     (task,) = [r for r in records if r["type"] == "task"]
     assert (task["role"], task["pid"], task["signal"]) == ("harness", spawn["pid"], "SIGKILL")
     (error,) = [r for r in records if r["type"] == "error"]
@@ -395,3 +401,144 @@ def test_the_host_accepts_the_new_records(
     result = classify("LABREADY b\n", facts)
     assert result.rule == rule, result
     assert result.outcome == ("pass" if rule == "test-passed" else "infra_error")
+
+
+ZONEINFO = """Node 0, zone      DMA
+  per-node stats
+      nr_inactive_anon 27206
+  pages free     900
+        boost    0
+        min      20
+        low      25
+        high     30
+        spanned  4095
+        present  3998
+        managed  3976
+        cma      0
+        protection: (0, 230, 230, 230)
+      nr_free_pages 900
+      nr_free_cma  0
+Node 0, zone    DMA32
+  pages free     400
+        boost    0
+        min      350
+        low      437
+        high     524
+        protection: (0, 0, 0, 0)
+      nr_free_cma  10
+Node 0, zone   Normal
+  pages free     0
+        boost    0
+        min      0
+        low      0
+        high     0
+        spanned  0
+        present  0
+        managed  0
+        cma      0
+        protection: (0, 0, 0, 0)
+Node 0, zone  Movable
+  pages free     0
+        min      0
+        protection: (0, 0, 0, 0)
+"""
+BUDDYINFO = (
+    "Node 0, zone      DMA      0      0      0      0      0      0      0      0      0      1\n"
+    "Node 0, zone    DMA32     40     20     10      0      0      0      0      0      0      0\n"
+)
+
+
+def test_the_watermark_headroom_is_the_page_allocators_own_count() -> None:
+    """A user page (GFP_HIGHUSER, class ZONE_NORMAL) may take a lower zone only above its
+    min watermark plus the lowmem reserve kept for that class; CMA pages are not for it."""
+    zones = lg.parse_zoneinfo(ZONEINFO)
+    assert [z["name"] for z in zones] == ["DMA", "DMA32", "Normal", "Movable"]
+    room = lg.user_zone_headroom(zones)
+    assert room == {"DMA": 900 - 20 - 230, "DMA32": 400 - 10 - 350, "Normal": 0, "Movable": 0}
+    assert lg.parse_buddyinfo(BUDDYINFO)["DMA"][9] == 1
+
+
+def test_an_order9_block_under_the_watermark_cannot_refill_a_pool(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    real_open = open
+
+    def fake_open(path: Any, *a: Any, **kw: Any) -> Any:
+        if path == "/proc/zoneinfo":
+            return real_open(tmp_path / "z", *a, **kw)
+        if path == "/proc/buddyinfo":
+            return real_open(tmp_path / "b", *a, **kw)
+        return real_open(path, *a, **kw)
+
+    (tmp_path / "z").write_text(ZONEINFO)
+    (tmp_path / "b").write_text(BUDDYINFO)
+    monkeypatch.setattr("builtins.open", fake_open)
+    mem = lg.memory_headroom()
+    # DMA has a free order-9 block and 650 pages of room: a chunk (512) still fits there
+    assert mem["headroom"] == 650 + 40 and mem["pmd_refill"] is True
+    (tmp_path / "z").write_text(ZONEINFO.replace("pages free     900", "pages free     700"))
+    mem = lg.memory_headroom()
+    assert mem["headroom"] == 450 + 40 and mem["pmd_refill"] is False
+    assert mem["zones"]["DMA"] == {"free": 700, "min": 20, "headroom": 450, "pmd_blocks": 1}
+    (tmp_path / "z").write_text("")
+    assert lg.memory_headroom() == {}  # no zones: the caller's failed precondition
+
+
+P0 = {"pool": "pmd", "fallback": True, "reserve": False, "fault": "oom"}
+P1 = {"pool": "pmd", "fallback": False, "reserve": False, "fault": "oom"}
+
+
+@pytest.mark.parametrize(
+    ("params", "mem", "ok", "says"),
+    [
+        # P0: RAM has run out under the hoard: the victim's 511 pages are not there
+        (P0, {"headroom": 60, "pmd_refill": False, "zones": {}}, True, "60 pages above"),
+        (P0, {"headroom": 3000, "pmd_refill": False, "zones": {}}, False, "3000 pages"),
+        (P0, {"headroom": 60, "pmd_refill": True, "zones": {}}, False, "possible: True"),
+        # P1: the refill must fail; free order-0 memory does not matter (spec 3(c))
+        (P1, {"headroom": 3000, "pmd_refill": False, "zones": {}}, True, "possible: False"),
+        (P1, {"headroom": 600, "pmd_refill": True, "zones": {}}, False, "possible: True"),
+        (P1, {}, False, "counters missing"),
+    ],
+)
+def test_depletion_asserts_that_a_pmd_pool_cannot_be_refilled(
+    monkeypatch: pytest.MonkeyPatch,
+    params: dict[str, Any],
+    mem: dict[str, Any],
+    ok: bool,
+    says: str,
+) -> None:
+    depletion = _testcase("depletion", monkeypatch)
+    monkeypatch.setattr(lg, "memory_headroom", lambda: mem)
+    monkeypatch.setattr(lg, "meminfo", lambda: {"MemFree": 3000})
+    monkeypatch.setattr(lg, "secretmem_stats", lambda: {"chunks_buddy": 89})
+    held, how, numbers = depletion._exhaustion(params, {"files": 90}, 1984, {})
+    assert held is ok and says in how, how
+    if mem:
+        assert numbers["headroom_pages"] == mem["headroom"]
+
+
+@pytest.mark.parametrize(
+    ("params", "mem", "blocks", "stop"),
+    [
+        (P0, {"headroom": 5000, "pmd_refill": True}, 3, None),
+        (P0, {"headroom": 5000, "pmd_refill": False}, 0, None),  # order-0 fallback goes on
+        (P0, {"headroom": 64, "pmd_refill": False}, 0, "RAM ran out"),
+        (P1, {"headroom": 5000, "pmd_refill": True}, 3, None),
+        (P1, {"headroom": 5000, "pmd_refill": False}, 0, "no order-9 chunk"),
+        # a chunk would leave too little room for the refill's own allocations
+        (P1, {"headroom": 540, "pmd_refill": True}, 1, "no room for another chunk"),
+    ],
+)
+def test_the_pmd_attacker_stops_by_the_allocators_numbers_not_by_the_oom_killer(
+    monkeypatch: pytest.MonkeyPatch,
+    params: dict[str, Any],
+    mem: dict[str, Any],
+    blocks: int,
+    stop: str | None,
+) -> None:
+    depletion = _testcase("depletion", monkeypatch)
+    monkeypatch.setattr(lg, "memory_headroom", lambda: mem)
+    monkeypatch.setattr(depletion, "_free_pmd_blocks", lambda: blocks)
+    got = depletion._exhausted(params)
+    assert (got is None) if stop is None else (got is not None and stop in got), got

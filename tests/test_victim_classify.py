@@ -382,3 +382,47 @@ def test_precondition_data_is_bounded() -> None:
     c = classify(_console("c", ""), RunFacts(ready=True, records=(rec, {"type": "done"})))
     assert c.rule == "precondition-failed"
     assert len(str(c.to_json())) < 20_000
+
+
+def test_a_refusal_before_the_fault_is_refused_whatever_killed_the_victim_later(
+    tmp_path: Path,
+) -> None:
+    """pressure R0 (x86_64 and arm64 runs of 2026-11-30): the reservation is refused
+    (ftruncate ENOMEM, the spec's answer), and afterwards the faulter's own next
+    allocation runs the OOM killer, which kills the hog and then the faulter. The
+    refusal is the outcome (the test case saw it, marked by the task before anything
+    else); the kills after it are context: a refused victim never faulted secret memory."""
+    src = """
+import os, signal
+def _refused_then_killed():
+    os.kill(os.getpid(), signal.SIGKILL)
+def _hold():
+    import time
+    time.sleep(60)
+def run(t):
+    hog = t.spawn("hog", _hold, role="hog", oom_score_adj=500)
+    res = t.task("faulter", _refused_then_killed, role="victim", timeout=10)
+    hog.kill()
+    t.observe("refused", "ftruncate: ENOMEM; afterwards the faulter ended signaled SIGKILL",
+              about=res, refused="ftruncate: ENOMEM")
+"""
+    records = _run_agent(tmp_path, "pressure", src)
+    faulter, hog = _pid(records, "faulter"), _pid(records, "hog")
+    at = START + _t(records, "faulter")
+    body = (
+        _invoked(at + 0.1, faulter, "0x500cc2(GFP_HIGHUSER|__GFP_ACCOUNT)")
+        + _killed(at + 0.2, hog)
+        + _invoked(at + 0.3, faulter, "0x500cc2(GFP_HIGHUSER|__GFP_ACCOUNT)")
+        + _killed(at + 0.4, faulter)
+    )
+    c = classify(_console("pressure", body), _facts(records))
+    assert (c.outcome, c.rule) == ("refused", "test-observed"), c.detail
+    assert _others(c)["hog"] == "OOM-killed"
+    # without the refusal, the same console is the victim's OOM kill
+    src_killed = src.replace('t.observe("refused"', 't.observe("oom_kill"')
+    records = _run_agent(tmp_path, "pressure", src_killed)
+    faulter, hog = _pid(records, "faulter"), _pid(records, "hog")
+    at = START + _t(records, "faulter")
+    body = _invoked(at + 0.1, faulter) + _killed(at + 0.2, hog) + _killed(at + 0.4, faulter)
+    c = classify(_console("pressure", body), _facts(records))
+    assert (c.outcome, c.rule) == ("oom_kill", "oom-kill"), c.detail

@@ -54,6 +54,11 @@ def _oom_kill_victim(f: _Findings, v: _About) -> _Verdict | None:
     """oom_kill for the victim: it was OOM-killed (its task did not return, and a stamped
     `Killed process <its pid>` exists), or its own allocation ran the OOM killer, which
     killed some task (spec 3(c) P0, 3(e) U0: the OOM killer fires in its context)."""
+    if any(r.observed == "refused" and r.about == v for r in f.agent.results):
+        # Refused before its fault (a userspace answer the test case saw first): it
+        # faulted no secret memory, so an OOM kill after that (even its own, even one
+        # its next allocation ran) is context, not the outcome (pressure R0).
+        return None
     task = f.agent.task_of(v.pid)
     kills = f.kills()
     own_kill = next((h for h in kills if h.fields.get("pid") == v.pid), None)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lab import build, cache, config, report, results
 from lab.cli.common import _load
-from lab.config import hosts
+from lab.config import hosts, known
 from lab.errors import LabError, UserError, printable
 from lab.outcome import CLASSES
 from lab.progress import Reporter
@@ -213,10 +213,10 @@ def _run_matrix(
         last = round(time.monotonic() - started, 1)
         run.durations = {**(run.durations or {}), "last_invocation": last}
         run.write(run_dir)
-        report.render(run_dir)
-    code = results.exit_code(run.to_json(), records)
+        report.render(run_dir, known.lookup(cfg.known_issues))
+    code = known.gate(results.exit_code(run.to_json(), records), cfg.known_issues, records)
     if not quiet:
-        print(report.text_summary(run_dir))
+        print(report.text_summary(run_dir, known.lookup(cfg.known_issues)))
     return code
 
 

@@ -144,6 +144,12 @@ def _parser() -> argparse.ArgumentParser:
 
     rr = sub.add_parser("report", help="re-render a run's reports")
     rr.add_argument("run", help="run directory or run id")
+    rr.add_argument(
+        "--markdown",
+        metavar="FILE",
+        default="",
+        help="also write what the run observed as a Markdown document (docs/observed/)",
+    )
     rr.set_defaults(func=cmd_report)
     cp = sub.add_parser("compare", help="cells whose outcome changed between two runs")
     cp.add_argument("run_a")

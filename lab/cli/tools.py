@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from lab import build, config, doctor, image, report, results
+from lab import build, cache, config, doctor, image, report, results
 from lab.build import kconfig
 from lab.cli.common import _load
+from lab.config import known
 from lab.errors import LabError
 from lab.progress import Reporter
 from lab.run import selection
@@ -20,9 +21,14 @@ from lab.vm import boot
 def cmd_report(args: argparse.Namespace) -> int:
     cfg = _load(args)
     run_dir = results.resolve_run(cfg.results_dir, args.run)
-    report.render(run_dir)
-    print(report.text_summary(run_dir))
-    return results.exit_code(results.load_run(run_dir), results.read_cells(run_dir))
+    issues = known.lookup(cfg.known_issues)
+    report.render(run_dir, issues)
+    if args.markdown:
+        doc = report.render_observed(report.load(run_dir), issues)
+        cache.write_atomic(Path(args.markdown), doc)
+    print(report.text_summary(run_dir, issues))
+    cells = results.read_cells(run_dir)
+    return known.gate(results.exit_code(results.load_run(run_dir), cells), cfg.known_issues, cells)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -45,8 +51,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
     runs = [results.resolve_run(cfg.results_dir, r) for r in args.runs]
     out = Path(args.output) if args.output else cfg.results_dir / results.new_run_id("merged")
     merged = report.merge(runs, out)
-    print(report.text_summary(merged))
-    return results.exit_code(results.load_run(merged), results.read_cells(merged))
+    issues = known.lookup(cfg.known_issues)
+    report.render(merged, issues)
+    print(report.text_summary(merged, issues))
+    cells = results.read_cells(merged)
+    return known.gate(results.exit_code(results.load_run(merged), cells), cfg.known_issues, cells)
 
 
 # --- image ----------------------------------------------------------------------------

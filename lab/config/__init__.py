@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.config import templates, variants
+from lab.config import known, templates, variants
 from lab.config.tomlread import Scalar, Table
 from lab.errors import UserError
 
@@ -164,6 +164,8 @@ class LabConfig:
     extra: Mapping[str, object] = field(default_factory=dict)
     # Named kernel sources ([sources.NAME]); a family picks one with `source = "NAME"`.
     sources: Mapping[str, SourceSpec] = field(default_factory=dict)
+    # [[known_issues]]: understood disagreements with an expectation (lab/config/known.py)
+    known_issues: tuple[known.KnownIssue, ...] = ()
 
     def source_for(self, variant: Variant) -> SourceSpec:
         """The kernel source a variant builds on (validated when lab.toml was loaded)."""
@@ -307,6 +309,7 @@ def parse(data: dict[str, object], file: Path) -> LabConfig:
         for k in ("image", "testcases", "matrix", "hosts", "failure_mode")
         if top.has(k)
     }
+    issues = known.parse(top.raw("known_issues") if top.has("known_issues") else None, file)
     top.done()
     return LabConfig(
         file=file,
@@ -325,6 +328,7 @@ def parse(data: dict[str, object], file: Path) -> LabConfig:
         variants=tuple(all_variants),
         extra=extra,
         sources=sources,
+        known_issues=tuple(issues),
     )
 
 

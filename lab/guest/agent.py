@@ -15,8 +15,9 @@ kernel messages can not corrupt them. Record types:
   {"type": "error", "message": text, "kind": ...}                     (infrastructure)
   {"type": "done"}
 
-In test-case mode the agent and each test-case process (role "harness") run at
-oom_score_adj -1000, so the OOM scenarios they stage can only kill workload tasks.
+In test-case mode the agent runs at oom_score_adj -1000 and each test-case process
+(role "harness") at -999, so the OOM scenarios they stage kill workload tasks first,
+and the harness (not a panic) only when nothing else is left.
 A harness that dies anyway, or a scenario whose precondition did not hold, is an
 "error" record: an infrastructure failure, never an outcome of the scenario.
 
@@ -254,16 +255,24 @@ def run_testcases(job: dict[str, Any], channel: Sink, fd: int, testcases: str = 
         channel.send({"type": "testcase", "name": name, "phase": "start", "uptime": _uptime()})
         lg.kmsg(f"testcase {name} start")
         started = time.monotonic()
+        # The harness runs at HARNESS_OOM_SCORE_ADJ (-999: killed only when no workload
+        # task is left), from its first instruction: the agent holds that value across
+        # the fork and takes its own back. Without the capability to lower it again the
+        # agent keeps its value for both (the spawn record says which).
+        agent_adj = lg.get_oom_score_adj()
+        with contextlib.suppress(OSError):
+            lg.set_oom_score_adj(lg.HARNESS_OOM_SCORE_ADJ)
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                # The harness keeps the agent's -1000: only the workload tasks it starts
-                # (which reset their own value) may be chosen by the OOM killer.
                 os.setpgid(0, 0)
                 code = _testcase_child(spec, job, fd, testcases)
             finally:
                 os._exit(code)
+        if agent_adj is not None:
+            with contextlib.suppress(OSError):
+                lg.set_oom_score_adj(agent_adj)
         channel.send(
             {
                 "type": "spawn",
@@ -403,7 +412,7 @@ def serve(
         # The harness must survive the OOM scenarios it stages.
         lg = _labguest()
         try:
-            lg.set_oom_score_adj(lg.HARNESS_OOM_SCORE_ADJ)
+            lg.set_oom_score_adj(lg.AGENT_OOM_SCORE_ADJ)
         except OSError as exc:
             adj_error = f"the agent could not set oom_score_adj -1000: {exc}"
         adj = lg.get_oom_score_adj()

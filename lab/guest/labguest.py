@@ -12,9 +12,10 @@ forked child, optionally as another user, with its own deadline, whose fate
 Every task has a *role* (ROLES), recorded with its pid when it starts (a `spawn`
 record) and with its fate when it ends (a `task` record), so the host can decide the
 outcome for the task the scenario is about (the victim) and report the others as
-context. The agent and the test-case process (role `harness`) run at oom_score_adj
--1000: only workload tasks can be OOM-killed. A workload task resets its own
-oom_score_adj (0 unless the scenario asks for another value).
+context. The agent runs at oom_score_adj -1000 and the test-case process (role
+`harness`) at -999: workload tasks are always OOM-killed first (the harness only
+when none is left, instead of a "no killable processes" panic). A workload task
+gets its own oom_score_adj (0 unless the scenario asks for another value).
 
 Preconditions (`Context.require`) are recorded as `precondition` records whether they
 hold or not; one that does not hold ends the test case as a precondition failure (an
@@ -42,6 +43,9 @@ SYS_MEMFD_SECRET = 447  # x86_64 and arm64 (asm-generic) alike
 UNPRIVILEGED = 1000  # user `lab` in the guest image
 OTHER_USER = 1001  # a second unprivileged user (no passwd entry needed)
 PAGE = mmap.PAGESIZE
+PMD_ORDER = 9  # a PMD chunk (2 MiB) with 4 KiB pages, on x86_64 and arm64 alike
+PMD_SIZE = PAGE << PMD_ORDER
+MAP_FIXED = 0x10  # Linux's value on x86_64 and arm64 (Python's mmap module lacks it)
 MAX_RECORD = 30000  # stay below virtio_console's 32 KiB per write(): one record, one write
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -78,7 +82,15 @@ ROLES = (
     "holder",  # holds the secret a reader tries to read
 )
 HARNESS = "harness"
-HARNESS_OOM_SCORE_ADJ = -1000
+# The agent is never killable. The harness (the test-case process) is killable only when
+# no other task is left: its badness, rss - 0.999 x RAM, is below that of any task at a
+# higher value, so the OOM killer takes every workload task first; but once they are
+# gone it takes the harness instead of panicking "System is deadlocked on memory" (which
+# -1000 made happen: x86_64 P1 depletion, arm64 C1/P1 pressure, run 20261130-033017).
+# The agent then reports the harness's death: an infrastructure error, with the run's
+# records and console intact.
+AGENT_OOM_SCORE_ADJ = -1000
+HARNESS_OOM_SCORE_ADJ = -999
 WORKLOAD_OOM_SCORE_ADJ = 0  # a workload task is as killable as any ordinary task
 
 
@@ -123,9 +135,12 @@ _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-def raw_mmap(fd: int, length: int, prot: int, flags: int) -> int:
-    """mmap(2) without Python's size checks (which refuse lengths past the end of a file)."""
-    addr = _libc.mmap(None, length, prot, flags, fd, 0)
+def raw_mmap(
+    fd: int, length: int, prot: int, flags: int, addr: int | None = None, offset: int = 0
+) -> int:
+    """mmap(2) without Python's size checks (which refuse lengths past the end of a file);
+    `addr` with MAP_FIXED in `flags` places it (over part of a mapping made earlier)."""
+    addr = _libc.mmap(addr, length, prot, flags, fd, offset)
     if addr is None or addr == MAP_FAILED:
         err = ctypes.get_errno()
         raise OSError(err, f"mmap: {os.strerror(err)}")
@@ -193,6 +208,113 @@ def secretmem_stats() -> dict[str, int]:
         except (OSError, ValueError, IndexError):
             continue
     return out
+
+
+def own_pages(skip: tuple[int, int] | None = None) -> int:
+    """Make every private writable page of this process its own now: write each one
+    back to itself, so that copy-on-write (after a fork: the harness and its children
+    share everything) and first-touch allocations happen while memory is plentiful.
+    Later writes then need no new page: a task that must not allocate once a scenario
+    has taken the memory away (a waiting victim, the harness between the depletion and
+    the victim's fault) calls this before. `skip`: an (address, length) range to leave
+    alone (a reserved area whose pages must not exist: unmapping them later would hand
+    memory back). Returns the pages touched."""
+    touched = 0
+    with open("/proc/self/maps") as f:
+        maps = f.read().splitlines()
+    for line in maps:
+        fields = line.split()
+        if len(fields) < 2 or fields[1] != "rw-p":  # never a shared (secret) mapping
+            continue
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        for addr in range(lo, hi, PAGE):
+            if skip is not None and skip[0] <= addr < skip[0] + skip[1]:
+                continue
+            ctypes.memmove(addr, addr, 1)
+            touched += 1
+    return touched
+
+
+def parse_zoneinfo(text: str) -> list[dict[str, Any]]:
+    """/proc/zoneinfo -> one dict per zone, in the kernel's zone order:
+    {name, free, min, low, free_cma, protection: [pages per zone index]}.
+    A zone without its `pages free`/`min` lines (never in 6.1) is left out."""
+    zones: list[dict[str, Any]] = []
+    zone: dict[str, Any] | None = None
+    for line in text.splitlines():
+        words = line.replace(",", " ").replace("(", " ").replace(")", " ").split()
+        if len(words) >= 4 and words[0] == "Node" and words[2] == "zone":
+            zone = {"name": words[3], "protection": []}
+            zones.append(zone)
+        elif zone is None or len(words) < 2:
+            continue
+        elif words[:2] == ["pages", "free"] and words[2:3] and words[2].isdigit():
+            zone["free"] = int(words[2])
+        elif words[0] in ("min", "low", "high") and words[1].isdigit():
+            zone[words[0]] = int(words[1])
+        elif words[0] == "nr_free_cma" and words[1].isdigit():
+            zone["free_cma"] = int(words[1])
+        elif words[0] == "protection:":
+            zone["protection"] = [int(w) for w in words[1:] if w.isdigit()]
+    return [z for z in zones if "free" in z and "min" in z]
+
+
+def parse_buddyinfo(text: str) -> dict[str, list[int]]:
+    """/proc/buddyinfo -> {zone name: free blocks per order}."""
+    out: dict[str, list[int]] = {}
+    for line in text.splitlines():
+        words = line.replace(",", " ").split()
+        if len(words) >= 5 and words[0] == "Node" and words[2] == "zone":
+            out[words[3]] = [int(w) for w in words[4:] if w.isdigit()]
+    return out
+
+
+def user_zone_headroom(zones: list[dict[str, Any]]) -> dict[str, int]:
+    """Per zone, the pages a user page allocation (GFP_HIGHUSER: its class is ZONE_NORMAL,
+    so a lower zone keeps its lowmem reserve for that index) can take before the zone's
+    min watermark, as __zone_watermark_ok() counts them (CMA pages are not for it).
+    At 0 in every zone, an order-0 allocation reclaims and then runs the OOM killer."""
+    names = [z["name"] for z in zones]
+    cls = names.index("Normal") if "Normal" in names else len(names) - 1
+    out = {}
+    for z in zones:
+        prot = z["protection"]
+        reserve = prot[cls] if cls < len(prot) else 0
+        out[z["name"]] = z["free"] - z.get("free_cma", 0) - z["min"] - reserve
+    return out
+
+
+def memory_headroom() -> dict[str, Any]:
+    """The page allocator's view, read now: {headroom: pages a user allocation can still
+    take without reclaim/OOM (summed over zones), pmd_refill: whether an order-9 chunk
+    could still be had (a zone with a free order>=9 block and the watermark room for
+    it), zones: per-zone numbers}. Missing files give {} (the caller's precondition)."""
+    try:
+        with open("/proc/zoneinfo") as f:
+            zones = parse_zoneinfo(f.read())
+        with open("/proc/buddyinfo") as f:
+            buddy = parse_buddyinfo(f.read())
+    except OSError:
+        return {}
+    if not zones:
+        return {}
+    room = user_zone_headroom(zones)
+    blocks = {name: sum(counts[PMD_ORDER:]) for name, counts in buddy.items()}
+    pmd = any(blocks.get(n, 0) > 0 and r > (1 << PMD_ORDER) - 1 for n, r in room.items())
+    return {
+        "headroom": sum(max(0, r) for r in room.values()),
+        "pmd_refill": pmd,
+        "zones": {
+            z["name"]: {
+                "free": z["free"],
+                "min": z["min"],
+                "headroom": room[z["name"]],
+                "pmd_blocks": blocks.get(z["name"], 0),
+            }
+            for z in zones
+            if z["name"] in buddy
+        },
+    }
 
 
 def banner() -> dict[str, str]:
@@ -476,15 +598,15 @@ class Context:
         """Start func(*args) in a forked child (own process group); see Handle.
 
         role: one of ROLES (required: every task says what it is to the scenario).
-        oom_score_adj: the task's own value; it must not keep the harness's -1000, or
-        the OOM killer could not pick it.
+        oom_score_adj: the task's own value; it must not keep the harness's value, or
+        the OOM killer would pick the harness as soon as it.
         """
         check_role(role)
         rfd, wfd = os.pipe()
         # The child must be killable from its first instruction: right after the fork
         # it touches memory (copy-on-write) before it could set its own value, and a
-        # child still at the harness's -1000 can leave the OOM killer nothing to kill
-        # ("Out of memory and no killable processes", a panic: x86_64/P1/depletion).
+        # child still at the harness's value (it was -1000) can leave the OOM killer
+        # nothing to kill ("no killable processes", a panic: x86_64/P1/depletion).
         # So the harness holds the child's value across the fork, then takes its own
         # back (CAP_SYS_RESOURCE, which the guest's root has, allows lowering it).
         harness_adj = get_oom_score_adj()

@@ -29,6 +29,7 @@ from lab.report.junit import render_junit
 from lab.report.markdown import render_markdown
 from lab.report.merge import merge
 from lab.report.model import Evidence, Run, RunCell, Slot, load
+from lab.report.observed import render_observed
 from lab.report.render import render, text_summary
 
 __all__ = [
@@ -50,5 +51,6 @@ __all__ = [
     "render_html",
     "render_junit",
     "render_markdown",
+    "render_observed",
     "text_summary",
 ]

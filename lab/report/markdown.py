@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lab.outcome import Outcome
@@ -85,8 +85,19 @@ def _md_table(
     return out
 
 
-def render_markdown(run: Run) -> str:
-    """A summary for a mailing-list reply: readable as plain text, grids indented."""
+# cell id, observed -> (reason, link) of the known issue (lab.toml) that covers it
+Known = Callable[[str, str | None], tuple[str, str] | None]
+
+
+def known_note(known: Known | None, cell_id: str, observed: str | None) -> str:
+    """ " [known issue: reason (link)]" for an unexpected cell lab.toml lists, else ""."""
+    hit = known(cell_id, observed) if known is not None else None
+    return f" [known issue: {_line(hit[0], 200)} ({_line(hit[1], 200)})]" if hit else ""
+
+
+def render_markdown(run: Run, known: Known | None = None) -> str:
+    """A summary for a mailing-list reply: readable as plain text, grids indented.
+    `known`: see Known; a known issue is still listed as unexpected, with its reason."""
     c = run.counts()
     m = run.meta
     cfg = _dict(m.get("config"))
@@ -147,9 +158,11 @@ def render_markdown(run: Run) -> str:
 
     bad = [s for s in run.slots if s.verdict == "unexpected"]
     if bad:
-        lines += ["", f"## Unexpected ({len(bad)})"]
-        for s in bad:
-            first = next(r for r in s.runs if r.verdict == "unexpected")
+        firsts = [next(r for r in s.runs if r.verdict == "unexpected") for s in bad]
+        n_known = sum(bool(known_note(known, r.run_cell_id, r.observed)) for r in firsts)
+        of_them = f"; {n_known} of them known issues (lab.toml)" if n_known else ""
+        lines += ["", f"## Unexpected ({len(bad)}{of_them})"]
+        for s, first in zip(bad, firsts, strict=True):
             exp = "|".join(first.expected) or "none declared"
             lines += [
                 "",
@@ -158,6 +171,9 @@ def render_markdown(run: Run) -> str:
             ]
             if first.title:
                 lines += _md_kv("title", first.title)
+            hit = known(first.run_cell_id, first.observed) if known is not None else None
+            if hit is not None:
+                lines += _md_kv("known", f"{hit[0]} ({hit[1]})")
             lines += _md_kv("detail", first.detail)
             if len(s.runs) > 1:
                 n = sum(r.verdict == "unexpected" for r in s.runs)

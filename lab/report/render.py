@@ -9,17 +9,18 @@ from lab import cache
 from lab.report.clean import LIST_LIMIT, REPORTS, _line
 from lab.report.html import render_html
 from lab.report.junit import render_junit
-from lab.report.markdown import render_markdown
+from lab.report.markdown import Known, known_note, render_markdown
 from lab.report.model import load
 
 # --- entry points -----------------------------------------------------------------------------
 
 
-def render(run_dir: Path) -> None:
-    """Write report.html, summary.md and junit.xml into run_dir (each atomically)."""
+def render(run_dir: Path, known: Known | None = None) -> None:
+    """Write report.html, summary.md and junit.xml into run_dir (each atomically).
+    `known`: cell id, observed -> (reason, link) of a known issue (lab.toml), or None."""
     run = load(run_dir)
     cache.write_atomic(run_dir / "report.html", render_html(run))
-    cache.write_atomic(run_dir / "summary.md", render_markdown(run))
+    cache.write_atomic(run_dir / "summary.md", render_markdown(run, known))
     cache.write_atomic(run_dir / "junit.xml", render_junit(run))
 
 
@@ -30,7 +31,7 @@ def _listing(title: str, items: Sequence[str]) -> list[str]:
     return out
 
 
-def text_summary(run_dir: Path) -> str:
+def text_summary(run_dir: Path, known: Known | None = None) -> str:
     """A few lines for the terminal: counts, the cells to look at, the report paths."""
     run = load(run_dir)
     c = run.counts()
@@ -41,6 +42,7 @@ def text_summary(run_dir: Path) -> str:
     unexpected = [
         f"{r.run_cell_id}: {r.observed} (expected "
         f"{'|'.join(r.expected) or 'none declared'}): {_line(r.detail, 200)}"
+        + known_note(known, r.run_cell_id, r.observed)
         for r in run.cells
         if r.verdict == "unexpected"
     ]
