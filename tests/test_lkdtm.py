@@ -54,6 +54,8 @@ def test_the_real_tier_builds_one_lkdtm_kernel_plain_on_x86_64() -> None:
         if "pytest.mark.real" not in text:
             continue
         named |= set(re.findall(r"lkdtm-[a-z*]+", text))
+        # `lab build --all` would build all eight LKDTM kernels
+        assert not re.search(r'_build\("--all"|"build", "--all"', text), path.name
         if "lkdtm-" in text:
             assert '"x86_64"' in text and '"arm64"' not in text, path.name
     assert named == {"lkdtm-plain"}, named
