@@ -10,6 +10,7 @@ TESTCASE = {
     "purpose": "create, ftruncate, mmap, write and read back; the documented EINVAL/EPERM "
     "cases; SIGBUS past the end of the file",
     "arches": ["*"],
+    "families": ["secretmem"],  # the secretmem series: meaningless on other families
     "timeout": 60,
     "expect": ["* -> pass"],
 }

@@ -11,6 +11,7 @@ TESTCASE = {
     "purpose": "8 threads fault distinct pages of one file while 4 processes fault their own "
     "files; every page holds what its writer wrote; no kernel warning",
     "arches": ["*"],
+    "families": ["secretmem"],  # the secretmem series: meaningless on other families
     "timeout": 180,
     "expect": ["* -> pass"],
 }

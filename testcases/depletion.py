@@ -17,6 +17,7 @@ TESTCASE = {
     "purpose": "uid 1000 maps one-page secret files until the pool, CMA area or its limit is "
     "exhausted; then uid 1001 faults one secret page: what does it get?",
     "arches": ["*"],
+    "families": ["secretmem"],  # the secretmem series: meaningless on other families
     "timeout": 300,
     "memory_mib": 256,
     "expect": [

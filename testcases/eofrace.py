@@ -24,6 +24,7 @@ TESTCASE = {
     "purpose": "repeatedly, two threads fault the last page of a fresh 512-page secret file "
     "at once; every read lands, no kernel warning, no spurious VM_FAULT_OOM or SIGBUS",
     "arches": ["*"],
+    "families": ["secretmem"],  # the secretmem series: meaningless on other families
     "timeout": 150,
     "expect": ["* -> pass"],
 }

@@ -12,6 +12,7 @@ TESTCASE = {
     "secret pages, and after the process exits; pool variants must not split 2M "
     "mappings for pool pages",
     "arches": ["x86_64"],
+    "families": ["secretmem"],  # the secretmem series: meaningless on other families
     "timeout": 120,
     "expect": ["* -> pass"],
 }

@@ -12,6 +12,7 @@ TESTCASE = {
     "/proc/PID/mem, process_vm_readv or PTRACE_PEEKDATA; an O_DIRECT read into "
     "the buffer fails; the same reads of a memfd_create page succeed (control)",
     "arches": ["*"],
+    "families": ["secretmem"],  # the secretmem series: meaningless on other families
     "timeout": 90,
     "expect": ["* -> pass"],
 }

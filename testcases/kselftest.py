@@ -9,6 +9,7 @@ TESTCASE = {
     "purpose": "the 6.1 tree's memfd_secret selftest (file APIs, process_vm_readv, ptrace), "
     "cross-compiled static for the guest arch by the lab",
     "arches": ["*"],
+    "families": ["secretmem"],  # the secretmem series: meaningless on other families
     "timeout": 60,
     "needs": ["kselftest:vm/memfd_secret"],
     "expect": ["* -> pass"],

@@ -16,6 +16,7 @@ TESTCASE = {
     "name": "memcg",
     "purpose": "fault secret pages in a memory cgroup at its limit with nothing killable",
     "arches": ["*"],
+    "families": ["secretmem"],  # the secretmem series: meaningless on other families
     "timeout": 120,
     "expect": [
         # era 5.11 (issue 10; docs/variants.md 7, written before any 5.11 run): the memcg

@@ -20,6 +20,7 @@ TESTCASE = {
     "v16's scheme), or ftruncate refuses the size when the variant reserves at size-set; "
     "root (CAP_IPC_LOCK) is exempt only under v16's scheme; mlock() of the region fails",
     "arches": ["*"],
+    "families": ["secretmem"],  # the secretmem series: meaningless on other families
     "timeout": 90,
     "expect": [
         # v16's scheme (issue 11, F4; written before the run): mmap of the second

@@ -13,6 +13,7 @@ TESTCASE = {
     "purpose": "a hog (uid 1000, oom_score_adj 500) takes RAM down to a few MiB; then uid "
     "1001 faults 8 MiB of secret pages; who pays?",
     "arches": ["*"],
+    "families": ["secretmem"],  # the secretmem series: meaningless on other families
     "timeout": 240,
     "memory_mib": 256,
     "expect": [

@@ -125,14 +125,17 @@ def test_config_show_renders_fragment_and_diff() -> None:
     assert "CONFIG_EMBEDDED: y -> n" in p.stdout
 
 
-def test_every_variant_builds_on_both_arches() -> None:
+def test_every_secretmem_variant_builds_on_both_arches() -> None:
+    # the secretmem family only: the real tier builds one LKDTM kernel, the plain one on
+    # x86_64 (tests/test_lkdtm_real.py); the lkdtm debug configs are nightly's (issue 13)
     t0 = time.monotonic()
-    entries, _, _ = _build("--all")
-    names = {(e["arch"], e["variant"]) for e in entries}
     cfg = load(REPO / "lab.toml")
-    assert names == {(a, v.name) for a in cfg.arches for v in cfg.variants}
+    secretmem = [v.name for v in cfg.variants if v.family == "secretmem"]
+    entries, _, _ = _build(*(a for name in secretmem for a in ("--variant", name)))
+    names = {(e["arch"], e["variant"]) for e in entries}
+    assert names == {(a, n) for a in cfg.arches for n in secretmem}
     assert len(names) == 32  # 8 variants x 2 eras x 2 arches
-    print(f"\nlab build --all: {time.monotonic() - t0:.0f}s")
+    print(f"\nlab build (every secretmem variant): {time.monotonic() - t0:.0f}s")
     for e in entries:
         m = _meta(e)
         print(

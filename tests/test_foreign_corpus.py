@@ -1,4 +1,5 @@
-"""The classifier on the foreign-log corpus (tests/data/foreign): each hand label holds.
+"""The classifier on the foreign-log corpus (tests/data/foreign, and the lab's own LKDTM
+consoles in tests/data/lkdtm, classified the same way): each hand label holds.
 
 Every entry is classified as `lab classify` would (no facts: a foreign log) and compared
 with its hand label: the class always, the title where the excerpt carries what the title
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from test_foreign_corpus_format import ENTRIES, Entry
+from test_foreign_corpus_format import CORPUS, Entry
 
 from lab.classify import Classification, classify
 
@@ -65,16 +66,16 @@ def _classify(entry: Entry) -> Classification:
     return classify(entry.body)
 
 
-RESULTS = {e.name: _classify(e) for e in ENTRIES}
+RESULTS = {e.name: _classify(e) for e in CORPUS}
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
+@pytest.mark.parametrize("entry", CORPUS, ids=[e.name for e in CORPUS])
 def test_class_matches_the_hand_label(entry: Entry) -> None:
     c = RESULTS[entry.name]
     assert c.outcome == entry.one("OUTCOME"), f"{c.detail} (rule {c.rule})"
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
+@pytest.mark.parametrize("entry", CORPUS, ids=[e.name for e in CORPUS])
 def test_title_matches_the_hand_label(entry: Entry) -> None:
     got, want = RESULTS[entry.name].title, entry.one("TITLE")
     if entry.name in TITLE_DIFFERS:
@@ -90,7 +91,7 @@ def test_family_of_the_deciding_report() -> None:
     from lab.classify.signatures import BY_NAME
 
     wrong = []
-    for e in ENTRIES:
+    for e in CORPUS:
         c = RESULTS[e.name]
         name = c.fields.get("cause_signature") or c.fields.get("signature")
         if name is None:
@@ -108,7 +109,7 @@ def table() -> str:
     rows: Counter[tuple[str, str]] = Counter()
     right: Counter[tuple[str, str]] = Counter()
     titled: Counter[tuple[str, str]] = Counter()
-    for e in ENTRIES:
+    for e in CORPUS:
         key = (e.one("FAMILY"), e.one("OUTCOME"))
         rows[key] += 1
         right[key] += RESULTS[e.name].outcome == e.one("OUTCOME")
@@ -116,7 +117,7 @@ def table() -> str:
     out = [f"{'family':<18} {'class':<13} {'logs':>4} {'class ok':>8} {'title ok':>8}"]
     for key in sorted(rows):
         out.append(f"{key[0]:<18} {key[1]:<13} {rows[key]:>4} {right[key]:>8} {titled[key]:>8}")
-    n = len(ENTRIES)
+    n = len(CORPUS)
     out.append(f"{'total':<18} {'':<13} {n:>4} {sum(right.values()):>8} {sum(titled.values()):>8}")
     return "\n".join(out)
 
@@ -125,8 +126,8 @@ def test_results_table(capsys: pytest.CaptureFixture[str]) -> None:
     text = table()
     with capsys.disabled():
         print("\n" + text)
-    assert text.splitlines()[-1].split()[1:] == [str(len(ENTRIES))] * 2 + [
-        str(len(ENTRIES) - len(TITLE_DIFFERS))
+    assert text.splitlines()[-1].split()[1:] == [str(len(CORPUS))] * 2 + [
+        str(len(CORPUS) - len(TITLE_DIFFERS))
     ]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -155,7 +154,11 @@ def test_a_second_resume_fails_with_one_line_and_touches_nothing(
 def _lab_with_a_run(mini_lab: Path) -> Path:
     """mini_lab with the api test case and a finished run of it (every cell done)."""
     (mini_lab / "testcases").mkdir()
-    shutil.copy(REPO / "testcases" / "api.py", mini_lab / "testcases")
+    # api is scoped to the secretmem family; the mini lab's one family is "demo"
+    api = (REPO / "testcases" / "api.py").read_text()
+    scoped = '"families": ["secretmem"]'
+    assert scoped in api
+    (mini_lab / "testcases" / "api.py").write_text(api.replace(scoped, '"families": ["*"]'))
     cfg = config.load(mini_lab / "lab.toml")
     tcs = [testcase.load(mini_lab / "testcases" / "api.py", classify.CLASSES)]
     cells = matrix.plan(cfg, tcs, matrix.MatrixSpec(), [], [], ["api"])

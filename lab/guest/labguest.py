@@ -760,3 +760,103 @@ class Handle:
                 "expected_signal": self.expect_signal,
             }
         )
+
+
+# --- LKDTM: provoke a crash type (the lkdtm variant family, issue 13) ---------------------
+
+LKDTM_DIRECT = "/sys/kernel/debug/provoke-crash/DIRECT"
+MAX_LKDTM_LIST = 1 << 16  # the list of crash types is ~2 KiB
+
+
+def lkdtm_types() -> list[str]:
+    """The crash types this kernel's LKDTM offers: reading any of its debugfs files
+    prints "Available crash types:" and one name a line (drivers/misc/lkdtm/core.c)."""
+    try:
+        with open(LKDTM_DIRECT) as f:
+            text = f.read(MAX_LKDTM_LIST)
+    except OSError:
+        return []
+    return [w.strip() for w in text.splitlines()[1:] if w.strip()]
+
+
+def _lkdtm_write(crashtype: str, cpu: int) -> str:
+    # One CPU, the last: a crash type that never returns (a soft lockup) then holds a
+    # CPU that is not the reboot CPU (0), so the orderly power-off can still migrate there.
+    os.sched_setaffinity(0, {cpu})
+    kmsg(f"lkdtm provoke {crashtype}")
+    fd = os.open(LKDTM_DIRECT, os.O_WRONLY)
+    try:
+        written = os.write(fd, crashtype.encode())
+    finally:
+        os.close(fd)
+    return f"write returned {written}"
+
+
+def _task_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
+def lkdtm_provoke(
+    t: Context,
+    crashtype: str,
+    *,
+    timeout: float = 30.0,
+    settle: float = 0.0,
+    expect_signal: str | None = None,
+) -> None:
+    """Write `crashtype` to LKDTM's DIRECT file from a probe task and record its fate.
+
+    The kernel's report on the console decides the cell's class; the probe's fate
+    (returned, died of SIGSEGV after an oops, stuck) is context. `settle` > 0: the
+    crash type never returns (SOFTLOCKUP spins with preemption off, HUNG_TASK sleeps
+    uninterruptibly), so SIGKILL can neither end nor reap the probe; the harness waits
+    `settle` seconds for the detectors instead and leaves it. Meanwhile it forks and
+    reaps a short-lived child each second: a task's exit queues an RCU callback, so a
+    grace period is pending and RCU's stall detector has one to time, as on any busy
+    system.
+    """
+    t.require(
+        os.path.exists(LKDTM_DIRECT),
+        "lkdtm_available",
+        f"{LKDTM_DIRECT} exists (CONFIG_LKDTM, debugfs mounted)",
+    )
+    offered = lkdtm_types()
+    t.require(
+        crashtype in offered,
+        "lkdtm_crashtype",
+        f"this kernel's LKDTM offers {crashtype}",
+        offered=len(offered),
+    )
+    cpu = max(os.sched_getaffinity(0))
+    probe = t.spawn(
+        f"lkdtm-{crashtype.lower()}",
+        _lkdtm_write,
+        crashtype,
+        cpu,
+        role="probe",
+        expect_signal=expect_signal,
+    )
+    if settle <= 0:
+        res = probe.wait(timeout)
+        t.event(
+            f"{crashtype}: probe {res.status}",
+            status=res.status,
+            signal=res.signal,
+            exit_code=res.exit_code,
+            value=res.value,
+            error=res.error,
+        )
+        return
+    deadline = time.monotonic() + settle
+    while time.monotonic() < deadline and not probe.poll():
+        child = os.fork()
+        if child == 0:
+            os._exit(0)
+        os.waitpid(child, 0)
+        time.sleep(1.0)
+    state = "returned" if probe.result is not None else _task_state(probe.pid)
+    t.event(f"{crashtype}: probe after {settle:g} s: {state}", state=state, cpu=cpu)
