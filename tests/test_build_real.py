@@ -59,9 +59,10 @@ def test_build_then_cache_hit(arch: str) -> None:
 
 @pytest.mark.parametrize("arch", ["x86_64", "arm64"])
 def test_second_variant_rebuilds_only_what_its_symbols_touch(arch: str) -> None:
-    _build("--arch", arch, "--variant", "U0")
-    # --force: a cached U1 keeps the build.log of whatever variant its tree held before it
-    # was built (e.g. a 5.11-era one, whose switch recompiles oom_kill.c and memcontrol.c).
+    # --force both: a cache hit leaves the shared tree as it was, and a cached U1 keeps the
+    # build.log of whatever variant its tree held before it was built (e.g. a 5.11-era
+    # one, whose switch recompiles oom_kill.c and memcontrol.c): the tree must hold U0.
+    _build("--arch", arch, "--variant", "U0", "--force")
     (u1,), _, wall = _build("--arch", arch, "--variant", "U1", "--force")
     u0_meta = _meta(_build("--arch", arch, "--variant", "U0")[0][0])
     u1_meta = _meta(u1)
