@@ -108,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_hosts(mx, default="none: local slots only")
     mx.add_argument("--json", action="store_true", help="with --list: one JSON document")
+    mx.add_argument("--kernel", default="", metavar="PATH", help=KERNEL_HELP + " (one arch)")
     mx.set_defaults(func=cmd_matrix)
 
     hs = sub.add_parser("hosts", help="SSH lab hosts ([[hosts]] in lab.toml)")

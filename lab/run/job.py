@@ -162,6 +162,9 @@ def prepare_cell(
         },
         "image": {"key": base.key, "path": str(base.path)},
     }
+    prebuilt = kernel.meta.get("prebuilt")
+    if isinstance(prebuilt, dict):  # run again with the same kernel, not a built one
+        record["reproducer"] = reproducer(cfg, cell, str(prebuilt["path"]))
     job = CellJob(
         record=record,
         arch=cell.arch,
