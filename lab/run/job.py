@@ -191,6 +191,8 @@ def identity(cfg: LabConfig, cell: Cell, run_cell_id: str = "", repeat: int = 1)
         "variant": cell.variant.name,
         "testcase": cell.testcase.name,
         "params": dict(cell.variant.params),
+        # Params whose values are series versions: the report compares them side by side.
+        **({"series_axes": list(cell.variant.series_axes)} if cell.variant.series_axes else {}),
         "expected": list(rule.outcomes) if rule else [],
         "expected_rule": rule.text if rule else None,
         "reproducer": reproducer(cfg, cell),
