@@ -199,6 +199,16 @@ def test_lab_matrix_kernel_needs_one_arch(tmp_path: Path) -> None:
         tmp_path, "matrix", "-t", "api", "-a", "arm64", "--kernel", str(tmp_path / "k/bzImage")
     )
     assert wrong.returncode == 2 and "but the cell's arch arm64" in wrong.stderr
+    (tmp_path / "k" / ".config").write_text(good_config("x86_64").replace("CONFIG_TMPFS=y", ""))
+    lacking = _lab(tmp_path, "matrix", "-t", "api", "-a", "x86_64", "--kernel", str(tmp_path / "k"))
+    assert (
+        lacking.returncode == 2 and "lacks what the guest needs: CONFIG_TMPFS=y" in lacking.stderr
+    )
+    (tmp_path / "k" / ".config").write_text(good_config("x86_64"))
+    listed = _lab(
+        tmp_path, "matrix", "-t", "api", "-a", "x86_64", "--kernel", str(tmp_path / "k"), "--list"
+    )
+    assert listed.returncode == 0 and listed.stdout.split()[0] == "x86_64/U0/api"
     assert not (tmp_path / "results").exists()
 
 
