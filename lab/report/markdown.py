@@ -169,7 +169,12 @@ def render_markdown(run: Run, known: Known | None = None) -> str:
     for axis in versions.series_axes(run):
         values, vrows = versions.table(run, axis)
         if vrows:  # versions of a series side by side: same arch, variant rest, test case
-            head = ["arch", f"variant without {_md(axis, 60)}", "testcase", *map(_md, values)]
+            head = [
+                "arch",
+                f"variant without {_md(axis, 60)}",
+                "testcase",
+                *(_md(v, 40) for v in values),
+            ]
             body = [
                 [
                     _md(a),
