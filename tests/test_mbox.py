@@ -575,3 +575,38 @@ def test_mbox_patch_paths_are_confined(
         patches.apply(src, patches.load_series(pdir, ("evil",)), tmp_path / "c", lambda _m: None)
     assert victim.read_text() == "line one\nline two\nline three\n"
     assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+
+
+def test_run_json_kernel_record_carries_series_sources(
+    series_setup: tuple[Path, Path, str, bytes], tmp_path: Path
+) -> None:
+    """run.json's per-kernel record (orchestrate.kernel_provenance) copies the build meta's
+    series_sources next to series: base-commit and the cover's message id survive into
+    the run, with each patch's message id in series."""
+    from lab.build import Kernel
+    from lab.run import orchestrate
+
+    _repo, pdir, base, data = series_setup
+    (pdir / "s.mbox").write_bytes(data)
+    series = patches.load_series(pdir, ("s",))
+    # The two fields as build.build writes them into the kernel's meta.json.
+    meta: dict[str, object] = {"series": series.describe(), "series_sources": series.identity()}
+    k = Kernel(
+        key="k1",
+        dir=tmp_path,
+        arch="x86_64",
+        variant="U0",
+        image=tmp_path / "bzImage",
+        vmlinux=tmp_path / "vmlinux",
+        config=tmp_path / ".config",
+        system_map=tmp_path / "System.map",
+        log=tmp_path / "build.log",
+        meta=meta,
+        cached=True,
+    )
+    rec = orchestrate.kernel_provenance(k)
+    (src,) = rec["series_sources"]  # type: ignore[misc]
+    assert src["base_commit"] == base and src["kind"] == "mbox" and src["version"] == 3
+    assert src["cover_message_id"] == series.sources[0].cover_message_id
+    ids = [p["message_id"] for p in rec["series"]]  # type: ignore[attr-defined]
+    assert ids == [p.mail.message_id for p in series.patches if p.mail] and all(ids)

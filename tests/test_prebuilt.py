@@ -172,3 +172,83 @@ def test_lab_run_kernel_with_wrong_arch_fails_before_any_boot(tmp_path: Path) ->
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "but the cell's arch arm64" in out.stderr
     assert not (tmp_path / "results").exists()
+
+
+def _lab(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`lab` on a copy of the repo's lab.toml whose results go under tmp_path."""
+    if not (tmp_path / "lab.toml").exists():
+        shutil.copy(REPO / "lab.toml", tmp_path / "lab.toml")
+        os.symlink(REPO / "testcases", tmp_path / "testcases")
+        os.symlink(REPO / "kernels", tmp_path / "kernels")
+    return subprocess.run(
+        [sys.executable, "-m", "lab", "-c", str(tmp_path / "lab.toml"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_lab_matrix_kernel_needs_one_arch(tmp_path: Path) -> None:
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "bzImage").write_bytes(bzimage())
+    out = _lab(tmp_path, "matrix", "-t", "api", "-V", "U0", "--kernel", str(tmp_path / "k"))
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert "one kernel image boots on one arch" in out.stderr and "add --arch" in out.stderr
+    wrong = _lab(
+        tmp_path, "matrix", "-t", "api", "-a", "arm64", "--kernel", str(tmp_path / "k/bzImage")
+    )
+    assert wrong.returncode == 2 and "but the cell's arch arm64" in wrong.stderr
+    (tmp_path / "k" / ".config").write_text(good_config("x86_64").replace("CONFIG_TMPFS=y", ""))
+    lacking = _lab(tmp_path, "matrix", "-t", "api", "-a", "x86_64", "--kernel", str(tmp_path / "k"))
+    assert (
+        lacking.returncode == 2 and "lacks what the guest needs: CONFIG_TMPFS=y" in lacking.stderr
+    )
+    (tmp_path / "k" / ".config").write_text(good_config("x86_64"))
+    listed = _lab(
+        tmp_path, "matrix", "-t", "api", "-a", "x86_64", "--kernel", str(tmp_path / "k"), "--list"
+    )
+    assert listed.returncode == 0 and listed.stdout.split()[0] == "x86_64/U0/api"
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(("image_name", "arch"), [("bzImage", X86), ("Image.gz", ARM)])
+def test_lab_matrix_kernel_plans_and_prepares_with_a_cached_kernel(
+    tmp_path: Path, image_name: str, arch: config.ArchSpec
+) -> None:
+    """A real kernel from the shared cache: `--list` accepts it for its arch, and the
+    prepared cell job records it (kernel.prebuilt) with a reproducer that boots it again."""
+    from test_golden import _base
+
+    from lab.progress import Reporter
+    from lab.run import orchestrate
+
+    found = _cached(image_name)
+    if not found:
+        pytest.skip(f"no cached {image_name} under the lab cache")
+    listed = _lab(
+        tmp_path,
+        *("matrix", "-t", "api", "-V", "U0", "-V", "U1", "-a", arch.name),
+        *("--kernel", str(found[0]), "--list"),
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == [
+        f"{arch.name}/U0/api",
+        f"{arch.name}/U1/api",
+    ]
+    with Reporter() as reporter:
+        kernels, failed = orchestrate.build_kernels(
+            CFG, [(arch.name, "U0"), (arch.name, "U1")], reporter, prebuilt_path=str(found[0])
+        )
+    assert failed == {} and sorted(kernels) == [f"{arch.name}/U0", f"{arch.name}/U1"]
+    k = kernels[f"{arch.name}/U1"]
+    prov = orchestrate.kernel_provenance(k)
+    assert prov["prebuilt"] == k.meta["prebuilt"] and prov["image_sha256"]
+    tc = testcase.find(CFG.testcases_dir, "api", CLASSES)
+    job, _files = prepare_cell(
+        CFG, cell.Cell(arch, CFG.variant("U1"), tc), Inputs(k, _base(CFG, arch.name))
+    )
+    rec = job.record["kernel"]
+    assert rec["prebuilt"]["path"] == str(found[0].resolve())
+    assert str(rec["prebuilt"]["release"]).startswith("6.1.")
+    assert job.record["reproducer"].endswith(f"--variant U1 --kernel {found[0].resolve()}")

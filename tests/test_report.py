@@ -15,6 +15,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from lab import report
 from lab.classify import CLASSES
 from lab.errors import LabError
 from lab.report import markdown as report_md
+
+REPO = Path(__file__).resolve().parent.parent
 
 EVIL = "<script>alert('x')</script> & \x1b[31mred\x1b[0m \x00nul </pre>"
 
@@ -822,3 +825,86 @@ def test_report_and_summary_show_the_title(run_dir: Path) -> None:
     assert "title:" not in md.split("### x86_64/C0/depletion")[1].split("###")[0]
     html = (run_dir / "report.html").read_text()
     assert html.count("WARNING in secretmem_fault") == 1
+
+
+# --- series versions side by side (lab/report/versions.py) -------------------------------
+
+
+def _version_run(tmp_path: Path) -> Path:
+    """Two versions of a series (axis `version`) crossed with a second axis `pool`, as a
+    family with `series = ["secretmem-{{ version }}"]` makes them; cell.json records
+    the series axis as lab.run.job.identity does."""
+    run = make_run(
+        tmp_path,
+        "20261130-070000-matrix-vers",
+        [
+            Spec("x86_64/S15-none/api", "pass"),
+            Spec("x86_64/S16-none/api", "pass"),
+            Spec("x86_64/S15-cma/api", "pass"),
+            Spec("x86_64/S16-cma/api", "sigbus"),
+            Spec("x86_64/S15-cma/depletion", "oom_kill", expected=("oom_kill",)),
+            Spec("x86_64/S16-cma/depletion", "oom_kill", expected=("oom_kill",)),
+            Spec("arm64/S16-none/api", "pass"),  # only one version on arm64: no row
+        ],
+    )
+    for d in (run / "cells").iterdir():
+        rec = json.loads((d / "cell.json").read_text())
+        version, pool = rec["variant"][1:].split("-")
+        rec["params"] = {"version": f"v{version}", "pool": pool}
+        rec["series_axes"] = ["version"]
+        (d / "cell.json").write_text(json.dumps(rec))
+    return run
+
+
+def test_summary_has_a_per_version_table(tmp_path: Path) -> None:
+    run = _version_run(tmp_path)
+    report.render(run)
+    md = (run / "summary.md").read_text()
+    block = _block(md, "## By version (series versions)")
+    assert block[0].split() == ["arch", "variant", "without", "version", "testcase", "v15", "v16"]
+    rows = [line.split() for line in block[1:] if line.strip()]
+    assert rows == [
+        ["x86_64", "pool=none", "api", "pass", "pass"],
+        ["x86_64", "pool=cma", "api", "pass", "sigbus*"],
+        ["x86_64", "pool=cma", "depletion", "oom", "oom"],
+    ]
+
+
+def test_summary_without_series_axes_has_no_version_table(run_dir: Path) -> None:
+    report.render(run_dir)
+    assert "series versions" not in (run_dir / "summary.md").read_text()
+
+
+def test_compare_by_version_within_one_run(tmp_path: Path) -> None:
+    from lab.report import model, versions
+
+    run = model.load(_version_run(tmp_path))
+    changes = versions.compare_by(run, "version", "v15", "v16")
+    assert [(c.kind, c.id, c.a_observed, c.b_observed) for c in changes] == [
+        ("regression", "x86_64/S15-cma..S16-cma/api", "pass", "sigbus"),
+        ("only_b", "arm64/-..S16-none/api", None, "pass"),
+    ]
+    back = versions.compare_by(run, "version", "v16", "v15")
+    assert [c.kind for c in back] == ["fix", "only_a"]
+    # Any param axis works: pool=none against pool=cma, matched by version.
+    by_pool = versions.compare_by(run, "pool", "none", "cma")
+    assert ("regression", "x86_64/S16-none..S16-cma/api") in [(c.kind, c.id) for c in by_pool]
+    with pytest.raises(LabError, match=r"no cell of .* has version=v17 \(values: v15, v16\)"):
+        versions.compare_by(run, "version", "v15", "v17")
+    with pytest.raises(LabError, match=r"no cell of .* has a param 'toolchain'"):
+        versions.compare_by(run, "toolchain", "gcc", "clang")
+
+
+def test_lab_compare_by_cli(tmp_path: Path) -> None:
+    run = _version_run(tmp_path)
+    toml = tmp_path / "lab.toml"
+    toml.write_text((REPO / "lab.toml").read_text())
+    base = [sys.executable, "-m", "lab", "-c", str(toml), "compare", str(run)]
+    out = subprocess.run([*base, "--by", "version", "v15", "v16"], capture_output=True, text=True)
+    assert out.returncode == 1, out.stderr  # a regression, as for two runs
+    assert f"A = {run.name} version=v15" in out.stdout
+    assert "x86_64/S15-cma..S16-cma/api  pass -> sigbus  (expected -> unexpected)" in out.stdout
+    bad = subprocess.run([*base, "--by", "version", "v1", "v16"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "values: v15, v16" in bad.stderr
+    alone = subprocess.run(base, capture_output=True, text=True)
+    assert alone.returncode == 2 and "or one run and --by AXIS A B" in alone.stderr

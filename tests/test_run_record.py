@@ -60,8 +60,13 @@ def fixed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _fake_stages(monkeypatch: pytest.MonkeyPatch, cfg: LabConfig) -> None:
     def build_kernels(
-        _cfg: LabConfig, pairs: list[tuple[str, str]], _rep: object, _jobs: int = 0
+        _cfg: LabConfig,
+        pairs: list[tuple[str, str]],
+        _rep: object,
+        _jobs: int = 0,
+        prebuilt_path: str = "",
     ) -> tuple[dict[str, Any], dict[str, str]]:
+        assert not prebuilt_path  # these runs build (fake) kernels
         kernels, failed = {}, {}
         for arch, variant in pairs:
             label = f"{arch}/{variant}"

@@ -31,13 +31,18 @@ def _versions_lab(mini_lab: Path, series: str) -> Path:
     return f
 
 
-def test_version_axis_picks_each_versions_series(mini_lab: Path, tmp_path: Path) -> None:
+def _two_versions(mini_lab: Path, tmp_path: Path) -> Path:
+    """The mini lab with axes knob x version, v2 and v3 of a series as mboxes."""
     f = _versions_lab(mini_lab, '["secretmem-{{ version }}", "{% if knob %}extra{% endif %}"]')
     repo, base = scratch_repo(tmp_path / "git")
     pdir = mini_lab / "kernels" / "patches"
     (pdir / "secretmem-v2.mbox").write_bytes(format_patch(repo, base, "-v2", head="HEAD~1"))
     (pdir / "secretmem-v3.mbox").write_bytes(format_patch(repo, base, "-v3"))
-    cfg = config.load(f)
+    return f
+
+
+def test_version_axis_picks_each_versions_series(mini_lab: Path, tmp_path: Path) -> None:
+    cfg = config.load(_two_versions(mini_lab, tmp_path))
     got = {v.name: v.series for v in cfg.variants}
     assert got == {
         "demo-False-v2": ("secretmem-v2",),
@@ -106,3 +111,25 @@ def test_series_compare_cli(mini_lab: Path, tmp_path: Path) -> None:
         "  2: =   2: mm/secretmem: take the old diff back",
         "  -: >   3: mm: add new.c",
     ]
+
+
+def test_series_axes_name_the_version_axis_and_cells_record_it(
+    mini_lab: Path, tmp_path: Path
+) -> None:
+    """The axes a family's series templates name are its series (version) axes; the
+    cell's identity records them so the report can put versions side by side."""
+    from lab.outcome import CLASSES
+    from lab.run import cell, job, testcase
+
+    cfg = config.load(_two_versions(mini_lab, tmp_path))
+    # `knob` only switches an extra series on: it is named too, so it is a series axis.
+    assert {v.series_axes for v in cfg.variants} == {("knob", "version")}
+    assert config.series_axes(("secretmem-{{ version }}",), {"knob": 0, "version": 0}) == (
+        "version",
+    )
+    assert config.series_axes(("plain",), {"version": 0}) == ()
+    api = testcase.find(Path(__file__).resolve().parent.parent / "testcases", "api", CLASSES)
+    v = cfg.variant("demo-False-v3")
+    ident = job.identity(cfg, cell.Cell(next(iter(cfg.arches.values())), v, api))
+    assert ident["series_axes"] == ["knob", "version"]
+    assert ident["params"]["version"] == "v3"

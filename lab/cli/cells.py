@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             json.dumps({**cache.read_json(res.dir / "cell.json"), "evidence": evidence}, indent=2)
         )
     else:
-        print_cell(res, cell.reproducer(cfg, the_cell))
+        print_cell(res, cell.reproducer(cfg, the_cell, args.kernel))
     return res.exit_code
 
 

@@ -34,6 +34,10 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = results.resolve_run(cfg.results_dir, args.resume)
         cells, forced = orchestrate.resume_plan(cfg, tcs, spec, run_dir, args.force_config)
+        if args.kernel:
+            raise UserError("--kernel does not go with --resume (the run recorded its kernel)")
+        sel = results.load_run(run_dir).get("selection")
+        kernel = str(sel.get("kernel") or "") if isinstance(sel, dict) else ""
         print(f"lab: resuming {run_dir}", file=sys.stderr)
     else:
         cells = matrix.plan(cfg, tcs, spec, args.variant, args.arch, args.testcase, args.repeat)
@@ -41,6 +45,9 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             cells = matrix.shard(cells, *matrix.parse_shard(args.shard))
         if not cells:
             raise UserError("the selection holds no cells")
+        kernel = args.kernel
+        if kernel:  # checked now: a wrong image fails before any run directory exists
+            orchestrate.prebuilt_for(cells, kernel)
         if args.list and args.json:
             print(json.dumps(jsonout.matrix_list(cells), indent=2))
             return 0
@@ -53,6 +60,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             "testcases": args.testcase,
             "repeat": args.repeat or spec.repeat,
             "shard": args.shard or None,
+            **({"kernel": kernel} if kernel else {}),
         }
         base = Path(args.results) if args.results else cfg.results_dir
         header = orchestrate.run_header(cfg, cells, selection)
@@ -62,7 +70,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     jobs = args.jobs or cfg.jobs or build.default_jobs(cfg)
-    code = orchestrate.run_matrix(cfg, cells, run_dir, jobs, opener(cfg, lab_hosts), forced)
+    code = orchestrate.run_matrix(cfg, cells, run_dir, jobs, opener(cfg, lab_hosts), forced, kernel)
     print(report.text_summary(run_dir, known.lookup(cfg.known_issues)))
     return code
 

@@ -108,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_hosts(mx, default="none: local slots only")
     mx.add_argument("--json", action="store_true", help="with --list: one JSON document")
+    mx.add_argument("--kernel", default="", metavar="PATH", help=KERNEL_HELP + " (one arch)")
     mx.set_defaults(func=cmd_matrix)
 
     hs = sub.add_parser("hosts", help="SSH lab hosts ([[hosts]] in lab.toml)")
@@ -148,9 +149,21 @@ def _parser() -> argparse.ArgumentParser:
         help="also write what the run observed as a Markdown document (docs/observed/)",
     )
     rr.set_defaults(func=cmd_report)
-    cp = sub.add_parser("compare", help="cells whose outcome changed between two runs")
+    cp = sub.add_parser(
+        "compare",
+        help="cells whose outcome changed between two runs, or between two values of an "
+        "axis in one run (--by)",
+    )
     cp.add_argument("run_a")
-    cp.add_argument("run_b")
+    cp.add_argument("run_b", nargs="?", default="", help="omit with --by")
+    cp.add_argument(
+        "--by",
+        nargs=3,
+        metavar=("AXIS", "A", "B"),
+        default=None,
+        help="compare RUN_A's cells with AXIS=A against those with AXIS=B (e.g. a series "
+        "version axis: --by version v15 v16), matched by arch, test case and other params",
+    )
     cp.add_argument("--json", action="store_true", help="the changes as one JSON document")
     cp.set_defaults(func=cmd_compare)
     mg = sub.add_parser("merge", help="merge shard runs into one run and report")

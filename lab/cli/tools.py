@@ -13,8 +13,9 @@ from lab.cli import jsonout
 from lab.cli.common import _load
 from lab.cli.options import the_variant
 from lab.config import known
-from lab.errors import LabError
+from lab.errors import LabError, UserError
 from lab.progress import Reporter
+from lab.report import model, versions
 from lab.run import selection
 from lab.vm import boot
 
@@ -37,18 +38,37 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     cfg = _load(args)
     a = results.resolve_run(cfg.results_dir, args.run_a)
+    if args.by:
+        if args.run_b:
+            raise UserError("--by AXIS A B compares within one run: give one RUN")
+        axis, va, vb = args.by
+        changes = versions.compare_by(model.load(a), axis, va, vb)
+        names = (f"{a.name} {axis}={va}", f"{a.name} {axis}={vb}")
+        return _print_changes(args, a, (a,), changes, names)
+    if not args.run_b:
+        raise UserError("compare needs two runs (RUN_A RUN_B), or one run and --by AXIS A B")
     b = results.resolve_run(cfg.results_dir, args.run_b)
     changes = report.compare(a, b)
-    for run_dir in (a, b):
+    return _print_changes(args, a, (a, b), changes, (a.name, b.name))
+
+
+def _print_changes(
+    args: argparse.Namespace,
+    a: Path,
+    run_dirs: tuple[Path, ...],
+    changes: list[report.Change],
+    names: tuple[str, str],
+) -> int:
+    for run_dir in run_dirs:
         for u in results.scan_cells(run_dir)[1]:
             print(
                 f"lab: warning: {u.dir}: unreadable cell ({u.reason}); compared as not run",
                 file=sys.stderr,
             )
     if args.json:
-        print(json.dumps(jsonout.compare(changes, a.name, b.name), indent=2))
+        print(json.dumps(jsonout.compare(changes, *names), indent=2))
     else:
-        print(report.format_compare(changes, a.name, b.name))
+        print(report.format_compare(changes, *names))
     return 1 if any(c.kind == "regression" for c in changes) else 0
 
 

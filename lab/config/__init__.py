@@ -16,6 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
+import jinja2.meta
+
 from lab.config import known, templates, variants
 from lab.config.tomlread import Scalar, Table
 from lab.errors import UserError
@@ -139,6 +142,9 @@ class Variant:
     cmdline: str
     banner: str = ""  # k=v words the kernel's variant banner must show ("" = no check)
     source: str = ""  # a [sources.NAME] of lab.toml; "" = the default [source]
+    # The family's axes its `series` templates name (`secretmem-{{ version }}`): values
+    # of these are versions of a series, which the report compares side by side.
+    series_axes: tuple[str, ...] = ()
 
     def context(self, arch: str) -> dict[str, Scalar]:
         """Variables a config template sees."""
@@ -517,6 +523,20 @@ def _series(
     return tuple(out)
 
 
+def series_axes(entries: tuple[str, ...], axes: Mapping[str, object]) -> tuple[str, ...]:
+    """The axes (in lab.toml order) that a family's series templates use: parsed, not
+    rendered, so an axis counts although some of its values render the entry empty."""
+    env = jinja2.Environment()
+    used: set[str] = set()
+    for entry in entries:
+        if "{" in entry:
+            try:
+                used |= jinja2.meta.find_undeclared_variables(env.parse(entry))
+            except jinja2.TemplateSyntaxError:
+                continue  # rendering reports it, naming the entry
+    return tuple(a for a in axes if a in used)
+
+
 def _family(family: str, t: Table, root: Path) -> list[Variant]:
     where = f"{t.file}: [{t.path}]"
     axes = _scalar_list_map(t, "axes")
@@ -545,6 +565,7 @@ def _family(family: str, t: Table, root: Path) -> list[Variant]:
             f"{where}: every combination is excluded ({len(exclude)} exclude entries) "
             "and no include adds one"
         )
+    version_axes = series_axes(series, axes)
     out = []
     for params in expanded:
         ctx = {**params, "family": family}
@@ -575,6 +596,7 @@ def _family(family: str, t: Table, root: Path) -> list[Variant]:
                 ),
                 banner=" ".join(render("banner", banner_tpl).split()),
                 source=render("source", source_tpl).strip() if source_tpl else "",
+                series_axes=version_axes,
             )
         )
     return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,17 @@ def compare(run_a: Path, run_b: Path) -> list[Change]:
     """Changed cells, regressions first, then fixes, other changes, cells in one run only."""
     a, a_missing = _outcomes(run_a)
     b, b_missing = _outcomes(run_b)
+    return classify_changes(a, b, a_missing, b_missing)
+
+
+def classify_changes(
+    a: Mapping[str, tuple[str, str]],
+    b: Mapping[str, tuple[str, str]],
+    a_missing: Set[str] = frozenset(),
+    b_missing: Set[str] = frozenset(),
+) -> list[Change]:
+    """Id -> (observed, verdict) on two sides (runs, or two values of an axis in one
+    run) -> the changes, regressions first."""
     changes = []
     for rid in sorted(set(a) | set(b) | a_missing | b_missing):
         if rid not in a and rid not in b:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.outcome import Outcome
+from lab.report import versions
 from lab.report.clean import (
     MARK_UNEXPECTED,
     MARK_UNSTABLE,
@@ -165,6 +166,25 @@ def render_markdown(run: Run, known: Known | None = None) -> str:
         const = run.constant_params()
         if const:
             lines += ["", f"    all variants: {const}"]
+    for axis in versions.series_axes(run):
+        values, vrows = versions.table(run, axis)
+        if vrows:  # versions of a series side by side: same arch, variant rest, test case
+            head = [
+                "arch",
+                f"variant without {_md(axis, 60)}",
+                "testcase",
+                *(_md(v, 40) for v in values),
+            ]
+            body = [
+                [
+                    _md(a),
+                    _md(rest, 200) or "-",
+                    _md(t),
+                    *(_md_cell(by.get(v), False) for v in values),
+                ]
+                for a, rest, t, by in vrows
+            ]
+            lines += ["", f"## By {_md(axis, 60)} (series versions)", "", *_md_table([head, *body])]
     legend = [
         f"`{MARK_UNEXPECTED}` unexpected",
         f"`{MARK_UNSTABLE}` repetitions disagree",

@@ -52,7 +52,9 @@ def job_for(cell: Cell) -> dict[str, Any]:
     }
 
 
-def reproducer(cfg: LabConfig, cell: Cell) -> str:
+def reproducer(cfg: LabConfig, cell: Cell, kernel_path: str = "") -> str:
+    """The `lab run` line that runs the cell again; `kernel_path`: the prebuilt kernel
+    (`--kernel`) the cell booted, which the line must boot too."""
     return shlex.join(
         [
             "lab",
@@ -64,5 +66,6 @@ def reproducer(cfg: LabConfig, cell: Cell) -> str:
             cell.arch.name,
             "--variant",
             cell.variant.name,
+            *(["--kernel", kernel_path] if kernel_path else []),
         ]
     )

@@ -162,6 +162,9 @@ def prepare_cell(
         },
         "image": {"key": base.key, "path": str(base.path)},
     }
+    prebuilt = kernel.meta.get("prebuilt")
+    if isinstance(prebuilt, dict):  # run again with the same kernel, not a built one
+        record["reproducer"] = reproducer(cfg, cell, str(prebuilt["path"]))
     job = CellJob(
         record=record,
         arch=cell.arch,
@@ -188,6 +191,8 @@ def identity(cfg: LabConfig, cell: Cell, run_cell_id: str = "", repeat: int = 1)
         "variant": cell.variant.name,
         "testcase": cell.testcase.name,
         "params": dict(cell.variant.params),
+        # Params whose values are series versions: the report compares them side by side.
+        **({"series_axes": list(cell.variant.series_axes)} if cell.variant.series_axes else {}),
         "expected": list(rule.outcomes) if rule else [],
         "expected_rule": rule.text if rule else None,
         "reproducer": reproducer(cfg, cell),

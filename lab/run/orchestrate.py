@@ -35,11 +35,22 @@ VERDICT_WORDS = {"expected": "as expected", "unexpected": "UNEXPECTED", "infra":
 
 
 def build_kernels(
-    cfg: config.LabConfig, pairs: list[tuple[str, str]], reporter: Reporter, jobs: int = 0
+    cfg: config.LabConfig,
+    pairs: list[tuple[str, str]],
+    reporter: Reporter,
+    jobs: int = 0,
+    prebuilt_path: str = "",
 ) -> tuple[dict[str, build.Kernel], dict[str, str]]:
-    """Build each (arch, variant) once; failures are returned, not raised."""
+    """Build each (arch, variant) once; failures are returned, not raised.
+
+    `prebuilt_path` (`lab matrix --kernel`): every pair boots that kernel, built
+    elsewhere; nothing is built and no toolchain is needed."""
     if not pairs:
         return {}, {}  # e.g. resuming a finished run: no toolchain needed
+    if prebuilt_path:
+        return {
+            f"{a}/{v}": prebuilt.load(Path(prebuilt_path), cfg.arch(a), v) for a, v in pairs
+        }, {}
     build.check_host_tools()
     kernels: dict[str, build.Kernel] = {}
     failed: dict[str, str] = {}
@@ -90,11 +101,13 @@ def one_kernel(
 def kernel_provenance(k: build.Kernel) -> dict[str, object]:
     """What run.json records about a kernel the run used."""
     m = k.meta
-    keys = ("image_sha256", "config_sha256", "source", "series", "fragments", "toolchain")
+    keys = ("image_sha256", "config_sha256", "source", "series", "series_sources")
     return {
         "key": k.key,
         "dir": str(k.dir),
-        **{key: m.get(key) for key in keys},
+        **{key: m.get(key) for key in (*keys, "fragments", "toolchain")},
+        # --kernel: built elsewhere; its path, `uname -r` and config (lab/build/prebuilt.py)
+        **({"prebuilt": m["prebuilt"]} if "prebuilt" in m else {}),
         "durations": m.get("durations"),
         "reproducer": m.get("reproducer"),
     }
@@ -149,6 +162,19 @@ def resume_plan(
     return cells, forced
 
 
+def prebuilt_for(cells: Sequence[matrix.Planned], path: str) -> build.Kernel:
+    """`lab matrix --kernel PATH`: the prebuilt kernel, checked against the selection
+    before any run directory exists. One image has one arch, so the selection must too."""
+    arches = sorted({c.cell.arch.name for c in cells})
+    if len(arches) != 1:
+        raise UserError(
+            f"--kernel {path}: one kernel image boots on one arch, but the selection has "
+            f"{len(arches)} ({', '.join(arches)}); add --arch ARCH"
+        )
+    first = cells[0].cell
+    return prebuilt.load(Path(path), first.arch, first.variant.name)
+
+
 def run_matrix(
     cfg: config.LabConfig,
     cells: list[matrix.Planned],
@@ -156,14 +182,18 @@ def run_matrix(
     jobs: int,
     open_workers: OpenWorkers | None = None,
     forced_config: str = "",
+    prebuilt_path: str = "",
 ) -> int:
     """Build, run, report; returns the run's exit code. Shared by matrix and reproduce.
 
     `open_workers`: more workers (SSH lab hosts) beside the `jobs` local slots, opened
     only when there are cells to run. `forced_config`: the sha256 of a changed lab.toml
-    that a `--resume --force-config` uses."""
+    that a `--resume --force-config` uses. `prebuilt_path`: `--kernel`, the kernel every
+    cell boots instead of a built one."""
     with results.locked_run(run_dir):
-        return _Run(cfg, cells, run_dir, jobs, open_workers, forced_config).go()
+        run = _Run(cfg, cells, run_dir, jobs, open_workers, forced_config)
+        run.prebuilt_path = prebuilt_path
+        return run.go()
 
 
 class _Run:
@@ -185,6 +215,7 @@ class _Run:
             self.meta.config["resumed_sha256"] = [*before, forced_config]
         done_ids = results.finished_ids(run_dir)
         self.todo = [c for c in cells if c.id not in done_ids]
+        self.prebuilt_path = ""
         self.started = time.monotonic()
 
     def go(self) -> int:
@@ -204,7 +235,9 @@ class _Run:
         before any cell is scheduled; a kernel or need that did not build makes its cells
         infra cells now."""
         run, todo = self.meta, self.todo
-        kernels, failed = build_kernels(self.cfg, matrix.kernels(todo), reporter)
+        kernels, failed = build_kernels(
+            self.cfg, matrix.kernels(todo), reporter, prebuilt_path=self.prebuilt_path
+        )
         provenance = {label: kernel_provenance(k) for label, k in kernels.items()}
         run.kernels = {**(run.kernels or {}), **provenance}
         run.build_failures = {**(run.build_failures or {}), **failed}
