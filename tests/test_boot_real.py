@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -131,7 +132,12 @@ def test_signals_leave_no_qemu(sig: signal.Signals) -> None:
         qemu = None
         deadline = time.monotonic() + 120
         while qemu is None and time.monotonic() < deadline:
-            qemu = next((c for c in children(p.pid) if "qemu-system" in cmdline(c)), None)
+            # The guest's QEMU (it has -kernel), not a `qemu-system-* --version` the lab
+            # asks for its probe key and provenance, which exits at once.
+            qemu = next(
+                (c for c in children(p.pid) if re.search(r"qemu-system\S*\s.*-kernel", cmdline(c))),
+                None,
+            )
             time.sleep(0.2)
         assert qemu is not None, "lab never started QEMU"
         time.sleep(4)  # let the guest boot into `sleep 600`
